@@ -1,0 +1,170 @@
+"""The Llama transformer used by Code Llama: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+One module serves both inference (with a preallocated KV cache) and training (no cache,
+full causal attention). Parameter names follow Hugging Face's ``LlamaForCausalLM`` so a
+``model.safetensors`` loads into it, and saves from it, without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32 as the reference does, so bf16/fp16 runs stay stable.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_tables(args: ModelArgs, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin tables of shape [length, head_dim] in the rotate-half (Hugging Face) layout."""
+    hd = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd))
+    pos = torch.arange(length, device=device, dtype=torch.float32) / args.rope_scaling_factor
+    freqs = torch.outer(pos, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` [B, H, T, D] by the tables' rows for its positions ([T, D])."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache(nn.Module):
+    """Keys and values for one layer, preallocated to the engine's context length."""
+
+    def __init__(self, n_kv_heads: int, head_dim: int, length: int, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        shape = (1, n_kv_heads, length, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        d, hd = args.hidden_size, args.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = args.num_attention_heads, args.num_key_value_heads, hd
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask = None
+        causal = t > 1
+        if start is not None:
+            assert self.kv_cache is not None, "setup_cache() first"
+            k, v = self.kv_cache.update(start, k, v)
+            if start > 0 and t > 1:
+                # New queries see every cached key plus the new ones up to themselves.
+                cols = torch.arange(start + t, device=x.device)
+                rows = torch.arange(start, start + t, device=x.device)
+                mask, causal = cols[None, :] <= rows[:, None], False
+            elif t == 1:
+                causal = False
+        gqa = self.n_heads != self.n_kv_heads
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.self_attn = Attention(args)
+        self.mlp = MLP(args)
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Body(nn.Module):
+    """The stack under the LM head; named ``model`` in the parent to match HF's weight names."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.num_hidden_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.model = Body(args)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self._rope: tuple[Tensor, Tensor] | None = None
+        self.cache_length = 0
+
+    def _rope_rows(self, start: int, t: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        need = start + t
+        if self._rope is None or self._rope[0].shape[0] < need or self._rope[0].dtype != like.dtype:
+            length = max(need, self.cache_length, 2 * (self._rope[0].shape[0] if self._rope else 0))
+            self._rope = rope_tables(self.args, length, like.device, like.dtype)
+        cos, sin = self._rope
+        return cos[start:need], sin[start:need]
+
+    def setup_cache(self, length: int) -> None:
+        """Preallocate every layer's KV cache for ``length`` positions (the memory bound)."""
+        p = self.lm_head.weight
+        self.cache_length = length
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = KVCache(self.args.num_key_value_heads, self.args.head_dim, length, p.dtype, p.device)
+
+    def forward(self, tokens: Tensor, start: int | None = None, last_only: bool = False) -> Tensor:
+        """Logits for ``tokens`` [B, T].
+
+        With ``start`` (an int), the tokens sit at positions ``start..start+T-1`` and attend
+        to the cache, which they extend; without it, this is a plain causal pass (training).
+        ``last_only`` computes logits for the final position only, which is all decoding needs.
+        """
+        x = self.model.embed_tokens(tokens)
+        cos, sin = self._rope_rows(start or 0, tokens.shape[1], x)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, start)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.model.norm(x))
