@@ -1,0 +1,110 @@
+"""``codellama-lsp``: the language server (stdio or TCP), and ``complete`` for the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import BUNDLED_MODEL, __version__
+from .settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
+    """Options accepted before and after ``complete``; the subcommand's must not reset the top level's."""
+    default = (lambda value: argparse.SUPPRESS) if sub else (lambda value: value)
+    parser.add_argument("--model", type=Path, default=default(None),
+                        help=f"checkpoint directory (default: the bundled model, {BUNDLED_MODEL})")
+    parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--dtype", default=default("auto"), choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights' dtype (default: auto = bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--log-file", type=Path, default=default(None), help="log here instead of stderr")
+    parser.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default: INFO")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="codellama-lsp", description="Code Llama completions over the Language Server Protocol.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    mode.add_argument("--tcp", action="store_true", help="listen for one LSP client over TCP")
+    p.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=2087, help="TCP port (default: 2087)")
+    _common(p)
+    sub = p.add_subparsers(dest="command")
+    c = sub.add_parser("complete", help="print the completion at a place in a file and exit")
+    c.add_argument("file", type=Path)
+    c.add_argument("--line", type=int, required=True, help="1-based line")
+    c.add_argument("--column", type=int, required=True, help="1-based column, in characters (past the end: end of line)")
+    c.add_argument("--format", choices=["psm", "spm"], default="psm", help="prompt format (default: psm)")
+    c.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
+    _common(c, sub=True)
+    return p
+
+
+def _logging(log_file: Path | None, level: str) -> None:
+    handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if level != "DEBUG":
+        logging.getLogger("pygls").setLevel(logging.WARNING)  # pygls logs every message's params at INFO
+
+
+def complete(args: argparse.Namespace) -> int:
+    """One completion from the terminal: the same path as the server's, printed to stdout."""
+    from .completion import generation_request, plan, suggestion
+    from .context import TokenCounter
+    from .documents import Document
+    from .engine import CheckpointError, Engine, FimUnsupported
+
+    try:
+        text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        print(f"codellama-lsp: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    model = args.model or BUNDLED_MODEL
+    settings = Settings(format=args.format, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
+                        time_budget_ms=60_000.0)
+    try:
+        engine = Engine.load(model, device=args.device, dtype=None if args.dtype == "auto" else args.dtype)
+        engine.tokenizer.require_fim()
+    except (CheckpointError, FimUnsupported, OSError) as exc:
+        print(f"codellama-lsp: cannot load the model at {model}: {exc}", file=sys.stderr)
+        return 2
+    doc = Document.from_text(args.file.as_uri() if args.file.is_absolute() else args.file.resolve().as_uri(), text,
+                             encoding="utf-32")
+    line = min(max(args.line, 1), len(doc.lines)) - 1
+    cursor = doc.cursor(line, max(args.column, 1) - 1)
+    p = plan(doc, cursor, settings, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    result = engine.generate(generation_request(p, settings))
+    print(suggestion(result.text, p))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    _logging(args.log_file, args.log_level)
+    if args.command == "complete":
+        sys.stdout.flush()
+        os._exit(complete(args))
+    from .server import build_server
+
+    settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype)
+    server = build_server(settings)
+    if args.tcp:
+        server.start_tcp(args.host, args.port)
+    else:
+        # JSON-RPC gets a private copy of stdout; fd 1 then points at stderr, so a stray print
+        # or a C library writing to stdout can never corrupt the protocol stream.
+        protocol_out = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        server.start_io(sys.stdin.buffer, protocol_out)
+    # stdin closed or the connection ended: leave now, whatever the engine's thread is doing.
+    logging.shutdown()
+    os._exit(0)

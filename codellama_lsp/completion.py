@@ -1,0 +1,78 @@
+"""One completion, from a document position to the text to show.
+
+``plan`` gathers the context and builds the prompt, ``generation_request`` turns the
+plan into an engine request (stop at a newline for single-line, stop at the end of the
+block for multi-line), and ``suggestion`` post-processes the engine's text. The server,
+``codellama-lsp complete``, the tests and the benchmark all go through these three, so
+what the tests check is what the editor gets.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .context import Window, prompt_text, window
+from .documents import Cursor, Document
+from .engine import GenerationRequest, Tokenizer
+from .postprocess import Mode, block_end, choose_mode, finish, indent_of, next_code_line
+from .prompt import infilling_tokens
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: Mode
+    window: Window
+    prompt: list[int]
+    line_suffix: str  # the rest of the cursor's line
+    block_indent: str  # lines indented less than this end a multi-line suggestion
+    next_line: str  # the first code line after the cursor's line, which a suggestion must not repeat
+    eol: str  # the document's line ending; the model sees and writes "\n"
+
+
+def _line_ending(doc: Document, line: int) -> str:
+    for text in (doc.lines[line], doc.lines[max(0, line - 1)], doc.lines[0]):
+        if text.endswith("\r\n"):
+            return "\r\n"
+        if text.endswith(("\n", "\r")):
+            return text[-1]
+    return "\n"
+
+
+def plan(doc: Document, cursor: Cursor, settings: Settings, tokenizer: Tokenizer, count, previous: Window | None = None) -> Plan:
+    line = doc.line_text(cursor.line)
+    head = line[: cursor.index]
+    win = window(doc, cursor, settings.prefix_tokens, settings.suffix_tokens, count, previous)
+    prefix, suffix = prompt_text(win.prefix.text), prompt_text(win.suffix.text)
+    return Plan(
+        mode=choose_mode(line, cursor.index),
+        window=win,
+        prompt=infilling_tokens(tokenizer, prefix, suffix, settings.format),  # type: ignore[arg-type]
+        line_suffix=line[cursor.index:],
+        block_indent=indent_of(head) if head.strip() else head,
+        next_line=next_code_line(suffix),
+        eol=_line_ending(doc, cursor.line),
+    )
+
+
+def generation_request(p: Plan, settings: Settings, cancel: threading.Event | None = None) -> GenerationRequest:
+    request = GenerationRequest(
+        prompt=p.prompt,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        time_budget_ms=settings.time_budget_ms,
+        infilling=True,
+    )
+    if p.mode == "single":
+        request.stop_strings = ("\n",)
+    else:
+        request.on_text = lambda text: block_end(text, p.block_indent, p.next_line) is not None
+    if cancel is not None:
+        request.cancel = cancel
+    return request
+
+
+def suggestion(raw: str, p: Plan) -> str:
+    text = finish(raw, p.mode, p.line_suffix, p.block_indent, p.next_line)
+    return text.replace("\n", p.eol) if p.eol != "\n" else text

@@ -1,0 +1,117 @@
+"""Open documents as lists of lines, edited in place by incremental changes.
+
+Only ``\\n``, ``\\r\\n`` and ``\\r`` end a line, as in the LSP (``str.splitlines`` would
+also split on form feeds, ``\\u2028`` and others, shifting every later line number).
+Keeping lines rather than one string makes an edit cost a list splice and a few
+re-split lines, and makes reading the lines around the cursor independent of the
+document's size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .positions import Encoding, index_to_units, units_to_index
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines with their terminators; the last item is the unterminated rest (maybe "")."""
+    lines = _LINE.findall(text)
+    consumed = sum(map(len, lines))
+    lines.append(text[consumed:])
+    return lines
+
+
+def strip_eol(line: str) -> str:
+    return line.rstrip("\r\n") if line.endswith(("\n", "\r")) else line
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position as (line number, string index within the line's text)."""
+
+    line: int
+    index: int
+
+
+class PositionOutOfRange(ValueError):
+    """A position whose line is past the end of the document."""
+
+
+@dataclass
+class Document:
+    uri: str
+    lines: list[str]
+    version: int | None = None
+    language_id: str = ""
+    encoding: Encoding = "utf-16"
+    size: int = field(default=0)
+
+    @classmethod
+    def from_text(cls, uri: str, text: str, version: int | None = None, language_id: str = "",
+                  encoding: Encoding = "utf-16") -> "Document":
+        return cls(uri, split_lines(text), version, language_id, encoding, len(text))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def line_text(self, line: int) -> str:
+        """Line ``line`` without its terminator."""
+        return strip_eol(self.lines[line])
+
+    def cursor(self, line: int, character: int, *, clamp_line: bool = False) -> Cursor:
+        """The cursor at an LSP position; columns past the line's end clamp to it."""
+        if line < 0 or character < 0:
+            raise PositionOutOfRange(f"negative position {line}:{character}")
+        if line >= len(self.lines):
+            if not clamp_line:
+                raise PositionOutOfRange(f"line {line} is past the end of the document ({len(self.lines)} lines)")
+            last = len(self.lines) - 1
+            return Cursor(last, len(self.line_text(last)))
+        return Cursor(line, units_to_index(self.line_text(line), character, self.encoding))
+
+    def position(self, cursor: Cursor) -> tuple[int, int]:
+        """The LSP (line, character) of ``cursor``."""
+        return cursor.line, index_to_units(self.line_text(cursor.line), cursor.index, self.encoding)
+
+    def apply_change(self, text: str, start: tuple[int, int] | None = None, end: tuple[int, int] | None = None) -> None:
+        """Replace the LSP range ``start``-``end`` (the whole document when None) with ``text``.
+
+        Range ends past the document clamp to its end. Re-splitting includes the line
+        before the edit, so a ``\\r`` there and an inserted ``\\n`` merge into one CRLF.
+        """
+        if start is None or end is None:
+            self.lines = split_lines(text)
+            self.size = len(text)
+            return
+        a = self.cursor(*start, clamp_line=True)
+        b = self.cursor(*end, clamp_line=True)
+        if (b.line, b.index) < (a.line, a.index):
+            a, b = b, a
+        first = max(0, a.line - 1)
+        before = "".join(self.lines[first:a.line]) + self.lines[a.line][: a.index]
+        after = self.lines[b.line][b.index:]
+        removed = sum(map(len, self.lines[first: b.line + 1]))
+        replaced = split_lines(before + text + after)
+        if b.line < len(self.lines) - 1:
+            # Not the document's end: the region ends with a terminator, so its rest is "".
+            replaced.pop()
+        self.lines[first: b.line + 1] = replaced
+        self.size += sum(map(len, replaced)) - removed
+
+    def window_before(self, cursor: Cursor) -> Iterable[str]:
+        """Text before the cursor, nearest first: the cursor line's head, then whole lines upwards."""
+        yield self.lines[cursor.line][: cursor.index]
+        for i in range(cursor.line - 1, -1, -1):
+            yield self.lines[i]
+
+    def window_after(self, cursor: Cursor) -> Iterable[str]:
+        """Text after the cursor, nearest first: the cursor line's tail, then whole lines downwards."""
+        yield self.lines[cursor.line][cursor.index:]
+        for i in range(cursor.line + 1, len(self.lines)):
+            yield self.lines[i]

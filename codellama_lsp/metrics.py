@@ -1,0 +1,39 @@
+"""Counters and latencies behind ``codellama.status``."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) by nearest rank; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+class Metrics:
+    def __init__(self, window: int = 1000) -> None:
+        self.counts: Counter[str] = Counter()
+        self.latencies_ms: deque[float] = deque(maxlen=window)  # answered completions, last ``window``
+        self.prompt_tokens = 0
+        self.reused_tokens = 0
+
+    def count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+
+    def answered(self, latency_ms: float, prompt_tokens: int = 0, reused_tokens: int = 0) -> None:
+        self.latencies_ms.append(latency_ms)
+        self.prompt_tokens += prompt_tokens
+        self.reused_tokens += reused_tokens
+
+    def snapshot(self) -> dict[str, object]:
+        latencies = list(self.latencies_ms)
+        return {
+            "requests": dict(self.counts),
+            "latency_p50_ms": percentile(latencies, 0.5),
+            "latency_p95_ms": percentile(latencies, 0.95),
+            "kv_reuse_ratio": self.reused_tokens / self.prompt_tokens if self.prompt_tokens else None,
+            "typed_through_hits": self.counts["typed_through"],
+        }

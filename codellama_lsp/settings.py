@@ -1,0 +1,117 @@
+"""Server settings: defaults, and validation of what clients send.
+
+Settings arrive as ``initializationOptions``, in ``workspace/didChangeConfiguration``
+and as the answer to ``workspace/configuration`` (section ``codellama``), always as
+camelCase JSON. An invalid value never replaces a valid one: it is reported with a
+message naming the key, the value and what is accepted, and the previous value stays.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Mapping
+
+SECTION = "codellama"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None  # None: the --model flag, else the bundled model
+    device: str = "auto"
+    dtype: str = "auto"
+    format: str = "psm"
+    max_new_tokens: int = 64
+    prefix_tokens: int = 1024
+    suffix_tokens: int = 256
+    temperature: float = 0.0
+    time_budget_ms: float = 1000.0
+    enabled: bool = True
+
+    @property
+    def load_key(self) -> tuple[str | None, str, str]:
+        """What the loaded engine depends on: a change reloads the model."""
+        return self.model, self.device, self.dtype
+
+
+# camelCase key -> (field, check returning an error message or None, converter)
+def _int_range(lo: int, hi: int) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            return f"expected an integer from {lo} to {hi}"
+        return None
+    return check
+
+
+def _number_range(lo: float, hi: float) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            return f"expected a number from {lo:g} to {hi:g}"
+        return None
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else f"expected one of {', '.join(options)}"
+    return check
+
+
+def _device(v: Any) -> str | None:
+    if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+        return None
+    return "expected auto, cpu, cuda or cuda:N"
+
+
+def _model(v: Any) -> str | None:
+    return None if v is None or (isinstance(v, str) and v.strip()) else "expected a path to a checkpoint directory"
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "expected true or false"
+
+
+_KEYS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
+    "model": ("model", _model),
+    "device": ("device", _device),
+    "dtype": ("dtype", _choice("auto", "float32", "bfloat16", "float16")),
+    "format": ("format", _choice("psm", "spm")),
+    "maxNewTokens": ("max_new_tokens", _int_range(1, 1024)),
+    "prefixTokens": ("prefix_tokens", _int_range(16, 16384)),
+    "suffixTokens": ("suffix_tokens", _int_range(0, 16384)),
+    "temperature": ("temperature", _number_range(0.0, 2.0)),
+    "timeBudgetMs": ("time_budget_ms", _number_range(10, 600_000)),
+    "enabled": ("enabled", _bool),
+}
+assert {f for f, _ in _KEYS.values()} == {f.name for f in fields(Settings)}
+
+
+def section_of(raw: Any) -> Any:
+    """The ``codellama`` section when the client sent the whole configuration object."""
+    if isinstance(raw, Mapping) and isinstance(raw.get(SECTION), Mapping):
+        return raw[SECTION]
+    return raw
+
+
+def apply(current: Settings, raw: Any) -> tuple[Settings, list[str]]:
+    """``current`` updated with the valid entries of ``raw``, and one message per invalid entry."""
+    raw = section_of(raw)
+    if raw is None:
+        return current, []
+    if not isinstance(raw, Mapping):
+        return current, [f"codellama settings must be an object, got {type(raw).__name__}"]
+    changes: dict[str, Any] = {}
+    errors: list[str] = []
+    for key, value in raw.items():
+        if key not in _KEYS:
+            errors.append(f"unknown setting codellama.{key}; known settings: {', '.join(_KEYS)}")
+            continue
+        name, check = _KEYS[key]
+        problem = check(value)
+        if problem:
+            errors.append(f"invalid value {value!r} for codellama.{key}: {problem}; keeping {getattr(current, name)!r}")
+            continue
+        if name == "model" and value is not None:
+            value = value.strip()
+        changes[name] = float(value) if name in ("temperature", "time_budget_ms") else value
+    return replace(current, **changes), errors
