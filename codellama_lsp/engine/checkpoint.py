@@ -63,10 +63,17 @@ def _hf_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     else:
         raise CheckpointError(f"{path} has no model.safetensors or model.safetensors.index.json")
     for name in files:
+        file = str(path / name)
         try:
-            with safe_open(str(path / name), framework="pt", device="cpu") as f:
-                for key in f.keys():
-                    yield key, f.get_tensor(key)
+            with safe_open(file, framework="pt", device="cpu") as f:
+                keys = list(f.keys())
+            for key in keys:
+                # One mapping per tensor: when a dtype conversion copies it, the source pages are
+                # unmapped at once instead of staying resident until the whole file is done.
+                with safe_open(file, framework="pt", device="cpu") as f:
+                    tensor = f.get_tensor(key)
+                yield key, tensor
+                del tensor
         except Exception as exc:  # noqa: BLE001 - SafetensorError has no stable import path
             raise CheckpointError(f"{path / name} is not a readable safetensors file: {exc}") from None
 
