@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -299,6 +299,8 @@ class CodeLlamaServer(LanguageServer):
             self.lifecycle.end(uri, cancel)
         if result.stop_reason == "cancelled":
             self.metrics.count("superseded")
+            log.debug("completion %s:%s superseded after %d tokens", position.line, position.character,
+                      result.generated_tokens)
             return ""
         text = suggestion(result.text, p)
         latency = (time.perf_counter() - t0) * 1000
@@ -365,7 +367,7 @@ class CodeLlamaServer(LanguageServer):
             "device": str(engine.device) if engine else self.settings.device,
             "dtype": str(engine.dtype).removeprefix("torch.") if engine else self.settings.dtype,
             "load_ms": self.model.load_ms,
-            "format": self.settings.format,
+            "settings": asdict(self.settings),
             "position_encoding": self.encoding,
             "open_documents": len(self.documents),
             **self.metrics.snapshot(),

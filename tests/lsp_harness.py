@@ -18,6 +18,12 @@ from safetensors.torch import load_file, save_file
 from codellama_lsp.engine import Tokenizer
 
 
+# Length-limited, not time-limited, so answers do not depend on how busy the machine is; and
+# short, because reused and recomputed KV differ in the last float bits, which can flip a
+# near-tie between a random model's logits after many tokens.
+TEST_SETTINGS = {"timeBudgetMs": 60000, "maxNewTokens": 8}
+
+
 class Client(LanguageClient):
     """A LanguageClient that records what the server sends on its own initiative."""
 
@@ -114,10 +120,11 @@ async def start(model: Path, log_file: Path, *, encodings: list[str] | None = No
     client = Client()
     client.log_file = log_file
     await client.start_io(sys.executable, "-m", "codellama_lsp", "--stdio", "--model", str(model),
-                          "--log-file", str(log_file), "--log-level", "DEBUG")
+                          "--log-file", str(log_file), "--log-level", "DEBUG", "--threads", "1")
     if initialize:
         client.result = await client.initialize_async(types.InitializeParams(
-            capabilities=capabilities(encodings, resolve_edits), initialization_options=options,
+            capabilities=capabilities(encodings, resolve_edits),
+            initialization_options={**TEST_SETTINGS, **(options or {})},
             process_id=None, root_uri=None))
         client.initialized(types.InitializedParams())
     return client
