@@ -168,6 +168,10 @@ def _fallback_definition(doc: Document, line: int) -> Definition | None:
     )
 
 
+_BREAKS = re.compile("\r\n?|[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+
+
 @dataclass(frozen=True)
 class DocstringPrompt:
     prefix: str
@@ -192,7 +196,8 @@ def clean(raw: str, style: Style) -> str:
     """The docstring's text without quotes, comment stars or the body's indentation."""
     for marker in ('"""', "*/", "<EOT>", "</s>"):
         raw = raw.split(marker, 1)[0]
-    lines = raw.replace("\r\n", "\n").split("\n")
+    raw = _CONTROL.sub("", _BREAKS.sub("\n", raw))
+    lines = raw.split("\n")
     if style == "jsdoc":
         lines = [re.sub(r"^\s*\*? ?", "", line) for line in lines]
     text = lines[0].strip() + "\n" + textwrap.dedent("\n".join(lines[1:]))

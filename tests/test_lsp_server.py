@@ -217,3 +217,162 @@ async def test_crlf_and_cr_line_endings(client: Client, engine: Engine, ending: 
     multi = await client.inline(uri, 9, 16)
     if "\n" in multi or "\r" in multi:
         assert multi.replace(ending, "").count("\n") == 0 and multi.replace(ending, "").count("\r") == 0
+
+
+def expected_docstring(engine: Engine, text: str, line: int, language_id: str = "python") -> str:
+    from codellama_lsp import docstring as ds
+    from codellama_lsp.engine import GenerationRequest
+    from codellama_lsp.prompt import infilling_tokens
+    from codellama_lsp.server import DOCSTRING_MAX_TOKENS
+
+    doc = Document.from_text("file:///expected", text, language_id=language_id)
+    d = ds.find_definition(doc, line)
+    p = ds.prompt(doc, d, SETTINGS.prefix_tokens, SETTINGS.suffix_tokens, TokenCounter(engine.tokenizer.encode))
+    result = engine.generate(GenerationRequest(prompt=infilling_tokens(engine.tokenizer, p.prefix, p.suffix),
+                                               max_new_tokens=DOCSTRING_MAX_TOKENS, stop_strings=p.stop))
+    return ds.clean(result.text, d.style)
+
+
+def position(line: int, character: int = 0) -> types.Position:
+    return types.Position(line=line, character=character)
+
+
+async def test_hover_on_a_definition_is_a_generated_docstring(client: Client, engine: Engine) -> None:
+    uri = "file:///hover.py"
+    client.open(uri, SOURCE)
+    doc_id = types.TextDocumentIdentifier(uri=uri)
+    hover = await client.text_document_hover_async(types.HoverParams(text_document=doc_id, position=position(8, 5)))
+    assert hover.contents.kind == types.MarkupKind.Markdown
+    want = expected_docstring(engine, SOURCE, 8)
+    assert hover.contents.value.startswith("**add**") and want and hover.contents.value.endswith(want)
+    # Not on a definition: no hover.
+    assert await client.text_document_hover_async(types.HoverParams(text_document=doc_id, position=position(9, 6))) is None
+
+
+async def test_code_action_inserts_a_python_docstring_under_the_signature(client: Client) -> None:
+    uri = "file:///action.py"
+    client.open(uri, SOURCE)
+    doc_id = types.TextDocumentIdentifier(uri=uri)
+    actions = await client.text_document_code_action_async(types.CodeActionParams(
+        text_document=doc_id, range=types.Range(start=position(13, 8), end=position(13, 8)),
+        context=types.CodeActionContext(diagnostics=[])))
+    assert [a.title for a in actions] == ["Generate docstring"]
+    resolved = await client.code_action_resolve_async(actions[0])
+    (edit,) = resolved.edit.changes[uri]
+    assert edit.range.start == edit.range.end == position(14, 0)  # under "    def greet(self, name):"
+    assert edit.new_text.startswith('        """') and edit.new_text.endswith('"""\n')
+    # A documented definition offers no action.
+    documented = SOURCE.replace("    def greet(self, name):\n", '    def greet(self, name):\n        """Hi."""\n')
+    client.open("file:///documented.py", documented)
+    assert not await client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri="file:///documented.py"),
+        range=types.Range(start=position(13, 8), end=position(13, 8)),
+        context=types.CodeActionContext(diagnostics=[])))
+
+
+async def test_code_action_inserts_a_block_comment_above_a_javascript_function(client: Client) -> None:
+    uri = "file:///action.js"
+    client.open(uri, "const x = 1;\n\nexport function area(w, h) {\n  return w * h;\n}\n", language_id="javascript")
+    actions = await client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=types.Range(start=position(2, 20), end=position(2, 20)),
+        context=types.CodeActionContext(diagnostics=[])))
+    resolved = await client.code_action_resolve_async(actions[0])
+    (edit,) = resolved.edit.changes[uri]
+    assert edit.range.start == position(2, 0)
+    assert edit.new_text.startswith("/**\n") and edit.new_text.endswith(" */\n")
+    assert all(line.startswith(" *") for line in edit.new_text.split("\n")[1:-1])
+
+
+async def test_status_reports_the_model_and_the_counters(client: Client, model_dir: Path) -> None:
+    status = await client.status()
+    assert status["model"] == str(model_dir) and status["state"] == "ready"
+    assert status["device"] == "cpu" and status["dtype"] == "float32"
+    assert status["requests"]["completion"] >= 1
+    assert status["latency_p50_ms"] is not None and status["latency_p95_ms"] >= status["latency_p50_ms"]
+    assert 0 <= status["kv_reuse_ratio"] <= 1
+    assert "typed_through_hits" in status
+
+
+# -- bad input: each gets an empty result or a JSON-RPC error, and the server stays up ------------------
+
+async def test_unknown_document(client: Client) -> None:
+    assert await client.inline("file:///never-opened.py", 0, 0) == ""
+    assert "not open: file:///never-opened.py" in client.log()
+
+
+async def test_position_past_the_end(client: Client) -> None:
+    uri = "file:///short.py"
+    client.open(uri, "x = 1\n")
+    assert await client.inline(uri, 1000, 0) == ""
+    assert "past the end" in client.log()
+    # A column past the end of a line clamps to the line's end, as the LSP says.
+    assert await client.inline(uri, 0, 1000) == await client.inline(uri, 0, 5)
+
+
+@pytest.mark.parametrize("params", [
+    {"textDocument": 5, "position": {"line": 0, "character": 0}},
+    {"textDocument": {"uri": "file:///x.py"}},
+    {"textDocument": {"uri": "file:///x.py"}, "position": {"line": "zero", "character": None}},
+    None,
+])
+async def test_malformed_params_get_an_invalid_params_error(client: Client, params: object) -> None:
+    with pytest.raises(Exception) as error:
+        await asyncio.wait_for(client.raw_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params), 10)
+    assert getattr(error.value, "code", None) == -32602
+    assert (await client.status())["state"] == "ready"
+
+
+async def test_unknown_method_gets_method_not_found(client: Client) -> None:
+    with pytest.raises(Exception) as error:
+        await asyncio.wait_for(client.raw_request("codellama/nonsense", {}), 10)
+    assert getattr(error.value, "code", None) == -32601
+
+
+async def test_ten_megabyte_document(client: Client) -> None:
+    uri = "file:///big.py"
+    line = "value = compute(alpha, beta) + 1  # a line of a very large generated file\n"
+    text = line * (10 * 1024 * 1024 // len(line))
+    client.open(uri, text)
+    lines = text.count("\n")
+    t0 = time.perf_counter()
+    middle = await client.inline(uri, lines // 2, 8)
+    client.change(uri, 2, "x", (lines // 2, 8), (lines // 2, 8))
+    typed = await client.inline(uri, lines // 2, 9)
+    end = await client.inline(uri, lines, 0)
+    assert isinstance(middle, str) and isinstance(typed, str) and isinstance(end, str)
+    assert time.perf_counter() - t0 < 10
+    status = await client.status()
+    assert status["state"] == "ready"
+
+
+async def test_binary_content(client: Client) -> None:
+    uri = "file:///blob.bin"
+    client.open(uri, "\x00\x01\x02\xff\ufffe\udc80\ud800 PNG\x1a\n\x00\x00\x7f" * 100 + "\n", language_id="")
+    assert isinstance(await client.inline(uri, 0, 10), str)
+    assert isinstance(await client.inline(uri, 1, 0), str)
+    assert await client.text_document_hover_async(types.HoverParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=position(0, 3))) is None
+
+
+async def test_invalid_setting_is_reported_and_ignored(client: Client) -> None:
+    before = (await client.status())["settings"]
+    await client.configure(maxNewTokens="lots", format="fim", temperature=-1, bogus=1)
+    message = client.messages[-1]
+    assert message.type == types.MessageType.Warning
+    for part in ("codellama.maxNewTokens", "'lots'", "codellama.format", "psm, spm", "codellama.temperature",
+                 "unknown setting codellama.bogus"):
+        assert part in message.message
+    assert (await client.status())["settings"] == before
+
+
+async def test_request_flood(client: Client) -> None:
+    uri = "file:///flood.py"
+    client.open(uri, SOURCE)
+    requests = [client.inline(uri, 9, 11) for _ in range(100)]
+    requests += [client.text_document_hover_async(types.HoverParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=position(8, 5))) for _ in range(20)]
+    results = await asyncio.wait_for(asyncio.gather(*requests), 60)
+    answers = results[:100]
+    assert answers[-1]  # the newest completion is answered
+    assert all(a in ("", answers[-1]) for a in answers)
+    assert (await client.status())["state"] == "ready"
