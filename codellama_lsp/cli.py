@@ -54,8 +54,8 @@ def _logging(log_file: Path | None, level: str) -> None:
     handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    if level != "DEBUG":
-        logging.getLogger("pygls").setLevel(logging.WARNING)  # pygls logs every message's params at INFO
+    # pygls logs every message in full at INFO (a 10 MB didOpen would be a 10 MB log line).
+    logging.getLogger("pygls").setLevel(logging.WARNING)
 
 
 def _threads(n: int | None) -> None:

@@ -376,3 +376,23 @@ async def test_request_flood(client: Client) -> None:
     assert answers[-1]  # the newest completion is answered
     assert all(a in ("", answers[-1]) for a in answers)
     assert (await client.status())["state"] == "ready"
+
+
+async def test_position_encoding_is_negotiated(client: Client, model_dir: Path, tmp_path: Path) -> None:
+    offers = {"utf-8": ["utf-8", "utf-16"], "utf-32": ["latin-1", "utf-32"]}
+    others = await asyncio.gather(*(start(model_dir, tmp_path / f"{name}.log", encodings=offer)
+                                    for name, offer in offers.items()))
+    try:
+        assert [o.result.capabilities.position_encoding for o in others] == list(offers)
+        line = 'name = "😀 日本語 😀" + suffix'
+        text = f"{line}\n" * 3
+        index = line.index("日")
+        client.open("file:///enc.py", text)
+        want = await client.inline("file:///enc.py", 1, len(line[:index].encode("utf-16-le")) // 2)
+        for other, (codec, width) in zip(others, [("utf-8", 1), ("utf-32-le", 4)]):
+            await other.wait_loaded()
+            other.open("file:///enc.py", text)
+            # The same place, addressed in this server's encoding, gets the same suggestion.
+            assert await other.inline("file:///enc.py", 1, len(line[:index].encode(codec)) // width) == want
+    finally:
+        await asyncio.gather(*map(stop, others))

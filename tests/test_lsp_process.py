@@ -1,0 +1,140 @@
+"""Server processes of their own: negotiated encodings, settings sources, broken models, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+
+from lsp_harness import endless_copy, start, stop
+
+LINE = 'name = "😀 日本語 😀" + suffix\n'
+
+
+async def test_settings_from_initialization_options_and_workspace_configuration(tiny_model_dir: Path, tmp_path: Path) -> None:
+    client = await start(tiny_model_dir, tmp_path / "server.log", options={"codellama": {"format": "spm", "prefixTokens": 300}},
+                         initialize=False)
+    client.configuration = {"suffixTokens": 64, "temperature": 0.5}
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(workspace=types.WorkspaceClientCapabilities(configuration=True)),
+        initialization_options={"codellama": {"format": "spm", "prefixTokens": 300}}))
+    client.initialized(types.InitializedParams())
+    try:
+        # Asked before the model has loaded: answered empty, at once.
+        client.open("file:///early.py", "def f(x):\n    return x\n")
+        t0 = time.perf_counter()
+        early = await client.inline("file:///early.py", 1, 11)
+        if (await client.status())["state"] != "ready":
+            assert early == "" and time.perf_counter() - t0 < 1.0
+        status = await client.wait_loaded()
+        settings = status["settings"]
+        assert (settings["format"], settings["prefix_tokens"], settings["suffix_tokens"], settings["temperature"]) == \
+            ("spm", 300, 64, 0.5)
+        client.open("file:///spm.py", "def f(x):\n    return x\n")
+        assert isinstance(await client.inline("file:///spm.py", 1, 11), str)
+        # A change of model path reloads the model: a bad one is reported and completions go quiet.
+        await client.configure(model=str(tmp_path / "nowhere"))
+        status = await client.wait_loaded()
+        assert status["state"] == "failed"
+        assert f"cannot load the model at {tmp_path / 'nowhere'}: " in client.messages[-1].message
+        assert "is not a directory" in client.messages[-1].message
+        assert await client.inline("file:///spm.py", 1, 11) == ""
+    finally:
+        await stop(client)
+
+
+def _corrupt(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (bad / "tokenizer.model").write_bytes((tiny_model_dir / "tokenizer.model").read_bytes())
+    (bad / "model.safetensors").write_bytes(b"\x00garbage, not safetensors" * 10)
+    return bad
+
+
+async def test_corrupt_model_is_reported_and_the_server_stays_up(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = _corrupt(tmp_path, tiny_model_dir)
+    client = await start(path, tmp_path / "server.log")
+    try:
+        status = await client.wait_loaded()
+        assert status["state"] == "failed" and status["error"]
+        (message,) = [m for m in client.messages if m.type == types.MessageType.Error]
+        assert str(path) in message.message
+        assert "not a readable safetensors file" in message.message
+        client.open("file:///a.py", "x = 1\n")
+        assert await client.inline("file:///a.py", 0, 5) == ""
+        assert await client.text_document_hover_async(types.HoverParams(
+            text_document=types.TextDocumentIdentifier(uri="file:///a.py"), position=types.Position(0, 0))) is None
+        assert (await client.status())["state"] == "failed"
+    finally:
+        await stop(client)
+
+
+async def _exits_within(client, seconds: float) -> int:
+    t0 = time.perf_counter()
+    code = await asyncio.wait_for(client.process.wait(), 10)
+    assert time.perf_counter() - t0 < seconds
+    return code
+
+
+@pytest.fixture(scope="module")
+def endless_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return endless_copy(tiny_model_dir, tmp_path_factory.mktemp("endless"))
+
+
+async def _busy(client) -> None:
+    """Start a long completion and leave it running."""
+    await client.wait_loaded()
+    await client.configure(maxNewTokens=1024)
+    client.open("file:///busy.py", "import os\n\n")
+    asyncio.ensure_future(client.inline("file:///busy.py", 2, 0))
+    await asyncio.sleep(0.3)
+
+
+async def test_exit_paths_end_the_process_within_a_second(endless_model: Path, tmp_path: Path) -> None:
+    """shutdown + exit (code 0), exit alone (code 1), stdin closed (code 0): each while a request runs."""
+    clients = await asyncio.gather(*(start(endless_model, tmp_path / f"server{i}.log") for i in range(3)))
+    await asyncio.gather(*map(_busy, clients))
+    with_shutdown, without, closed = clients
+    assert await with_shutdown.shutdown_async(None) is None
+    with_shutdown.exit(None)
+    without.exit(None)
+    closed.process.stdin.close()
+    codes = await asyncio.gather(*(_exits_within(c, 1.0) for c in clients))
+    assert codes == [0, 1, 0]
+    for c in clients:
+        await c.stop()
+
+
+def test_nothing_but_json_rpc_on_stdout(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Everything the server writes to stdout, start to exit, parses as framed JSON-RPC."""
+    import json
+    import subprocess
+
+    def frame(payload: dict) -> bytes:
+        body = json.dumps(payload).encode()
+        return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}},
+        {"jsonrpc": "2.0", "method": "initialized", "params": {}},
+        {"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand", "params": {"command": "codellama.status"}},
+        {"jsonrpc": "2.0", "id": 3, "method": "shutdown"},
+        {"jsonrpc": "2.0", "method": "exit"},
+    ]
+    done = subprocess.run([sys.executable, "-m", "codellama_lsp", "--stdio", "--model", str(tiny_model_dir)],
+                          input=b"".join(map(frame, messages)), capture_output=True, timeout=60)
+    out = done.stdout
+    ids = []
+    while out:
+        header, _, rest = out.partition(b"\r\n\r\n")
+        length = int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        ids.append(json.loads(rest[:length]).get("id"))
+        out = rest[length:]
+    assert ids == [1, 2, 3]
+    assert done.returncode == 0
+    assert b"codellama_lsp" in done.stderr  # the log went to stderr
