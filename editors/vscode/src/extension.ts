@@ -1,0 +1,229 @@
+// VS Code client for codellama-lsp.
+//
+// The language server does the work; this extension starts it, forwards the
+// `codellamaLsp.*` settings to it, and lets vscode-languageclient map the LSP 3.18
+// `textDocument/inlineCompletion` capability onto VS Code's own inline-suggestion UI
+// (ghost text, Tab to accept). Hover docstrings and the "Generate docstring" code
+// action come through the client the same way.
+
+import * as vscode from "vscode";
+import {
+  LanguageClient,
+  LanguageClientOptions,
+  ServerOptions,
+  State,
+} from "vscode-languageclient/node";
+import { StatusItem, describeStatus } from "./status";
+import { SECTION, SERVER_SECTION, serverSettings, serverSettingsChanged, restartSettingsChanged } from "./settings";
+
+let client: LanguageClient | undefined;
+let log: vscode.LogOutputChannel;
+let trace: vscode.LogOutputChannel;
+let status: StatusItem;
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  log = vscode.window.createOutputChannel("Code Llama LSP", { log: true });
+  // LSP message trace, kept apart from the log: set this channel's log level to Trace
+  // ("Developer: Set Log Level...") and codellamaLsp.trace.server to messages/verbose.
+  trace = vscode.window.createOutputChannel("Code Llama LSP Trace", { log: true });
+  status = new StatusItem("codellamaLsp.showStatus");
+  context.subscriptions.push(log, trace, status);
+
+  context.subscriptions.push(
+    vscode.commands.registerCommand("codellamaLsp.restartServer", () => restart()),
+    vscode.commands.registerCommand("codellamaLsp.showLog", () => log.show(true)),
+    vscode.commands.registerCommand("codellamaLsp.toggleSuggestions", () => toggleSuggestions()),
+    vscode.commands.registerCommand("codellamaLsp.showStatus", () => showStatus()),
+    vscode.workspace.onDidChangeConfiguration((e) => onConfigurationChanged(e)),
+  );
+
+  await start();
+}
+
+export async function deactivate(): Promise<void> {
+  await stop();
+}
+
+function config(): vscode.WorkspaceConfiguration {
+  return vscode.workspace.getConfiguration(SECTION);
+}
+
+function enabled(): boolean {
+  return config().get<boolean>("enabled", true);
+}
+
+async function start(): Promise<void> {
+  const cfg = config();
+  const command = cfg.get<string>("server.command", "codellama-lsp");
+  const args = cfg.get<string[]>("server.args", ["--stdio"]);
+  const env = { ...process.env, ...cfg.get<Record<string, string>>("server.env", {}) };
+  const languages = cfg.get<string[]>("languages", ["python"]);
+
+  // `--stdio` is in `args`; TransportKind.stdio would add a second one.
+  const serverOptions: ServerOptions = {
+    run: { command, args, options: { env } },
+    debug: { command, args, options: { env } },
+  };
+
+  const clientOptions: LanguageClientOptions = {
+    documentSelector: languages.flatMap((language) => [
+      { scheme: "file", language },
+      { scheme: "untitled", language },
+    ]),
+    outputChannel: log,
+    traceOutputChannel: trace,
+    initializationOptions: serverSettings(cfg),
+    middleware: {
+      // The server pulls its settings as the `codellama` section; answer from `codellamaLsp.*`.
+      workspace: {
+        configuration: async (params, token, next) => {
+          const rest = await next(params, token);
+          if (!Array.isArray(rest)) {
+            return rest;
+          }
+          return params.items.map((item, i) =>
+            item.section === SERVER_SECTION ? serverSettings(config()) : rest[i],
+          );
+        },
+      },
+      provideInlineCompletionItems: async (document, position, context, token, next) => {
+        if (!enabled()) {
+          return null;
+        }
+        const started = Date.now();
+        try {
+          const result = await next(document, position, context, token);
+          const items = Array.isArray(result) ? result : result?.items ?? [];
+          if (!token.isCancellationRequested) {
+            status.suggestion(Date.now() - started, items.length);
+          }
+          return result;
+        } catch (err) {
+          if (!token.isCancellationRequested) {
+            status.error(String(err));
+          }
+          throw err;
+        }
+      },
+    },
+  };
+
+  client = new LanguageClient("codellamaLsp", "Code Llama LSP", serverOptions, clientOptions);
+  client.onDidChangeState((e) => {
+    if (e.newState === State.Starting) {
+      status.loading("starting server");
+    } else if (e.newState === State.Stopped) {
+      status.error("server stopped");
+    }
+  });
+  status.loading("starting server");
+  try {
+    await client.start();
+  } catch (err) {
+    status.error(`failed to start \`${command}\`: ${err}`);
+    log.error(`Failed to start ${command} ${args.join(" ")}: ${err}`);
+    return;
+  }
+  status.setEnabled(enabled());
+  void pollUntilReady(client);
+}
+
+async function stop(): Promise<void> {
+  const c = client;
+  client = undefined;
+  if (c) {
+    try {
+      await c.stop(5000);
+    } catch (err) {
+      log.warn(`Stopping the server: ${err}`);
+    }
+  }
+}
+
+async function restart(): Promise<void> {
+  log.info("Restarting the server");
+  await stop();
+  await start();
+}
+
+/** Ask the server for its status until the model is loaded (it loads in the background). */
+async function pollUntilReady(c: LanguageClient): Promise<void> {
+  for (let i = 0; client === c && c.state === State.Running; i++) {
+    try {
+      const s = await fetchStatus(c);
+      const d = describeStatus(s);
+      if (d.state === "ready") {
+        status.ready(d.detail);
+        return;
+      }
+      if (d.state === "error") {
+        status.error(d.detail);
+        return;
+      }
+      status.loading(d.detail);
+    } catch (err) {
+      log.debug(`codellama.status: ${err}`);
+    }
+    await new Promise((r) => setTimeout(r, Math.min(250 * (i + 1), 2000)));
+  }
+}
+
+async function fetchStatus(c: LanguageClient): Promise<unknown> {
+  return c.sendRequest("workspace/executeCommand", { command: "codellama.status", arguments: [] });
+}
+
+async function showStatus(): Promise<void> {
+  const lines: string[] = [];
+  if (!client || client.state !== State.Running) {
+    lines.push("The server is not running.");
+  } else {
+    try {
+      lines.push(JSON.stringify(await fetchStatus(client), null, 2));
+    } catch (err) {
+      lines.push(`codellama.status failed: ${err}`);
+    }
+  }
+  log.info(`Status:\n${lines.join("\n")}`);
+  const choice = await vscode.window.showInformationMessage(
+    `Code Llama: ${status.summary()}`,
+    { modal: false, detail: lines.join("\n") },
+    "Show Log",
+    "Restart Server",
+    enabled() ? "Disable Suggestions" : "Enable Suggestions",
+  );
+  if (choice === "Show Log") {
+    log.show(true);
+  } else if (choice === "Restart Server") {
+    await restart();
+  } else if (choice?.endsWith("Suggestions")) {
+    await toggleSuggestions();
+  }
+}
+
+async function toggleSuggestions(): Promise<void> {
+  const next = !enabled();
+  await config().update("enabled", next, vscode.ConfigurationTarget.Global);
+  vscode.window.setStatusBarMessage(`Code Llama suggestions ${next ? "enabled" : "disabled"}`, 3000);
+}
+
+async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promise<void> {
+  if (!e.affectsConfiguration(SECTION)) {
+    return;
+  }
+  status.setEnabled(enabled());
+  if (restartSettingsChanged(e)) {
+    await restart();
+    return;
+  }
+  // Live settings: push them to the running server.
+  if (serverSettingsChanged(e) && client?.state === State.Running) {
+    const settings = serverSettings(config());
+    log.info(`Settings changed: ${JSON.stringify(settings)}`);
+    await client.sendNotification("workspace/didChangeConfiguration", {
+      settings: { [SERVER_SECTION]: settings },
+    });
+    if (e.affectsConfiguration(`${SECTION}.model`) || e.affectsConfiguration(`${SECTION}.device`) || e.affectsConfiguration(`${SECTION}.dtype`)) {
+      void pollUntilReady(client);
+    }
+  }
+}

@@ -1,0 +1,198 @@
+"""VS Code end to end: code-server with the built .vsix, driven by Playwright in Chromium.
+
+code-server listens on 127.0.0.1 (a free port) with workspace trust and telemetry off;
+the extension starts the real ``codellama-lsp --stdio``. The driver (vscode_driver.mjs)
+opens a Python file, types, waits for VS Code's inline-suggestion ghost text, presses Tab,
+saves, and hovers a function. This test then checks that the saved file holds exactly
+the text the server suggested (read from the LSP trace) and that the hover showed the
+generated docstring. Screenshots land in tests/e2e/artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import ARTIFACTS, PY_SAMPLE, REPO, TOOLS, free_port, require
+
+VSIX = REPO / "editors" / "vscode" / "codellama-lsp.vsix"
+DRIVER = Path(__file__).resolve().parent / "vscode_driver.mjs"
+NODE24 = TOOLS / "node24" / "bin" / "node"
+CODE_SERVER = TOOLS / "code-server" / "bin" / "code-server"
+PLAYWRIGHT_CORE = TOOLS / "playwright" / "node_modules" / "playwright-core"
+CHROMIUM = Path("/usr/bin/chromium")
+DRIVER_TIMEOUT_S = 600
+
+
+def _check_tools() -> None:
+    for path, what in (
+        (NODE24, "node 24"),
+        (CODE_SERVER, "code-server"),
+        (PLAYWRIGHT_CORE / "package.json", "playwright-core"),
+        (CHROMIUM, "chromium (apt)"),
+        (VSIX, "the built .vsix (editors/vscode: npm run package)"),
+    ):
+        require(path.exists(), f"{what} is missing: {path}")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{NODE24.parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture
+def code_server(tmp_path: Path, server_command: list[str]):
+    _check_tools()
+    ext_dir = tmp_path / "extensions"
+    data_dir = tmp_path / "data"
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "sample.py").write_text(PY_SAMPLE, encoding="utf-8")
+    user = data_dir / "User"
+    user.mkdir(parents=True)
+    settings = {
+        "codellamaLsp.server.command": server_command[0],
+        "codellamaLsp.server.args": server_command[1:],
+        "codellamaLsp.trace.server": "verbose",
+        "security.workspace.trust.enabled": False,
+        "telemetry.telemetryLevel": "off",
+        "workbench.startupEditor": "none",
+        "workbench.secondarySideBar.defaultVisibility": "hidden",
+        "workbench.tips.enabled": False,
+        "workbench.enableExperiments": False,
+        "extensions.autoUpdate": False,
+        "extensions.autoCheckUpdates": False,
+        "update.mode": "none",
+        # Only the inline suggestion: no suggest widget competing for Tab.
+        "editor.inlineSuggest.enabled": True,
+        "editor.quickSuggestions": {"other": "off", "comments": "off", "strings": "off"},
+        "editor.suggestOnTriggerCharacters": False,
+        "editor.hover.delay": 200,
+        "files.autoSave": "off",
+        "files.insertFinalNewline": False,
+        "files.trimTrailingWhitespace": False,
+    }
+    (user / "settings.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+    base = [str(CODE_SERVER), "--extensions-dir", str(ext_dir), "--user-data-dir", str(data_dir)]
+    install = subprocess.run(
+        base + ["--install-extension", str(VSIX)], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert any(ext_dir.glob("codellama-lsp.codellama-lsp-*")), install.stdout + install.stderr
+
+    port = free_port()
+    log_path = tmp_path / "code-server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        base
+        + [
+            "--auth", "none",
+            "--bind-addr", f"127.0.0.1:{port}",
+            "--disable-telemetry",
+            "--disable-update-check",
+            "--disable-workspace-trust",
+            "--disable-getting-started-override",
+            "--ignore-last-opened",
+            "--log", "trace",  # so the extension's LSP trace channel records the server's answers
+            str(workspace),
+        ],
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"code-server did not start:\n{log_path.read_text()}", pytrace=False)
+        time.sleep(0.3)
+    try:
+        yield {"url": f"{url}?folder={workspace}", "workspace": workspace, "data": data_dir, "log": log_path}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _server_suggestions(data_dir: Path) -> list[str]:
+    """insertText of every inlineCompletion answer in the extension's LSP trace."""
+    texts: list[str] = []
+    for log in sorted(data_dir.glob("logs/**/*Code Llama LSP Trace*.log")):
+        trace = log.read_text(encoding="utf-8", errors="replace")
+        for m in re.finditer(r"Received response 'textDocument/inlineCompletion - \(\d+\)'.*?\nResult: ", trace):
+            result, _ = json.JSONDecoder().raw_decode(trace, m.end())
+            items = result.get("items", []) if isinstance(result, dict) else (result or [])
+            for item in items:
+                t = item.get("insertText")
+                texts.append(t["value"] if isinstance(t, dict) else t)
+    return texts
+
+
+def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "playwrightCore": str(PLAYWRIGHT_CORE),
+        "chromium": str(CHROMIUM),
+        "url": code_server["url"],
+        "file": "sample.py",
+        # Typed at the end of the file; Enter auto-indents the body.
+        "typeChunks": ["def greet(name):", "\n", "ret", "u", "r", "n"],
+        "hoverWord": "add",
+        "artifacts": str(ARTIFACTS),
+        "timeoutMs": 180000,
+    }
+    cfg_path = tmp_path / "driver.json"
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    proc = subprocess.run(
+        [str(NODE24), str(DRIVER), str(cfg_path)],
+        env=_env(), capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S,
+    )
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {}
+    context = f"driver stderr:\n{proc.stderr[-4000:]}\ncode-server log:\n{code_server['log'].read_text()[-3000:]}"
+    assert proc.returncode == 0 and not result.get("error"), f"{result.get('error')}\n{context}"
+
+    saved = (code_server["workspace"] / "sample.py").read_text(encoding="utf-8")
+    assert saved.startswith(PY_SAMPLE), saved
+    added = saved[len(PY_SAMPLE):]
+
+    # What was typed before the ghost text showed (Enter auto-indents the body).
+    typed_variants = [""]
+    for chunk in cfg["typeChunks"][: result["chunksTyped"]]:
+        typed_variants = [t + c for t in typed_variants for c in (["\n", "\n    "] if chunk == "\n" else [chunk])]
+
+    # The accepted text is what the server suggested: saved = typed + suggestion.
+    suggestions = _server_suggestions(code_server["data"])
+    assert suggestions, f"no inlineCompletion answer in the LSP trace\n{context}"
+    accepted = [s for s in suggestions if s and any(added == t + s for t in typed_variants)]
+    assert accepted, f"the file's new text {added!r} is not typed text + a server suggestion {suggestions!r}"
+    body = accepted[-1]
+
+    # The DOM ghost text was that suggestion too.
+    ghost = result["ghostText"]
+    inline = ghost["inline"].replace("\u00a0", " ")
+    assert inline and inline in body, (ghost, body)
+
+    # The hover showed the generated docstring for `add`.
+    assert "add" in result["hoverText"] and "generated docstring" in result["hoverText"], result["hoverText"]
+    assert (ARTIFACTS / "vscode.png").is_file()

@@ -1,0 +1,149 @@
+// Drives VS Code (code-server) in headless Chromium with playwright-core, for
+// tests/e2e/test_vscode.py. Usage:
+//   node vscode_driver.mjs <config.json>
+// config: { playwrightCore, url, file, typeChunks, hoverWord, artifacts, timeoutMs }
+// Writes a JSON result to stdout's last line: { ghostText, hoverText, screenshots }.
+
+import { createRequire } from "node:module";
+import { readFileSync, mkdirSync } from "node:fs";
+import path from "node:path";
+
+const cfg = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const require = createRequire(path.join(cfg.playwrightCore, "package.json"));
+const { chromium } = require(cfg.playwrightCore);
+
+const log = (...a) => console.error(`[driver ${new Date().toISOString().slice(11, 23)}]`, ...a);
+const timeout = cfg.timeoutMs ?? 120000;
+mkdirSync(cfg.artifacts, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: cfg.chromium ?? "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const result = { screenshots: [] };
+let page;
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  page = await context.newPage();
+  page.on("pageerror", (e) => log("page error:", e.message));
+  page.setDefaultTimeout(timeout);
+
+  log("open", cfg.url);
+  await page.goto(cfg.url, { waitUntil: "domcontentloaded" });
+  await page.locator(".monaco-workbench").waitFor({ state: "visible" });
+  // The explorer shows the workspace once the remote file system is up.
+  await page.locator(".explorer-folders-view .monaco-list-row").first().waitFor({ state: "visible" });
+
+  // Open the file with Quick Open, as a user would.
+  log("quick open", cfg.file);
+  await page.keyboard.press("Control+P");
+  const quickInput = page.locator(".quick-input-widget input");
+  await quickInput.waitFor({ state: "visible" });
+  await quickInput.fill(cfg.file);
+  await page.locator(".quick-input-list .monaco-list-row").first().waitFor({ state: "visible" });
+  await page.keyboard.press("Enter");
+  const editor = page.locator(".editor-instance .monaco-editor").first();
+  await editor.locator(".view-line").first().waitFor({ state: "visible" });
+  await page.locator(`.tab.active[data-resource-name="${cfg.file}"], .tab.active:has-text("${cfg.file}")`).first().waitFor();
+
+  // Wait for the extension: its status bar item turns "ready" once the model is loaded.
+  log("waiting for the server to be ready");
+  await page.locator('[id="codellama-lsp.codellama-lsp.codellamaLsp.status"], .statusbar-item:has-text("Code Llama")').first().waitFor();
+  await page.waitForFunction(
+    () => [...document.querySelectorAll(".statusbar-item")].some((e) => /Code Llama/.test(e.textContent) && e.querySelector(".codicon-check, .codicon-sparkle")),
+    null,
+    { timeout },
+  );
+
+  // Type at the end of the file.
+  await editor.locator(".view-lines").click();
+  await page.keyboard.press("Control+End");
+  const ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first();
+  let shown = false;
+  result.chunksTyped = 0;
+  for (const chunk of cfg.typeChunks) {
+    result.chunksTyped += 1;
+    log("type", JSON.stringify(chunk));
+    if (chunk === "\n") {
+      await page.keyboard.press("Enter");
+    } else {
+      await page.keyboard.type(chunk, { delay: 40 });
+    }
+    try {
+      await ghost.waitFor({ state: "visible", timeout: timeout / cfg.typeChunks.length });
+      shown = true;
+      break;
+    } catch {
+      log("no ghost text yet");
+    }
+  }
+  if (!shown) {
+    throw new Error("no inline suggestion (ghost text) appeared");
+  }
+  await page.waitForTimeout(300); // let the view zone for further lines render
+  result.ghostText = await page.evaluate(() => {
+    const ed = document.querySelector(".editor-instance .monaco-editor");
+    const inline = [...ed.querySelectorAll(".ghost-text-decoration")].map((e) => e.textContent).join("");
+    const lines = [...ed.querySelectorAll(".ghost-text .view-line, .ghost-text > div")]
+      .map((e) => e.textContent);
+    return { inline, lines };
+  });
+  log("ghost text", JSON.stringify(result.ghostText));
+  const shot1 = path.join(cfg.artifacts, "vscode-ghost.png");
+  await page.screenshot({ path: shot1 });
+  result.screenshots.push(shot1);
+
+  // Accept with Tab, then save.
+  await page.keyboard.press("Tab");
+  await ghost.waitFor({ state: "hidden", timeout: 10000 }).catch(() => log("ghost text still shown after Tab"));
+  await page.keyboard.press("Escape");
+  await page.keyboard.press("Control+S");
+  await page.locator(".tab.active.dirty").waitFor({ state: "detached", timeout: 15000 });
+  log("saved");
+
+  // Hover the function name: the hover shows the generated docstring.
+  const word = editor.locator(".view-line span", { hasText: new RegExp(`^${cfg.hoverWord}$`) }).first();
+  await page.keyboard.press("Control+Home");
+  await word.waitFor({ state: "visible" });
+  const hover = page.locator(".monaco-hover:not(.hidden) .hover-contents, .monaco-hover:not(.hidden) .monaco-hover-content").first();
+  for (let attempt = 0; attempt < 3; attempt++) {
+    await page.mouse.move(5, 5);
+    await word.hover();
+    try {
+      await page.waitForFunction(
+        () => [...document.querySelectorAll(".monaco-hover")].some((h) => /generated docstring/.test(h.textContent)),
+        null,
+        { timeout: timeout / 3 },
+      );
+      break;
+    } catch {
+      log("no docstring hover yet");
+    }
+  }
+  result.hoverText = await page.evaluate(() =>
+    [...document.querySelectorAll(".monaco-hover")].map((h) => h.innerText).filter((t) => /generated docstring/.test(t)).join("\n"),
+  );
+  void hover;
+  log("hover", JSON.stringify(result.hoverText));
+  const shot2 = path.join(cfg.artifacts, "vscode.png");
+  await page.screenshot({ path: shot2 });
+  result.screenshots.push(shot2);
+} catch (err) {
+  result.error = String(err && err.stack || err);
+  if (page) {
+    const shot = path.join(cfg.artifacts, "vscode-failure.png");
+    await page.screenshot({ path: shot }).catch(() => {});
+    result.screenshots.push(shot);
+  }
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
+process.exit(result.error ? 1 : 0);
