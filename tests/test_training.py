@@ -1,0 +1,127 @@
+"""The training script on a tiny model and corpus: examples are built as inference prompts, loss falls, export reloads."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "model"))
+
+from codellama_lsp.engine.checkpoint import load_model, save_checkpoint  # noqa: E402
+from codellama_lsp.engine.config import ModelArgs  # noqa: E402
+from codellama_lsp.engine.model import Transformer  # noqa: E402
+from codellama_lsp.engine.tokenizer import Tokenizer  # noqa: E402
+from codellama_lsp.prompt import infilling_tokens  # noqa: E402
+from train import (  # noqa: E402
+    IGNORE, PackedExamples, TrainConfig, build_example, init_weights, loss_fn, lr_at, make_optimizer, split_document,
+)
+from train_tokenizer import train_tokenizer  # noqa: E402
+
+DOCS = [
+    f"def add_{i}(a, b):\n    \"\"\"Add two numbers.\"\"\"\n    return a + b + {i}\n\n\n"
+    f"class Thing{i}:\n    def __init__(self, x):\n        self.x = x  # é ☺\n\n    def get(self):\n        return self.x\n"
+    for i in range(40)
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tokenizer]:
+    """A tiny jsonl corpus and a ~360-piece tokenizer (256 bytes + specials + ~40 learned) trained on it with the real trainer."""
+    tmp = tmp_path_factory.mktemp("corpus")
+    data = tmp / "train.jsonl"
+    import json
+
+    data.write_text("".join(json.dumps({"path": f"f{i}.py", "text": d}) + "\n" for i, d in enumerate(DOCS)))
+    model = train_tokenizer(DOCS, tmp / "tokenizer.model", vocab_size=360)
+    return data, Tokenizer(model)
+
+
+def tiny_args(vocab: int) -> ModelArgs:
+    return ModelArgs(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=vocab, rope_theta=1e6, max_position_embeddings=256,
+                     tie_word_embeddings=True)
+
+
+def test_split_reconstructs_document() -> None:
+    rng = random.Random(0)
+    for doc in ["", "x", *DOCS[:5]]:
+        for _ in range(50):
+            assert "".join(split_document(doc, rng)) == doc
+
+
+def test_infilling_examples_are_inference_prompts(corpus: tuple[Path, Tokenizer]) -> None:
+    _, tok = corpus
+    rng = random.Random(1)
+    formats = set()
+    for i in range(200):
+        doc = DOCS[i % len(DOCS)]
+        ex = build_example(tok, doc, 1025, rng, fim_rate=1.0)
+        assert ex is not None and ex.fim is not None
+        prefix, middle, suffix, fmt = ex.fim
+        formats.add(fmt)
+        assert prefix + middle + suffix == doc  # the whole document fits, so no window is taken
+        assert ex.ids == infilling_tokens(tok, prefix, suffix, fmt) + tok.encode_infilling(middle) + [tok.eot_id]
+    assert formats == {"psm", "spm"}
+
+
+def test_plain_examples_and_windows(corpus: tuple[Path, Tokenizer]) -> None:
+    _, tok = corpus
+    rng = random.Random(2)
+    long_doc = "".join(DOCS)
+    for _ in range(50):
+        whole = build_example(tok, DOCS[0], 1025, rng, fim_rate=0.0)
+        assert whole is not None and whole.fim is None
+        assert whole.ids == [tok.bos_id, *tok.encode(DOCS[0]), tok.eos_id]
+        window = build_example(tok, long_doc, 100, rng, fim_rate=0.5)
+        assert window is not None and len(window.ids) <= 100
+        if window.fim:
+            assert "".join(window.fim[:3]) in long_doc
+
+
+def test_packed_rows_mask_padding_and_boundaries(corpus: tuple[Path, Tokenizer]) -> None:
+    data, tok = corpus
+    x, y = next(iter(PackedExamples(data, tok.path, 128, 0.9, seed=0)))
+    assert x.shape == y.shape == (128,)
+    assert (y[x == tok.bos_id][1:] != tok.bos_id).all()  # no target is the start of the next example
+    assert not (y == tok.bos_id).any()
+
+
+def test_schedule_warms_up_and_decays() -> None:
+    cfg = TrainConfig(tokens=100 * 1024, batch_size=1, warmup_steps=10)
+    assert lr_at(0, 0.0, cfg) < lr_at(9, 0.09, cfg) == pytest.approx(cfg.lr)
+    assert lr_at(99, 1.0, cfg) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+
+
+def test_few_steps_lower_loss_and_export_reloads(corpus: tuple[Path, Tokenizer], tmp_path: Path) -> None:
+    data, tok = corpus
+    torch.manual_seed(0)
+    cfg = TrainConfig(tokens=10 * 256, context=128, batch_size=2, lr=3e-3, warmup_steps=2)
+    model = Transformer(tiny_args(tok.vocab_size))
+    init_weights(model)
+    opt = make_optimizer(model, cfg)
+    rows = iter(PackedExamples(data, tok.path, cfg.context, cfg.fim_rate, seed=0))
+    x, y = (torch.stack(t) for t in zip(*(next(rows) for _ in range(cfg.batch_size))))
+    assert (y != IGNORE).any()
+    with torch.no_grad():
+        before = loss_fn(model, x, y).item()
+    for step in range(15):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, step / 15, cfg)
+        loss = loss_fn(model, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss_fn(model, x, y).item()
+    assert after < before - 0.5
+
+    out = save_checkpoint(model.eval(), tmp_path / "export", tok.path)
+    reloaded, tok2 = load_model(out, device="cpu", dtype="float32")
+    assert tok2.vocab_size == tok.vocab_size
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), model(x), rtol=0, atol=0)
