@@ -190,7 +190,10 @@ def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
 
     # The DOM ghost text was that suggestion too.
     ghost = result["ghostText"]
-    inline = ghost["inline"].replace("\u00a0", " ")
+    # VS Code draws spaces as U+00A0 and control characters as U+2400 + code ("control pictures").
+    inline = "".join(
+        " " if c == "\u00a0" else chr(ord(c) - 0x2400) if "\u2400" <= c <= "\u241f" else c for c in ghost["inline"]
+    )
     assert inline and inline in body, (ghost, body)
 
     # The hover showed the generated docstring for `add`.

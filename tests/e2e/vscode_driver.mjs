@@ -56,11 +56,22 @@ try {
   // Wait for the extension: its status bar item turns "ready" once the model is loaded.
   log("waiting for the server to be ready");
   await page.locator('[id="codellama-lsp.codellama-lsp.codellamaLsp.status"], .statusbar-item:has-text("Code Llama")').first().waitFor();
-  await page.waitForFunction(
-    () => [...document.querySelectorAll(".statusbar-item")].some((e) => /Code Llama/.test(e.textContent) && e.querySelector(".codicon-check, .codicon-sparkle")),
+  const serverState = await page.waitForFunction(
+    () => {
+      const item = [...document.querySelectorAll(".statusbar-item")].find((e) => /Code Llama/.test(e.textContent));
+      if (!item) return null;
+      if (item.querySelector(".codicon-check, .codicon-sparkle")) return "ready";
+      if (item.querySelector(".codicon-error")) return `error: ${item.getAttribute("aria-label") ?? item.textContent}`;
+      return null;
+    },
     null,
     { timeout },
   );
+  const state = await serverState.jsonValue();
+  log("server", state);
+  if (state !== "ready") {
+    throw new Error(`the extension reports a server ${state}`);
+  }
 
   // Type at the end of the file.
   await editor.locator(".view-lines").click();

@@ -75,6 +75,7 @@ export class StatusItem implements vscode.Disposable {
     this.text = text;
     this.item.text = this.decorate(text);
     this.item.tooltip = `${tooltip}\nClick for status and actions.`;
+    this.item.accessibilityInformation = { label: tooltip };
     this.item.backgroundColor = background;
   }
 
