@@ -47,7 +47,24 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["psm", "spm"], default="psm", help="prompt format (default: psm)")
     c.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
     _common(c, sub=True)
+    e = sub.add_parser("export-gguf", help="write a checkpoint as GGUF for llama.cpp and Ollama, and exit")
+    e.add_argument("model_dir", type=Path, help="checkpoint directory (Hugging Face or Meta layout)")
+    e.add_argument("out", type=Path, help="the .gguf file to write")
+    e.add_argument("--outtype", choices=["f32", "f16"], default="f32", help="weights' type (default: f32)")
     return p
+
+
+def export(args: argparse.Namespace) -> int:
+    from .engine import CheckpointError
+    from .gguf_export import export_gguf
+
+    try:
+        out = export_gguf(args.model_dir, args.out, args.outtype)
+    except (CheckpointError, OSError) as exc:
+        print(f"codellama-lsp: cannot export {args.model_dir}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
 
 
 def _logging(log_file: Path | None, level: str) -> None:
@@ -103,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "complete":
         sys.stdout.flush()
         os._exit(complete(args))
+    if args.command == "export-gguf":
+        sys.exit(export(args))
     from .server import build_server
 
     _threads(args.threads)

@@ -31,7 +31,8 @@ from . import docstring as ds
 from .completion import generation_request, plan, suggestion
 from .context import TokenCounter, Window
 from .documents import Cursor, Document, PositionOutOfRange
-from .engine import Engine, GenerationRequest
+from .backends import Backend, open_backend
+from .engine import GenerationRequest
 from .lifecycle import Lifecycle, Shown
 from .metrics import Metrics
 from .positions import negotiate
@@ -87,7 +88,7 @@ class ModelState:
     path: Path
     state: str = "not loaded"  # not loaded | loading | ready | failed
     error: str | None = None
-    engine: Engine | None = None
+    engine: Backend | None = None  # the local engine, or a connection to an inference server
     load_ms: float | None = None
 
 
@@ -203,11 +204,11 @@ class CodeLlamaServer(LanguageServer):
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.model.state))
 
     @staticmethod
-    def _load_engine(path: Path, settings: Settings) -> Engine:
-        engine = Engine.load(path, device=settings.device, dtype=None if settings.dtype == "auto" else settings.dtype,
-                             context_length=CONTEXT_LENGTH)
-        engine.tokenizer.require_fim()
-        return engine
+    def _load_engine(path: Path, settings: Settings) -> Backend:
+        return open_backend(settings.backend, path, device=settings.device, dtype=settings.dtype,
+                            context_length=CONTEXT_LENGTH, url=settings.url, served_model=settings.model,
+                            tokenizer=Path(settings.tokenizer).expanduser() if settings.tokenizer else None,
+                            api_key_env=settings.api_key_env)
 
     async def _begin_progress(self, message: str) -> str | None:
         caps = self.client_capabilities.window

@@ -27,11 +27,17 @@ class Settings:
     temperature: float = 0.0
     time_budget_ms: float = 1000.0
     enabled: bool = True
+    # Where generation runs (see codellama_lsp.backends): the local engine, or a server at ``url``,
+    # for which ``model`` is the served model's name and ``tokenizer`` its tokenizer.model.
+    backend: str = "local"
+    url: str | None = None
+    api_key_env: str | None = None  # the name of the environment variable holding the API key
+    tokenizer: str | None = None
 
     @property
-    def load_key(self) -> tuple[str | None, str, str]:
-        """What the loaded engine depends on: a change reloads the model."""
-        return self.model, self.device, self.dtype
+    def load_key(self) -> tuple[str | None, ...]:
+        """What the loaded engine (or server connection) depends on: a change reloads it."""
+        return self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer
 
 
 # camelCase key -> (field, check returning an error message or None, converter)
@@ -64,11 +70,27 @@ def _device(v: Any) -> str | None:
 
 
 def _model(v: Any) -> str | None:
-    return None if v is None or (isinstance(v, str) and v.strip()) else "expected a path to a checkpoint directory"
+    return None if v is None or (isinstance(v, str) and v.strip()) else "expected a checkpoint directory (local backend) or the served model's name"
 
 
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "expected true or false"
+
+
+def _url(v: Any) -> str | None:
+    if v is None or (isinstance(v, str) and re.fullmatch(r"https?://[^\s/]+(/\S*)?", v.strip())):
+        return None
+    return "expected an http:// or https:// URL"
+
+
+def _env_name(v: Any) -> str | None:
+    if v is None or (isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v)):
+        return None
+    return "expected the name of an environment variable (the key itself never goes in settings)"
+
+
+def _path(v: Any) -> str | None:
+    return None if v is None or (isinstance(v, str) and v.strip()) else "expected a path"
 
 
 _KEYS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
@@ -82,6 +104,10 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
     "temperature": ("temperature", _number_range(0.0, 2.0)),
     "timeBudgetMs": ("time_budget_ms", _number_range(10, 600_000)),
     "enabled": ("enabled", _bool),
+    "backend": ("backend", _choice("local", "openai", "vllm", "tgi", "llamacpp")),
+    "url": ("url", _url),
+    "apiKeyEnv": ("api_key_env", _env_name),
+    "tokenizer": ("tokenizer", _path),
 }
 assert {f for f, _ in _KEYS.values()} == {f.name for f in fields(Settings)}
 
@@ -111,7 +137,7 @@ def apply(current: Settings, raw: Any) -> tuple[Settings, list[str]]:
         if problem:
             errors.append(f"invalid value {value!r} for codellama.{key}: {problem}; keeping {getattr(current, name)!r}")
             continue
-        if name == "model" and value is not None:
+        if name in ("model", "url", "tokenizer") and value is not None:
             value = value.strip()
         changes[name] = float(value) if name in ("temperature", "time_budget_ms") else value
     return replace(current, **changes), errors
