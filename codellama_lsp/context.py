@@ -13,11 +13,15 @@ full; a fresh cut fills only three quarters of the budget, leaving room to type 
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from .documents import Cursor, Document
+
+# Python strings hold astral characters as single code points, so any surrogate is a lone one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # No tokenizer packs more than this many characters into one token on average, so
 # walking this many characters per budget token always reaches the budget.
@@ -48,9 +52,7 @@ class TokenCounter:
 
 def sanitize(text: str) -> str:
     """Lone surrogates (binary content sent as JSON) become U+FFFD so the tokenizer can encode them."""
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def prompt_text(text: str) -> str:

@@ -15,14 +15,21 @@ from typing import Iterable
 
 from .positions import Encoding, index_to_units, units_to_index
 
-_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
+_EOL = re.compile(r"(\r\n|\r|\n)")
+# Characters str.splitlines also breaks at, which the LSP does not.
+_OTHER_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def split_lines(text: str) -> list[str]:
     """Lines with their terminators; the last item is the unterminated rest (maybe "")."""
-    lines = _LINE.findall(text)
-    consumed = sum(map(len, lines))
-    lines.append(text[consumed:])
+    if _OTHER_BREAKS.search(text) is None:
+        lines = text.splitlines(keepends=True)  # the fast path, exact when only LSP line ends occur
+        if not lines or lines[-1].endswith(("\n", "\r")):
+            lines.append("")
+        return lines
+    parts = _EOL.split(text)  # text, end, text, end, ..., rest
+    lines = [line + end for line, end in zip(parts[0::2], parts[1::2])]
+    lines.append(parts[-1])
     return lines
 
 
