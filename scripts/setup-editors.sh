@@ -11,7 +11,7 @@
 #   build: editors/vscode/codellama-lsp.vsix
 #
 # Environment: CODELLAMA_EDITORS_HOME (default ~/.cache/codellama-lsp-editors), PYTHON
-# (default python3).
+# (default: python, else python3 — the interpreter that runs pytest).
 set -euo pipefail
 
 NODE24_VERSION=24.21.0
@@ -26,7 +26,7 @@ CODE_SERVER_SCRIPTS=code-server,argon2,@parcel/watcher,@vscode/deviceid,@vscode/
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${CODELLAMA_EDITORS_HOME:-$HOME/.cache/codellama-lsp-editors}"
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 NICE=(nice -n 10)
 mkdir -p "$TOOLS"
 

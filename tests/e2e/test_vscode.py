@@ -199,3 +199,12 @@ def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
     # The hover showed the generated docstring for `add`.
     assert "add" in result["hoverText"] and "generated docstring" in result["hoverText"], result["hoverText"]
     assert (ARTIFACTS / "vscode.png").is_file()
+
+    # "Toggle Suggestions" wrote the setting and sent it to the server live.
+    assert result.get("toggledOff")
+    user_settings = json.loads((code_server["data"] / "User" / "settings.json").read_text(encoding="utf-8"))
+    assert user_settings.get("codellamaLsp.enabled") is False
+    trace = "".join(p.read_text(encoding="utf-8", errors="replace")
+                    for p in code_server["data"].glob("logs/**/*Code Llama LSP Trace*.log"))
+    change = trace.rfind("Sending notification 'workspace/didChangeConfiguration'")
+    assert change >= 0 and '"enabled": false' in trace[change:change + 2000], trace[change:change + 2000]

@@ -146,6 +146,21 @@ try {
   const shot2 = path.join(cfg.artifacts, "vscode.png");
   await page.screenshot({ path: shot2 });
   result.screenshots.push(shot2);
+
+  // Toggle Suggestions from the Command Palette: the setting flips, live.
+  await page.keyboard.press("Escape");
+  await page.keyboard.press("Control+Shift+P");
+  await quickInput.waitFor({ state: "visible" });
+  await quickInput.fill(">Code Llama: Toggle Suggestions");
+  await page.locator(".quick-input-list .monaco-list-row", { hasText: "Toggle Suggestions" }).first().waitFor({ state: "visible" });
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(
+    () => [...document.querySelectorAll(".statusbar-item")].some((e) => /Code Llama.*\(off\)/.test(e.textContent)),
+    null,
+    { timeout: 20000 },
+  );
+  result.toggledOff = true;
+  log("suggestions toggled off");
 } catch (err) {
   result.error = String(err && err.stack || err);
   if (page) {
