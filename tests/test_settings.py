@@ -1,0 +1,39 @@
+"""Settings validation: invalid values are reported with a clear message and never applied."""
+
+from __future__ import annotations
+
+from codellama_lsp.settings import Settings, apply
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert (s.format, s.max_new_tokens, s.prefix_tokens, s.suffix_tokens, s.temperature, s.enabled) == \
+        ("psm", 64, 1024, 256, 0.0, True)
+
+
+def test_valid_values_apply_from_the_section_or_flat() -> None:
+    s, errors = apply(Settings(), {"codellama": {"format": "spm", "maxNewTokens": 32, "temperature": 1}})
+    assert errors == [] and (s.format, s.max_new_tokens, s.temperature) == ("spm", 32, 1.0)
+    s, errors = apply(s, {"prefixTokens": 512, "enabled": False, "model": " /m ", "device": "cuda:1"})
+    assert errors == [] and (s.prefix_tokens, s.enabled, s.model, s.device) == (512, False, "/m", "cuda:1")
+    assert apply(s, None) == (s, [])
+
+
+def test_invalid_values_are_reported_and_kept() -> None:
+    before = Settings()
+    after, errors = apply(before, {"maxNewTokens": 0, "format": "fim", "temperature": "hot", "enabled": "yes",
+                                   "dtype": "int4", "device": "tpu", "suffixTokens": True, "colour": 1})
+    assert after == before
+    text = "\n".join(errors)
+    assert len(errors) == 8
+    assert "invalid value 0 for codellama.maxNewTokens: expected an integer from 1 to 1024; keeping 64" in text
+    assert "codellama.format: expected one of psm, spm" in text
+    assert "unknown setting codellama.colour" in text
+
+
+def test_not_an_object() -> None:
+    assert apply(Settings(), [1, 2])[1] == ["codellama settings must be an object, got list"]
+
+
+def test_load_key_changes_only_with_model_device_dtype() -> None:
+    assert Settings(format="spm").load_key == Settings().load_key != Settings(dtype="float16").load_key
