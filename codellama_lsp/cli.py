@@ -110,7 +110,10 @@ def complete(args: argparse.Namespace) -> int:
     cursor = doc.cursor(line, max(args.column, 1) - 1)
     p = plan(doc, cursor, settings, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
     result = engine.generate(generation_request(p, settings))
-    print(suggestion(result.text, p))
+    text = suggestion(result.text, p)
+    if not text:
+        print(f"codellama-lsp: no suggestion here (the model's text was {result.text!r})", file=sys.stderr)
+    print(text)
     return 0
 
 
