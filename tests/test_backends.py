@@ -96,7 +96,7 @@ async def test_openai_single_line_is_one_json_answer_with_server_side_stop(tok: 
     assert (seen.method, seen.path) == ("POST", "/v1/completions")
     body = seen.json()
     assert body == {"prompt": as_text(tok, req.prompt), "max_tokens": 16, "temperature": 0.0, "top_p": 1.0, "seed": 0,
-                    "stream": False, "model": "codellama/CodeLlama-34b-hf", "stop": ["\n"]}
+                    "stream": False, "repeat_penalty": 1.0, "model": "codellama/CodeLlama-34b-hf", "stop": ["\n"]}
     assert (result.text, result.stop_reason) == ("return a + b", "eot")
     assert (result.prompt_tokens, result.computed_tokens) == (len(req.prompt), 11)
 
@@ -133,6 +133,7 @@ async def test_vllm_sends_token_ids_and_eot_as_a_stop_token(tok: Tokenizer) -> N
         result = await backend(tok, "vllm", server.url, served_model="cl").agenerate(req)
     body = server.seen[0].json()
     assert body["prompt"] == list(req.prompt) and body["stop_token_ids"] == [tok.eot_id] and body["model"] == "cl"
+    assert "repeat_penalty" not in body
     assert result.text == " a + b"
 
 
@@ -202,7 +203,7 @@ async def test_llamacpp_infill_sends_prefix_and_suffix_ids_with_cache_prompt(tok
     assert seen.path == "/infill"
     assert seen.json() == {"input_prefix": tok.encode(PREFIX), "input_suffix": tok.encode_infilling(SUFFIX),
                            "n_predict": 16, "temperature": 0.0, "top_p": 1.0, "seed": 0, "stream": True,
-                           "cache_prompt": True}
+                           "cache_prompt": True, "repeat_penalty": 1.0}
     assert (result.text, result.stop_reason) == ("return a", "eot")
     assert (result.computed_tokens, result.reused_tokens) == (3, len(req.prompt) - 3)
 

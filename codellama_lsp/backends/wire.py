@@ -18,6 +18,9 @@ from .errors import BackendError
 from .prompt_text import as_text, eot_text, split_infilling
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit, and TGI's default max_stop_sequences
+# The engine applies no repetition penalty; llama.cpp's server and llama-cpp-python default to 1.1,
+# which changes even greedy output, so servers of that family are told 1.0.
+NO_REPEAT_PENALTY = {"repeat_penalty": 1.0}
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class OpenAICompletions(Wire):
             "top_p": req.top_p,
             "seed": req.seed,
             "stream": stream,
+            **NO_REPEAT_PENALTY,
         }
         if model:
             body["model"] = model
@@ -115,6 +119,7 @@ class VllmCompletions(OpenAICompletions):
 
     def payload(self, req: GenerationRequest, stream: bool, model: str | None) -> dict[str, Any]:
         body = super().payload(req, stream, model)
+        del body["repeat_penalty"]  # not vLLM's parameter (its repetition_penalty defaults to 1.0)
         if self.tok.eot_id is not None:
             body["stop_token_ids"] = [self.tok.eot_id]
         return body
@@ -191,6 +196,7 @@ class LlamaCppInfill(Wire):
             "seed": req.seed,
             "stream": stream,
             "cache_prompt": True,
+            **NO_REPEAT_PENALTY,
         }
         if _stops(req):
             body["stop"] = _stops(req)
