@@ -9,7 +9,6 @@ what the tests check is what the editor gets.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 from .context import Window, prompt_text, window
@@ -56,7 +55,7 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, tokenizer: Tokenizer
     )
 
 
-def generation_request(p: Plan, settings: Settings, cancel: threading.Event | None = None) -> GenerationRequest:
+def generation_request(p: Plan, settings: Settings) -> GenerationRequest:
     request = GenerationRequest(
         prompt=p.prompt,
         max_new_tokens=settings.max_new_tokens,
@@ -68,8 +67,6 @@ def generation_request(p: Plan, settings: Settings, cancel: threading.Event | No
         request.stop_strings = ("\n",)
     else:
         request.on_text = lambda text: block_end(text, p.block_indent, p.next_line) is not None
-    if cancel is not None:
-        request.cancel = cancel
     return request
 
 

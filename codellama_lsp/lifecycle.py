@@ -1,9 +1,11 @@
-"""Request lifecycle: one live request per document, and typed-through reuse.
+"""Request lifecycle: one live computation per document, shared or superseded; typed-through reuse.
 
-Editors send a completion request per keystroke. Only the newest one matters, so a new
-request for a document sets the cancel event of the one before it; the engine checks
-that event before every decode step, and a request still queued behind another is
-skipped without computing anything.
+Editors send a request per keystroke, and some send two per keystroke (an inline
+completion and a completion for the same place). A request for the place a running
+computation is already answering waits for that computation instead of starting a new
+one; a request for a new place supersedes it: the old computation's task is cancelled,
+which sets the engine request's cancel event, and the engine stops within one decode
+step. A request still queued behind another on the engine is skipped without computing.
 
 When the user types the first characters of the suggestion on screen, the rest of it
 is still the best suggestion: it comes back at once, without a model call.
@@ -11,8 +13,11 @@ is still the best suggestion: it comes back at once, without a model call.
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from dataclasses import dataclass
+from typing import Awaitable, Callable, Hashable, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -25,23 +30,46 @@ class Shown:
     text: str
 
 
+@dataclass
+class _Flight:
+    ident: Hashable
+    task: asyncio.Future
+    waiters: int = 0
+
+
 class Lifecycle:
     def __init__(self) -> None:
-        self._live: dict[str, threading.Event] = {}
+        self._flights: dict[str, _Flight] = {}
         self._shown: dict[str, Shown] = {}
+        self.shared = 0  # requests answered by a computation another request started
 
-    def begin(self, key: str) -> threading.Event:
-        """Register a new request under ``key``, cancelling the one it supersedes."""
-        old = self._live.get(key)
-        if old is not None:
-            old.set()
-        cancel = threading.Event()
-        self._live[key] = cancel
-        return cancel
+    async def run(self, key: str, ident: Hashable, start: Callable[[], Awaitable[T]]) -> T | None:
+        """The result of ``start()`` for ``ident``, computed once per key at a time; None if superseded.
 
-    def end(self, key: str, cancel: threading.Event) -> None:
-        if self._live.get(key) is cancel:
-            del self._live[key]
+        Cancelling the awaiting request (``$/cancelRequest``) cancels the computation too,
+        unless another request is still waiting for it.
+        """
+        flight = self._flights.get(key)
+        if flight is not None and flight.ident == ident and not flight.task.done():
+            self.shared += 1
+        else:
+            if flight is not None:
+                flight.task.cancel()
+            flight = self._flights[key] = _Flight(ident, asyncio.ensure_future(start()))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # this request itself was cancelled
+                if flight.waiters == 1:
+                    flight.task.cancel()
+                raise
+            return None  # the computation was superseded by a newer request
+        finally:
+            flight.waiters -= 1
+            if self._flights.get(key) is flight and flight.task.done():
+                del self._flights[key]
 
     def remember(self, uri: str, shown: Shown) -> None:
         self._shown[uri] = shown
@@ -57,6 +85,7 @@ class Lifecycle:
         return None
 
     def forget(self, uri: str) -> None:
+        """A closed document: drop its suggestion and stop its computations."""
         self._shown.pop(uri, None)
-        for key in [k for k in self._live if k == uri or k.endswith(" " + uri)]:
-            self._live.pop(key).set()
+        for key in [k for k in self._flights if k == uri or k.endswith(" " + uri)]:
+            self._flights.pop(key).task.cancel()

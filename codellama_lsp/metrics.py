@@ -23,8 +23,11 @@ class Metrics:
     def count(self, outcome: str) -> None:
         self.counts[outcome] += 1
 
-    def answered(self, latency_ms: float, prompt_tokens: int = 0, reused_tokens: int = 0) -> None:
+    def answered(self, latency_ms: float) -> None:
         self.latencies_ms.append(latency_ms)
+
+    def prefilled(self, prompt_tokens: int, reused_tokens: int) -> None:
+        """One engine request: how much of its prompt the KV cache already held."""
         self.prompt_tokens += prompt_tokens
         self.reused_tokens += reused_tokens
 

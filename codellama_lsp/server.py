@@ -284,33 +284,40 @@ class CodeLlamaServer(LanguageServer):
             self.metrics.count("model_not_ready")
             log.info("completion before the model is ready (%s)", self.model.state)
             return ""
-        cancel = self.lifecycle.begin(uri)
         try:
-            p = plan(doc, cursor, self.settings, engine.tokenizer, counter, self.windows.get(uri))
-            self.windows[uri] = p.window
-            result = await engine.agenerate(generation_request(p, self.settings, cancel))
+            text = await self.lifecycle.run(uri, (cursor.line, head, tail, doc.version),
+                                            lambda: self._complete(doc, cursor, engine, counter))
         except asyncio.CancelledError:
             self.metrics.count("cancelled")
             raise
-        except Exception as exc:  # noqa: BLE001 - a failed request is logged and answered empty
-            log.warning("completion at %s:%s in %s failed: %s", position.line, position.character, uri, exc)
-            self.metrics.count("failed")
-            return ""
-        finally:
-            self.lifecycle.end(uri, cancel)
-        if result.stop_reason == "cancelled":
+        if text is None:
             self.metrics.count("superseded")
-            log.debug("completion %s:%s superseded after %d tokens", position.line, position.character,
-                      result.generated_tokens)
             return ""
-        text = suggestion(result.text, p)
-        latency = (time.perf_counter() - t0) * 1000
-        self.metrics.answered(latency, result.prompt_tokens, result.reused_tokens)
+        self.metrics.answered((time.perf_counter() - t0) * 1000)
         self.metrics.count("answered" if text else "empty")
-        log.debug("completion %s:%s %s %.0f ms, %d/%d tokens reused, stop %s: %r", position.line, position.character,
-                  p.mode, latency, result.reused_tokens, result.prompt_tokens, result.stop_reason, text)
         if text:
             self.lifecycle.remember(uri, Shown(cursor.line, head, tail, text))
+        return text
+
+    async def _complete(self, doc: Document, cursor: Cursor, engine: Engine, counter: TokenCounter) -> str:
+        """One model call for a suggestion at ``cursor``; "" (logged) if it fails."""
+        t0 = time.perf_counter()
+        try:
+            p = plan(doc, cursor, self.settings, engine.tokenizer, counter, self.windows.get(doc.uri))
+            self.windows[doc.uri] = p.window
+            result = await engine.agenerate(generation_request(p, self.settings))
+        except asyncio.CancelledError:
+            log.debug("completion %s:%s in %s stopped: superseded or cancelled", cursor.line, cursor.index, doc.uri)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed request is logged and answered empty
+            log.warning("completion at %s:%s in %s failed: %s", cursor.line, cursor.index, doc.uri, exc)
+            self.metrics.count("failed")
+            return ""
+        self.metrics.prefilled(result.prompt_tokens, result.reused_tokens)
+        text = suggestion(result.text, p)
+        log.debug("completion %s:%s %s %.0f ms, %d/%d tokens reused, %d generated, stop %s: %r", cursor.line,
+                  cursor.index, p.mode, (time.perf_counter() - t0) * 1000, result.reused_tokens, result.prompt_tokens,
+                  result.generated_tokens, result.stop_reason, text)
         return text
 
     # -- docstrings -------------------------------------------------------------------------------------
@@ -327,30 +334,30 @@ class CodeLlamaServer(LanguageServer):
         key = (uri, "".join(doc.lines[d.first_line: d.body_line]))
         if key in self._docstrings:
             return doc, d, self._docstrings[key]
-        prompt = ds.prompt(doc, d, self.settings.prefix_tokens, self.settings.suffix_tokens, counter)
-        cancel = self.lifecycle.begin("docstring " + uri)
-        request = GenerationRequest(
-            prompt=infilling_tokens(engine.tokenizer, prompt.prefix, prompt.suffix, self.settings.format),  # type: ignore[arg-type]
-            max_new_tokens=DOCSTRING_MAX_TOKENS, temperature=self.settings.temperature,
-            time_budget_ms=max(self.settings.time_budget_ms, DOCSTRING_TIME_BUDGET_MS),
-            stop_strings=prompt.stop, cancel=cancel,
-        )
-        try:
-            result = await engine.agenerate(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            log.warning("docstring for %s in %s failed: %s", d.name, uri, exc)
-            return None
-        finally:
-            self.lifecycle.end("docstring " + uri, cancel)
-        text = ds.clean(result.text, d.style)
-        if result.stop_reason == "cancelled" or not text:
+        text = await self.lifecycle.run("docstring " + uri, key, lambda: self._docstring(doc, d, engine, counter))
+        if not text:
             return None
         self._docstrings[key] = text
         if len(self._docstrings) > 64:
             self._docstrings.popitem(last=False)
         return doc, d, text
+
+    async def _docstring(self, doc: Document, d: ds.Definition, engine: Engine, counter: TokenCounter) -> str:
+        prompt = ds.prompt(doc, d, self.settings.prefix_tokens, self.settings.suffix_tokens, counter)
+        request = GenerationRequest(
+            prompt=infilling_tokens(engine.tokenizer, prompt.prefix, prompt.suffix, self.settings.format),  # type: ignore[arg-type]
+            max_new_tokens=DOCSTRING_MAX_TOKENS, temperature=self.settings.temperature,
+            time_budget_ms=max(self.settings.time_budget_ms, DOCSTRING_TIME_BUDGET_MS), stop_strings=prompt.stop,
+        )
+        try:
+            result = await engine.agenerate(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged; no docstring
+            log.warning("docstring for %s in %s failed: %s", d.name, doc.uri, exc)
+            return ""
+        self.metrics.prefilled(result.prompt_tokens, result.reused_tokens)
+        return ds.clean(result.text, d.style)
 
     def docstring_edit(self, doc: Document, d: ds.Definition, text: str) -> types.WorkspaceEdit:
         line, insert = ds.edit(doc, d, text)
@@ -372,6 +379,7 @@ class CodeLlamaServer(LanguageServer):
             "position_encoding": self.encoding,
             "open_documents": len(self.documents),
             **self.metrics.snapshot(),
+            "shared_requests": self.lifecycle.shared,
         }
 
 

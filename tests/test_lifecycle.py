@@ -2,19 +2,68 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from codellama_lsp.lifecycle import Lifecycle, Shown
 from codellama_lsp.metrics import Metrics, percentile
 
 
-def test_a_new_request_cancels_the_previous_one_for_the_same_document() -> None:
-    life = Lifecycle()
-    first = life.begin("a.py")
-    other = life.begin("b.py")
-    second = life.begin("a.py")
-    assert first.is_set() and not second.is_set() and not other.is_set()
-    life.end("a.py", first)  # ending a superseded request does not drop the live one
-    third = life.begin("a.py")
-    assert second.is_set() and not third.is_set()
+async def _slow(result: str, started: list[str], stopped: list[str]) -> str:
+    started.append(result)
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        stopped.append(result)
+        raise
+    return result
+
+
+async def _quick(result: str) -> str:
+    await asyncio.sleep(0.01)
+    return result
+
+
+async def test_a_request_for_a_new_place_supersedes_the_running_one() -> None:
+    life, started, stopped = Lifecycle(), [], []
+    first = asyncio.ensure_future(life.run("a.py", 1, lambda: _slow("one", started, stopped)))
+    other = asyncio.ensure_future(life.run("b.py", 1, lambda: _quick("other")))
+    await asyncio.sleep(0.02)
+    second = await life.run("a.py", 2, lambda: _quick("two"))
+    assert (await first, second, await other) == (None, "two", "other")
+    assert stopped == ["one"]
+
+
+async def test_a_request_for_the_same_place_shares_the_running_computation() -> None:
+    life, calls = Lifecycle(), []
+
+    async def once() -> str:
+        calls.append(1)
+        return await _quick("same")
+
+    results = await asyncio.gather(*(life.run("a.py", 7, once) for _ in range(5)))
+    assert results == ["same"] * 5 and len(calls) == 1 and life.shared == 4
+
+
+async def test_cancelling_a_request_cancels_its_computation_unless_shared() -> None:
+    life, started, stopped = Lifecycle(), [], []
+    alone = asyncio.ensure_future(life.run("a.py", 1, lambda: _slow("x", started, stopped)))
+    await asyncio.sleep(0.01)
+    alone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await alone
+    await asyncio.sleep(0.01)
+    assert stopped == ["x"]
+    started, stopped = [], []
+    first = asyncio.ensure_future(life.run("b.py", 1, lambda: _slow("y", started, stopped)))
+    second = asyncio.ensure_future(life.run("b.py", 1, lambda: _slow("y", started, stopped)))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.sleep(0.01)
+    assert stopped == [] and not second.done()
+    life.forget("b.py")  # closing the document stops it
+    assert await second is None and stopped == ["y"]
 
 
 def test_typed_through() -> None:
@@ -31,20 +80,14 @@ def test_typed_through() -> None:
     assert life.typed_through("a.py", 3, "    return a", ")") is None
 
 
-def test_forget_cancels_live_requests() -> None:
-    life = Lifecycle()
-    completion, docstring = life.begin("a.py"), life.begin("docstring a.py")
-    life.forget("a.py")
-    assert completion.is_set() and docstring.is_set()
-
-
 def test_metrics() -> None:
     assert percentile([], 0.5) is None
     assert percentile([5.0, 1.0, 3.0], 0.5) == 3.0
     m = Metrics()
     m.count("completion")
     m.count("typed_through")
-    m.answered(10.0, prompt_tokens=100, reused_tokens=75)
+    m.answered(10.0)
+    m.prefilled(prompt_tokens=100, reused_tokens=75)
     m.answered(30.0)
     snap = m.snapshot()
     assert snap["kv_reuse_ratio"] == 0.75 and snap["typed_through_hits"] == 1

@@ -108,12 +108,14 @@ async def test_inline_completion_is_the_engine_text(client: Client, engine: Engi
 async def test_completion_is_the_same_suggestion_as_one_item(client: Client) -> None:
     uri = "file:///completion.py"
     client.open(uri, SOURCE)
-    inline = await client.inline(uri, 9, 11)  # mid-line: "    return |a + b"
-    result = await client.text_document_completion_async(types.CompletionParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(9, 11)))
+    shared = (await client.status())["shared_requests"]
+    # Sent together, as editors with both providers do: one computation answers both.
+    inline, result = await asyncio.gather(client.inline(uri, 9, 11), client.text_document_completion_async(
+        types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(9, 11))))
     assert inline
     assert result.is_incomplete
     assert [i.text_edit.new_text for i in result.items] == [inline]
+    assert (await client.status())["shared_requests"] == shared + 1
 
 
 async def test_single_line_mid_line_and_multi_line_at_end(client: Client, engine: Engine) -> None:
@@ -134,7 +136,8 @@ async def test_supersede_cancels_the_older_request(client: Client) -> None:
         t0 = time.perf_counter()
         first = asyncio.ensure_future(client.inline(uri, 16, 0))  # an empty top-level line: nothing ends the block
         await asyncio.sleep(0.2)
-        second = asyncio.ensure_future(client.inline(uri, 16, 0))
+        client.change(uri, 2, "x", (16, 0), (16, 0))  # a keystroke: the next request is for a new place
+        second = asyncio.ensure_future(client.inline(uri, 16, 1))
         assert await first == ""
         superseded_after = time.perf_counter() - t0
         await client.configure(maxNewTokens=4)
