@@ -16,6 +16,7 @@ Two passes over the trace:
   ratio (keystrokes whose request was not superseded by the next one, nor failed).
 
     python benchmarks/peer.py [--model DIR] [--keystrokes 80] [--interval-ms 120] [--json PATH]
+                              [--profile-local STACKS.txt]   # py-spy samples of the local LSP's sequential pass
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ import argparse
 import asyncio
 import json
 import re
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -146,14 +150,51 @@ def llama_cpp_python_computed(server_log: LogTail) -> Callable[[str], int]:
     return computed
 
 
+@contextmanager
+def sampled(pid: int, out: Path | None):
+    """py-spy samples of process ``pid`` (all threads, idle ones left out) while the block runs, as collapsed stacks."""
+    if out is None:
+        yield
+        return
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attach before the first keystroke
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+
+
+WRAPPERS = ("threading.py", "concurrent/futures", "_contextlib.py", "torch/nn/modules/module.py")
+
+
+def hot_frames(stacks: Path, top: int = 12) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """Frames by inclusive and by self share of the samples (generic wrappers left out): where the time goes."""
+    inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    total = 0
+    for line in stacks.read_text(encoding="utf-8", errors="replace").splitlines():
+        frames, _, count = line.rpartition(" ")
+        n, chain = int(count), frames.split(";")
+        total += n
+        leaf[chain[-1]] += n
+        for frame in set(chain):
+            if not any(w in frame for w in WRAPPERS):
+                inclusive[frame] += n
+    return ([(f, n / total) for f, n in inclusive.most_common(top)],
+            [(f, n / total) for f, n in leaf.most_common(top)])
+
+
 async def run_side(name: str, client: Client, computed: Callable[[str], int], trace: Trace,
-                   interval_ms: float) -> dict[str, Any]:
+                   interval_ms: float, profile: Path | None = None) -> dict[str, Any]:
     status = await client.wait_loaded(120)
     if status["state"] != "ready":
         raise RuntimeError(f"{name}: the LSP did not get ready: {status['error']}\n{client.log()[-2000:]}")
     side = Side(name, client, computed)
     await sequential(side, Trace(trace.text, trace.line, trace.column, trace.typed[:3]), f"file:///warmup-{name}.py")
-    latencies, recomputed = await sequential(side, trace, f"file:///seq-{name}.py")
+    with sampled(client.process.pid, profile):
+        latencies, recomputed = await sequential(side, trace, f"file:///seq-{name}.py")
     answered = await typed(side, trace, f"file:///typed-{name}.py", interval_ms)
     return {
         "p50_ms": percentile(latencies, 0.5),
@@ -180,7 +221,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         scratch = Path(tmp)
         client = await start(args.model, scratch / "local.log", options=LSP_SETTINGS)
         try:
-            results["local"] = await run_side("local", client, lsp_computed, trace, args.interval_ms)
+            results["local"] = await run_side("local", client, lsp_computed, trace, args.interval_ms, args.profile_local)
         finally:
             await stop(client)
         gguf = export_gguf(args.model, scratch / "model.gguf")
@@ -226,10 +267,16 @@ def main() -> None:
     ap.add_argument("--interval-ms", type=float, default=120.0, help="typing interval of the typed pass")
     ap.add_argument("--llama-server", type=Path, help="a llama.cpp llama-server binary to use instead of llama-cpp-python")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--profile-local", type=Path, help="sample the local LSP with py-spy during the sequential pass")
     args = ap.parse_args()
     results = asyncio.run(main_async(args))
     print(f"{args.keystrokes} keystrokes of {results['source']}, model {args.model}\n")
     print(table(results))
+    if args.profile_local:
+        for title, frames in zip(("inclusive", "self"), hot_frames(args.profile_local)):
+            print(f"\nlocal keystroke path, {title} share of py-spy samples ({args.profile_local}):")
+            for frame, share in frames:
+                print(f"{share:6.1%}  {frame}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
