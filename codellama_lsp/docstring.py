@@ -183,7 +183,7 @@ def prompt(doc: Document, d: Definition, prefix_tokens: int, suffix_tokens: int,
     """Infilling prefix and suffix whose middle is the docstring's text."""
     if d.style == "python":
         above_end, below_start = d.header_end, d.body_line
-        open_, close, stop = f'{d.body_indent}"""', f'"""\n', ('"""',)
+        open_, close, stop = f'{d.body_indent}"""', '"""\n', ('"""',)
     else:
         above_end, below_start = d.first_line - 1, d.first_line
         open_, close, stop = f"{d.indent}/**\n{d.indent} * ", f"\n{d.indent} */\n", ("*/",)

@@ -299,7 +299,7 @@ class CodeLlamaServer(LanguageServer):
             self.lifecycle.remember(uri, Shown(cursor.line, head, tail, text))
         return text
 
-    async def _complete(self, doc: Document, cursor: Cursor, engine: Engine, counter: TokenCounter) -> str:
+    async def _complete(self, doc: Document, cursor: Cursor, engine: Backend, counter: TokenCounter) -> str:
         """One model call for a suggestion at ``cursor``; "" (logged) if it fails."""
         t0 = time.perf_counter()
         try:
@@ -342,7 +342,7 @@ class CodeLlamaServer(LanguageServer):
             self._docstrings.popitem(last=False)
         return doc, d, text
 
-    async def _docstring(self, doc: Document, d: ds.Definition, engine: Engine, counter: TokenCounter) -> str:
+    async def _docstring(self, doc: Document, d: ds.Definition, engine: Backend, counter: TokenCounter) -> str:
         prompt = ds.prompt(doc, d, self.settings.prefix_tokens, self.settings.suffix_tokens, counter)
         request = GenerationRequest(
             prompt=infilling_tokens(engine.tokenizer, prompt.prefix, prompt.suffix, self.settings.format),  # type: ignore[arg-type]
