@@ -4,9 +4,8 @@ Both sides run the real ``codellama-lsp --stdio`` process driven as an editor wo
 (didOpen, then one didChange and one inlineCompletion per keystroke). The peer is
 llama-cpp-python's OpenAI-compatible server on 127.0.0.1 serving the same weights
 (exported with ``export-gguf``, f32), which always reuses the KV of the longest prefix
-its previous prompt shares (what llama.cpp's ``cache_prompt`` does); ``--llama-server``
-benchmarks a llama.cpp ``llama-server`` binary instead, through ``/infill`` with
-``cache_prompt`` and ``--cache-reuse``. Each side gets one thread.
+its previous prompt shares (what llama.cpp's ``cache_prompt`` does; it has no
+``--cache-reuse``, which would also shift KV after the edit). Each side gets one thread.
 
 Two passes over the trace:
 
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from codellama_lsp import BUNDLED_MODEL  # noqa: E402
 from codellama_lsp.gguf_export import export_gguf  # noqa: E402
 from codellama_lsp.metrics import percentile  # noqa: E402
-from llamacpp_support import LlamaCppServer, free_port  # noqa: E402
+from llamacpp_support import LlamaCppServer  # noqa: E402
 from lsp_harness import Client, start, stop  # noqa: E402
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
@@ -204,15 +203,6 @@ async def run_side(name: str, client: Client, computed: Callable[[str], int], tr
     }
 
 
-def start_llama_server(binary: Path, gguf: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    out = open(log, "wb")
-    proc = subprocess.Popen([str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", "1",
-                             "-tb", "1", "-c", "4096", "-np", "1", "--cache-reuse", "256"],
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return proc, f"http://127.0.0.1:{port}"
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     trace = make_trace(args.keystrokes)
     results: dict[str, Any] = {"model": str(args.model), "keystrokes": args.keystrokes, "interval_ms": args.interval_ms,
@@ -224,27 +214,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results["local"] = await run_side("local", client, lsp_computed, trace, args.interval_ms, args.profile_local)
         finally:
             await stop(client)
-        gguf = export_gguf(args.model, scratch / "model.gguf")
-        if args.llama_server:
-            proc, url = start_llama_server(args.llama_server, gguf, scratch / "llama-server.log")
-            options, computed, peer = {"backend": "llamacpp", "url": url}, lsp_computed, "llama-server /infill"
-            await asyncio.sleep(3)
-        else:
-            server = LlamaCppServer(gguf, scratch / "llama-cpp-python.log")
-            options, peer = {"backend": "openai", "url": server.url + "/v1"}, "llama-cpp-python /v1/completions"
-            computed = llama_cpp_python_computed(LogTail(server.log))
+        server = LlamaCppServer(export_gguf(args.model, scratch / "model.gguf"), scratch / "llama-cpp-python.log")
         try:
-            client = await start(args.model, scratch / "remote.log", options={**LSP_SETTINGS, **options})
+            client = await start(args.model, scratch / "remote.log",
+                                 options={**LSP_SETTINGS, "backend": "openai", "url": server.url + "/v1"})
             try:
+                computed = llama_cpp_python_computed(LogTail(server.log))
                 results["llamacpp"] = await run_side("llamacpp", client, computed, trace, args.interval_ms)
-                results["llamacpp"]["server"] = peer
             finally:
                 await stop(client)
         finally:
-            if args.llama_server:
-                proc.kill()
-            else:
-                server.stop()
+            server.stop()
     for side in ("local", "llamacpp"):
         for key in ("p50_ms", "p95_ms"):
             results[f"{side}_{key}"] = results[side][key]
@@ -253,7 +233,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     rows = ["| backend | p50 ms | p95 ms | answered | prompt tokens computed / keystroke |", "|---|---:|---:|---:|---:|"]
-    for side, label in (("local", "local engine"), ("llamacpp", r["llamacpp"]["server"])):
+    for side, label in (("local", "local engine (PyTorch)"), ("llamacpp", "llama-cpp-python server")):
         s = r[side]
         rows.append(f"| {label} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['answered_ratio']:.0%} | "
                     f"{s['recomputed_per_keystroke']:.1f} |")
@@ -265,7 +245,6 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=BUNDLED_MODEL, help="checkpoint directory (default: the bundled model)")
     ap.add_argument("--keystrokes", type=int, default=80)
     ap.add_argument("--interval-ms", type=float, default=120.0, help="typing interval of the typed pass")
-    ap.add_argument("--llama-server", type=Path, help="a llama.cpp llama-server binary to use instead of llama-cpp-python")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--profile-local", type=Path, help="sample the local LSP with py-spy during the sequential pass")
     args = ap.parse_args()

@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import gguf
-import numpy as np
 import torch
 from sentencepiece import sentencepiece_model_pb2
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 
 from codellama_lsp.backends.prompt_text import as_text
 from codellama_lsp.completion import plan, suggestion
