@@ -138,3 +138,73 @@ def test_nothing_but_json_rpc_on_stdout(tiny_model_dir: Path, tmp_path: Path) ->
     assert ids == [1, 2, 3]
     assert done.returncode == 0
     assert b"codellama_lsp" in done.stderr  # the log went to stderr
+
+
+def test_version_and_help() -> None:
+    import subprocess
+
+    from codellama_lsp import __version__
+
+    out = subprocess.run([sys.executable, "-m", "codellama_lsp", "--version"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == f"codellama-lsp {__version__}"
+    out = subprocess.run([sys.executable, "-m", "codellama_lsp", "--help"], capture_output=True, text=True, timeout=30)
+    for flag in ("--stdio", "--tcp", "--host", "--port", "--model", "--device", "--dtype", "--log-file", "--log-level",
+                 "complete"):
+        assert flag in out.stdout
+
+
+def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``codellama-lsp complete`` goes the server's way: same context, prompt, engine and post-processing."""
+    import subprocess
+
+    import torch
+
+    from codellama_lsp.completion import generation_request, plan, suggestion
+    from codellama_lsp.context import TokenCounter
+    from codellama_lsp.documents import Document
+    from codellama_lsp.engine import Engine
+    from codellama_lsp.settings import Settings
+
+    source = tmp_path / "add.py"
+    text = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+    source.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "codellama_lsp", "complete", str(source), "--line", "2", "--column", "12",
+                          "--model", str(tiny_model_dir), "--format", "spm", "--max-new-tokens", "8", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    torch.set_num_threads(1)
+    engine = Engine.load(tiny_model_dir, device="cpu")
+    settings = Settings(format="spm", max_new_tokens=8, time_budget_ms=60_000.0)
+    doc = Document.from_text(source.as_uri(), text, encoding="utf-32")
+    p = plan(doc, doc.cursor(1, 11), settings, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    assert out.stdout == suggestion(engine.generate(generation_request(p, settings)).text, p) + "\n"
+
+
+async def test_tcp_binds_localhost(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import socket
+
+    from lsp_harness import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "codellama_lsp", "--tcp", "--port", str(port), "--model", str(tiny_model_dir),
+        "--log-file", str(tmp_path / "server.log"))
+    try:
+        client = Client()
+        for _ in range(300):  # until it listens
+            try:
+                await client.start_tcp("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        result = await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
+        assert result.server_info.name == "codellama-lsp"
+        await client.shutdown_async(None)
+        client.exit(None)
+        await asyncio.wait_for(server.wait(), 10)
+        await client.stop()
+    finally:
+        if server.returncode is None:
+            server.kill()
