@@ -219,6 +219,14 @@ def test_accept_word_fallthrough_and_dismiss(nvim, tmp_path: Path):
     path.write_text(PY_SAMPLE, encoding="utf-8")
     _open_and_wait_ready(n, path)
 
+    # :CodeLlamaStatus reports the server's state.
+    # (vim.notify is captured: a multi-line message would wait at a hit-enter prompt)
+    _lua(n, "_G.__notes = {}; vim.notify = function(msg) table.insert(_G.__notes, msg) end")
+    n.command("CodeLlamaStatus")
+    status = _wait(lambda: "\n".join(_lua(n, "return _G.__notes"))
+                   if "server: ready" in "\n".join(_lua(n, "return _G.__notes")) else None, 30, ":CodeLlamaStatus output")
+    assert "suggestions: on" in status, status
+
     # <Tab> with no suggestion shown falls through to a normal <Tab>.
     n.input("Go")
     _wait(lambda: n.api.get_mode()["mode"] == "i", 5, "insert mode")

@@ -68,7 +68,8 @@ function M.status(cb)
   end)
 end
 
-local function show_status()
+local function show_status(cmd)
+  local full = cmd and cmd.bang
   M.status(function(err, result)
     local s = suggest.stats
     local lines = {
@@ -81,8 +82,13 @@ local function show_status()
     end
     if err then
       lines[#lines + 1] = "server: " .. err
-    else
+    elseif full or type(result) ~= "table" then
       lines[#lines + 1] = "server: " .. vim.inspect(result)
+    else
+      lines[#lines + 1] = ("server: %s, model %s (%s, %s)%s"):format(
+        tostring(result.state), tostring(result.model), tostring(result.device), tostring(result.dtype),
+        type(result.error) == "string" and (", error: " .. result.error) or "")
+      lines[#lines + 1] = "(:CodeLlamaStatus! shows everything)"
     end
     notify(table.concat(lines, "\n"))
   end)
@@ -117,7 +123,7 @@ function M.setup(opts)
   })
 
   if not did_setup then
-    vim.api.nvim_create_user_command("CodeLlamaStatus", show_status, { desc = "Show codellama-lsp status" })
+    vim.api.nvim_create_user_command("CodeLlamaStatus", show_status, { bang = true, desc = "Show codellama-lsp status" })
     vim.api.nvim_create_user_command("CodeLlamaToggle", function()
       M.toggle()
     end, { desc = "Toggle codellama suggestions" })
