@@ -17,6 +17,7 @@ from .engine import GenerationRequest, Tokenizer
 from .postprocess import Mode, block_end, choose_mode, finish, indent_of, next_code_line
 from .prompt import infilling_tokens
 from .settings import Settings
+from .syntax import language_of, parser, trim_to_syntax
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Plan:
     block_indent: str  # lines indented less than this end a multi-line suggestion
     next_line: str  # the first code line after the cursor's line, which a suggestion must not repeat
     eol: str  # the document's line ending; the model sees and writes "\n"
+    prefix: str  # the prompt's prefix and suffix text (LF line endings)
+    suffix: str
+    language: str
 
 
 def _line_ending(doc: Document, line: int) -> str:
@@ -52,6 +56,9 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, tokenizer: Tokenizer
         block_indent=indent_of(head) if head.strip() else head,
         next_line=next_code_line(suffix),
         eol=_line_ending(doc, cursor.line),
+        prefix=prefix,
+        suffix=suffix,
+        language=language_of(doc.language_id, doc.uri),
     )
 
 
@@ -72,4 +79,7 @@ def generation_request(p: Plan, settings: Settings) -> GenerationRequest:
 
 def suggestion(raw: str, p: Plan) -> str:
     text = finish(raw, p.mode, p.line_suffix, p.block_indent, p.next_line)
+    grammar = parser(p.language) if p.mode == "multi" and text else None
+    if grammar is not None:
+        text = trim_to_syntax(text, p.prefix, p.suffix, grammar)
     return text.replace("\n", p.eol) if p.eol != "\n" else text

@@ -15,13 +15,13 @@ from __future__ import annotations
 import re
 import textwrap
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import chain
 from typing import Callable, Literal
 
 from .context import cut, prompt_text
 from .documents import Document
 from .postprocess import indent_of
+from .syntax import language_of, parser
 
 Style = Literal["python", "jsdoc"]
 
@@ -54,32 +54,9 @@ class Definition:
     has_docstring: bool
 
 
-def language_of(doc: Document) -> str:
-    lang = doc.language_id.lower()
-    if lang:
-        return lang
-    ext = doc.uri.rsplit(".", 1)[-1].lower() if "." in doc.uri else ""
-    return {"py": "python", "pyi": "python", "js": "javascript", "mjs": "javascript", "cjs": "javascript",
-            "jsx": "javascriptreact"}.get(ext, ext)
-
-
-@lru_cache(maxsize=None)
-def _parser(language: str):
-    """A tree-sitter parser, or None when the grammar package is missing."""
-    try:
-        import tree_sitter
-        if language == "python":
-            import tree_sitter_python as grammar
-        else:
-            import tree_sitter_javascript as grammar
-        return tree_sitter.Parser(tree_sitter.Language(grammar.language()))
-    except ImportError:
-        return None
-
-
 def find_definition(doc: Document, line: int) -> Definition | None:
     """The function or class whose header contains ``line``."""
-    lang = language_of(doc)
+    lang = language_of(doc.language_id, doc.uri)
     if lang == "python":
         return _tree_sitter_definition(doc, line, "python", PYTHON_DEFS)
     if lang in ("javascript", "javascriptreact"):
@@ -99,13 +76,13 @@ def _window_start(doc: Document, line: int) -> int:
 
 
 def _tree_sitter_definition(doc: Document, line: int, grammar: str, kinds: dict[str, str]) -> Definition | None:
-    parser = _parser(grammar)
-    if parser is None:
+    p = parser(grammar)
+    if p is None:
         return _fallback_definition(doc, line)
     lo = _window_start(doc, line)
     hi = min(len(doc.lines), line + LINES_BELOW)
     source = "".join(doc.lines[lo:hi]).encode("utf-8", "surrogatepass")
-    node = parser.parse(source).root_node
+    node = p.parse(source).root_node
     row = line - lo
     best = None
     while True:  # descend to the innermost definition whose header spans the row

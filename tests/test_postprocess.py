@@ -59,3 +59,17 @@ def test_finish_multi_line_is_trimmed_to_the_block() -> None:
     assert finish(raw, "multi", "", "    ", "") == "total = 0\n    for x in xs:\n        total += x\n    return total"
     assert finish("\n\n   \n", "multi", "", "    ", "") == ""
     assert finish("return x", "multi", "", "    ", "return x") == ""
+
+
+def test_multi_line_suggestions_keep_the_lines_that_parse() -> None:
+    from codellama_lsp.syntax import language_of, parser, trim_to_syntax
+
+    py = parser("python")
+    prefix, suffix = "import os\n\ndef f(x):\n    ", "\n\nprint(f(1))\n"
+    assert trim_to_syntax("y = x + 1\n    return y\n    if (", prefix, suffix, py) == "y = x + 1\n    return y"
+    complete = "for i in range(3):\n        y = (x +\n            i)\n    return y"
+    assert trim_to_syntax(complete, prefix, suffix, py) == complete  # a bracket open across lines is fine
+    js = parser("javascript")
+    assert trim_to_syntax("const y = x;\n  return y;\n  if (", "function f(x) {\n  ", "\n}\n", js) == "const y = x;\n  return y;"
+    assert parser("cobol") is None
+    assert language_of("", "file:///a/b.py") == "python" and language_of("TypeScript", "file:///x.js") == "typescript"
