@@ -160,16 +160,17 @@ async def test_cancel_request_stops_the_engine(client: Client) -> None:
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
         await asyncio.sleep(0.2)
         client.cancel_request(types.CancelParams(id=msg_id))
-        t0 = time.perf_counter()
         with pytest.raises(Exception) as error:
             await future
         assert getattr(error.value, "code", None) == -32800  # RequestCancelled
-        # The engine is free again at once: a short request on another document is answered quickly.
+        # The engine is free again at once: a short request on another document does not wait
+        # behind the ~1000 tokens the cancelled one had left (seconds, even for this tiny model).
         await client.configure(maxNewTokens=4)
         other = "file:///cancel-other.py"
         client.open(other, SOURCE)
+        t0 = time.perf_counter()
         await client.inline(other, 9, 11)
-        assert time.perf_counter() - t0 < 1.0
+        assert time.perf_counter() - t0 < 0.6
         assert (await client.status())["requests"]["cancelled"] >= 1
     finally:
         await client.configure(maxNewTokens=8)
