@@ -10,10 +10,10 @@ document's size.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
-from .positions import Encoding, index_to_units, units_to_index
+from .positions import Encoding, units_to_index
 
 _EOL = re.compile(r"(\r\n|\r|\n)")
 # Characters str.splitlines also breaks at, which the LSP does not.
@@ -56,12 +56,11 @@ class Document:
     version: int | None = None
     language_id: str = ""
     encoding: Encoding = "utf-16"
-    size: int = field(default=0)
 
     @classmethod
     def from_text(cls, uri: str, text: str, version: int | None = None, language_id: str = "",
                   encoding: Encoding = "utf-16") -> "Document":
-        return cls(uri, split_lines(text), version, language_id, encoding, len(text))
+        return cls(uri, split_lines(text), version, language_id, encoding)
 
     @property
     def text(self) -> str:
@@ -82,10 +81,6 @@ class Document:
             return Cursor(last, len(self.line_text(last)))
         return Cursor(line, units_to_index(self.line_text(line), character, self.encoding))
 
-    def position(self, cursor: Cursor) -> tuple[int, int]:
-        """The LSP (line, character) of ``cursor``."""
-        return cursor.line, index_to_units(self.line_text(cursor.line), cursor.index, self.encoding)
-
     def apply_change(self, text: str, start: tuple[int, int] | None = None, end: tuple[int, int] | None = None) -> None:
         """Replace the LSP range ``start``-``end`` (the whole document when None) with ``text``.
 
@@ -94,7 +89,6 @@ class Document:
         """
         if start is None or end is None:
             self.lines = split_lines(text)
-            self.size = len(text)
             return
         a = self.cursor(*start, clamp_line=True)
         b = self.cursor(*end, clamp_line=True)
@@ -103,13 +97,11 @@ class Document:
         first = max(0, a.line - 1)
         before = "".join(self.lines[first:a.line]) + self.lines[a.line][: a.index]
         after = self.lines[b.line][b.index:]
-        removed = sum(map(len, self.lines[first: b.line + 1]))
         replaced = split_lines(before + text + after)
         if b.line < len(self.lines) - 1:
             # Not the document's end: the region ends with a terminator, so its rest is "".
             replaced.pop()
         self.lines[first: b.line + 1] = replaced
-        self.size += sum(map(len, replaced)) - removed
 
     def window_before(self, cursor: Cursor) -> Iterable[str]:
         """Text before the cursor, nearest first: the cursor line's head, then whole lines upwards."""
