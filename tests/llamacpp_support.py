@@ -78,7 +78,7 @@ class LlamaCppServer:
         os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
+        """Kill it at once (a paused server too): whatever it was doing, its connections drop."""
         if self.process.poll() is None:
-            self.resume()
             self.process.kill()
         self.process.wait(10)
