@@ -8,6 +8,8 @@ contributes a random window of whole lines, so nothing is truncated mid-example.
 
     python model/train.py --name default --tokens 20e6
     python model/train.py --name default --tokens 20e6 --resume   # after an interruption
+    python model/train.py --name line --init-from model/runs/default/ckpt.pt --line-fim-rate 0.5 \
+        --tokens 2e6 --lr 4e-4 --warmup-steps 10                     # a second phase, new schedule
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     fim_rate: float = 0.9
+    line_fim_rate: float = 0.0  # share of infilling examples whose middle is the rest of one line
     seed: int = 1234
 
     @property
@@ -68,6 +71,21 @@ class TrainConfig:
 def split_document(doc: str, rng: random.Random) -> tuple[str, str, str]:
     """Prefix/middle/suffix from two uniformly random character positions (Code Llama's split)."""
     a, b = sorted((rng.randint(0, len(doc)), rng.randint(0, len(doc))))
+    return doc[:a], doc[a:b], doc[b:]
+
+
+def split_at_line(doc: str, rng: random.Random) -> tuple[str, str, str]:
+    """Prefix/middle/suffix where the middle is the rest of one random line, from its start or mid-line.
+
+    This is what an editor asks for most (finish this line), and what uniform splits,
+    whose middles average a third of the document, rarely teach: to stop with EOT at the newline.
+    """
+    starts = [0, *(i + 1 for i, c in enumerate(doc) if c == "\n" and i + 1 < len(doc))]
+    a = rng.choice(starts)
+    b = doc.find("\n", a)
+    b = len(doc) if b < 0 else b
+    if rng.random() < 0.5:
+        a = rng.randint(a, b)
     return doc[:a], doc[a:b], doc[b:]
 
 
@@ -103,14 +121,16 @@ class Example:
     fim: tuple[str, str, str, str] | None  # (prefix, middle, suffix, fmt)
 
 
-def build_example(tok: Tokenizer, doc: str, room: int, rng: random.Random, fim_rate: float) -> Example | None:
+def build_example(tok: Tokenizer, doc: str, room: int, rng: random.Random, fim_rate: float,
+                  line_fim_rate: float = 0.0) -> Example | None:
     """One training example of at most ``room`` tokens from ``doc``, or None if it cannot fit."""
     n_chars = int(room * CHARS_PER_TOKEN)
     fim = rng.random() < fim_rate
     fmt = "psm" if rng.random() < 0.5 else "spm"
+    split = split_at_line if fim and rng.random() < line_fim_rate else split_document
     for _ in range(4):
         text, ends = line_window(doc, n_chars, rng)
-        parts = (*split_document(text, rng), fmt) if fim else None
+        parts = (*split(text, rng), fmt) if fim else None
         ids = infilling_example(tok, *parts) if parts else plain_example(tok, text, ends)
         if len(ids) <= room:
             return Example(ids, parts)
@@ -128,8 +148,10 @@ class PackedExamples(IterableDataset):
     ``__init__.py`` files, but no single huge file dominates.
     """
 
-    def __init__(self, data: Path, tokenizer: Path, context: int, fim_rate: float, seed: int) -> None:
-        self.data, self.tokenizer, self.context, self.fim_rate, self.seed = data, tokenizer, context, fim_rate, seed
+    def __init__(self, data: Path, tokenizer: Path, context: int, fim_rate: float, seed: int,
+                 line_fim_rate: float = 0.0) -> None:
+        self.data, self.tokenizer, self.context, self.seed = data, tokenizer, context, seed
+        self.fim_rate, self.line_fim_rate = fim_rate, line_fim_rate
 
     def _docs(self) -> tuple[list[str], list[int]]:
         with self.data.open(encoding="utf-8") as fh:
@@ -146,7 +168,7 @@ class PackedExamples(IterableDataset):
             starts: list[int] = []
             while n - len(row) >= MIN_ROOM:
                 doc = docs[bisect.bisect_right(cum, rng.random() * cum[-1])]
-                example = build_example(tok, doc, n - len(row), rng, self.fim_rate)
+                example = build_example(tok, doc, n - len(row), rng, self.fim_rate, self.line_fim_rate)
                 if example:
                     starts.append(len(row))
                     row += example.ids
@@ -277,6 +299,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers building examples (0: in-process)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", type=Path, help="a ckpt.pt to continue from with a new schedule (a second phase)")
+    ap.add_argument("--line-fim-rate", type=float, default=0.0, help="share of infilling middles that are one line")
     return ap.parse_args(argv)
 
 
@@ -289,12 +313,13 @@ def main(argv: list[str] | None = None) -> None:
     ckpt_path = run_dir / "ckpt.pt"
     tok = Tokenizer(ns.tokenizer)
     state = torch.load(ckpt_path, weights_only=False) if ns.resume else None
+    init = torch.load(ns.init_from, weights_only=False) if ns.init_from and not state else None
     if state:
         cfg, margs = TrainConfig(**state["train_config"]), ModelArgs(**state["model_args"])
     else:
         cfg = TrainConfig(tokens=int(ns.tokens), minutes=ns.minutes, context=ns.context, batch_size=ns.batch_size,
-                          lr=ns.lr, warmup_steps=ns.warmup_steps, seed=ns.seed)
-        margs = model_args_from(ns, tok.vocab_size)
+                          lr=ns.lr, warmup_steps=ns.warmup_steps, seed=ns.seed, line_fim_rate=ns.line_fim_rate)
+        margs = ModelArgs(**init["model_args"]) if init else model_args_from(ns, tok.vocab_size)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = Transformer(margs)
@@ -307,10 +332,14 @@ def main(argv: list[str] | None = None) -> None:
         step, elapsed_before = state["step"], state["elapsed"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
+    elif init:
+        model.load_state_dict(init["model"])
+        opt.load_state_dict(init["optimizer"])  # keeps Adam's moment estimates; the schedule restarts
+        log.info("initialised from %s (its step %d)", ns.init_from, init["step"])
     log.info("%s step %d/%d, %.2f M params, model %s, train %s", "resume" if state else "start", step,
              cfg.total_steps, margs.num_parameters() / 1e6, asdict(margs), asdict(cfg))
     # A resumed run draws a fresh example stream (seed + step) rather than replaying the old one.
-    data = PackedExamples(ns.data, ns.tokenizer, cfg.context, cfg.fim_rate, cfg.seed + step)
+    data = PackedExamples(ns.data, ns.tokenizer, cfg.context, cfg.fim_rate, cfg.seed + step, cfg.line_fim_rate)
     loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=ns.workers, prefetch_factor=4 if ns.workers else None)
     batches = iter(loader)
     model.train()

@@ -18,7 +18,8 @@ from codellama_lsp.engine.model import Transformer  # noqa: E402
 from codellama_lsp.engine.tokenizer import Tokenizer  # noqa: E402
 from codellama_lsp.prompt import infilling_tokens  # noqa: E402
 from train import (  # noqa: E402
-    IGNORE, PackedExamples, TrainConfig, build_example, init_weights, loss_fn, lr_at, make_optimizer, split_document,
+    IGNORE, PackedExamples, TrainConfig, build_example, init_weights, loss_fn, lr_at, make_optimizer, split_at_line,
+    split_document,
 )
 from train_tokenizer import train_tokenizer  # noqa: E402
 
@@ -125,3 +126,12 @@ def test_few_steps_lower_loss_and_export_reloads(corpus: tuple[Path, Tokenizer],
     assert tok2.vocab_size == tok.vocab_size
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), model(x), rtol=0, atol=0)
+
+
+def test_line_split_middle_is_rest_of_one_line() -> None:
+    rng = random.Random(3)
+    for doc in ["x", "a = 1\nb = 2\n", *DOCS[:3]]:
+        for _ in range(50):
+            prefix, middle, suffix = split_at_line(doc, rng)
+            assert prefix + middle + suffix == doc
+            assert "\n" not in middle and (suffix == "" or suffix.startswith("\n"))
