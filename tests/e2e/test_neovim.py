@@ -20,7 +20,8 @@ from .conftest import PY_SAMPLE, REPO, require
 
 PLUGIN = REPO / "editors" / "neovim"
 LOAD_TIMEOUT = 180.0  # server start + model load
-SUGGEST_TIMEOUT = 60.0
+SUGGEST_TIMEOUT = 120.0
+CHUNK_TIMEOUT = 30.0  # how long one typed chunk waits for ghost text before the next is typed
 
 
 def _nvim_binary() -> str:
@@ -134,7 +135,7 @@ def _type_until_ghost(n, chunks: list[str]) -> str:
     for chunk in chunks:
         n.input(chunk)
         try:
-            return _wait(lambda: _ghost(n), SUGGEST_TIMEOUT / len(chunks), "ghost text")
+            return _wait(lambda: _ghost(n), CHUNK_TIMEOUT, "ghost text")
         except AssertionError:
             continue
     raise AssertionError(f"no ghost text after typing {''.join(chunks)!r}")
