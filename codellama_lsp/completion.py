@@ -10,6 +10,7 @@ what the tests check is what the editor gets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .context import Window, prompt_text, window
 from .documents import Cursor, Document
@@ -62,19 +63,23 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, tokenizer: Tokenizer
     )
 
 
-def generation_request(p: Plan, settings: Settings) -> GenerationRequest:
-    request = GenerationRequest(
+def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], None] | None = None) -> GenerationRequest:
+    """The engine request for plan ``p``; ``on_text`` sees the raw text after every token."""
+
+    def stream(text: str) -> bool:
+        if on_text is not None:
+            on_text(text)
+        return p.mode == "multi" and block_end(text, p.block_indent, p.next_line) is not None
+
+    return GenerationRequest(
         prompt=p.prompt,
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         time_budget_ms=settings.time_budget_ms,
         infilling=True,
+        stop_strings=("\n",) if p.mode == "single" else (),
+        on_text=stream,
     )
-    if p.mode == "single":
-        request.stop_strings = ("\n",)
-    else:
-        request.on_text = lambda text: block_end(text, p.block_indent, p.next_line) is not None
-    return request
 
 
 def suggestion(raw: str, p: Plan) -> str:

@@ -8,7 +8,9 @@ which sets the engine request's cancel event, and the engine stops within one de
 step. A request still queued behind another on the engine is skipped without computing.
 
 When the user types the first characters of the suggestion on screen, the rest of it
-is still the best suggestion: it comes back at once, without a model call.
+is still the best suggestion: it comes back at once, without a model call. The same
+holds for a suggestion still being generated: a keystroke that matches the start of
+what the model has written so far waits for that generation rather than cancelling it.
 """
 
 from __future__ import annotations
@@ -21,49 +23,80 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Shown:
-    """The last suggestion returned for a document, and where it was anchored."""
+class Anchor:
+    """Where a suggestion is asked for: the cursor's line and the text either side of it."""
 
     line: int
     head: str  # the cursor line's text before the cursor
     tail: str  # the cursor line's text after the cursor
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The last suggestion returned for a document, and where it was anchored."""
+
+    anchor: Anchor
     text: str
 
 
-@dataclass
-class _Flight:
+def typed_since(anchor: Anchor, here: Anchor) -> str | None:
+    """What the user typed at ``anchor`` to get to ``here``; None if ``here`` is elsewhere."""
+    if anchor.line != here.line or anchor.tail != here.tail or not here.head.startswith(anchor.head):
+        return None
+    return here.head[len(anchor.head):]
+
+
+def rest_after_typing(text: str, typed: str | None) -> str | None:
+    """What remains of suggestion ``text`` once ``typed`` (a non-empty proper prefix of it) is typed."""
+    return text[len(typed):] if typed and len(typed) < len(text) and text.startswith(typed) else None
+
+
+@dataclass(eq=False)
+class Flight:
+    """A running computation: what it answers, and what it has produced so far if it streams."""
+
     ident: Hashable
-    task: asyncio.Future
+    task: asyncio.Future | None = None
     waiters: int = 0
+    partial: str = ""
 
 
 class Lifecycle:
-    def __init__(self) -> None:
-        self._flights: dict[str, _Flight] = {}
+    def __init__(self, grace_s: float = 0.05) -> None:
+        # Editors cancel the previous request just before sending the next keystroke's: a
+        # computation left without requests runs this much longer, so that the next request
+        # can still join it (or supersede it at once).
+        self.grace_s = grace_s
+        self._flights: dict[str, Flight] = {}
         self._shown: dict[str, Shown] = {}
         self.shared = 0  # requests answered by a computation another request started
 
-    async def run(self, key: str, ident: Hashable, start: Callable[[], Awaitable[T]]) -> T | None:
-        """The result of ``start()`` for ``ident``, computed once per key at a time; None if superseded.
+    async def run(self, key: str, ident: Hashable, start: Callable[[Flight], Awaitable[T]],
+                  joins: Callable[[Flight], bool] | None = None) -> tuple[Hashable, T] | None:
+        """Answer ``ident`` under ``key``: (the ident actually computed, its result), or None if superseded.
 
+        A running computation for the same ident, or one ``joins`` accepts, is awaited
+        instead of starting another; any other running computation under ``key`` is
+        cancelled. ``start`` is called at once, so it sees the state of this moment.
         Cancelling the awaiting request (``$/cancelRequest``) cancels the computation too,
-        unless another request is still waiting for it.
+        after ``grace_s``, unless another request is waiting for it by then.
         """
         flight = self._flights.get(key)
-        if flight is not None and flight.ident == ident and not flight.task.done():
+        if flight is not None and not flight.task.done() and (flight.ident == ident or (joins and joins(flight))):
             self.shared += 1
         else:
             if flight is not None:
                 flight.task.cancel()
-            flight = self._flights[key] = _Flight(ident, asyncio.ensure_future(start()))
+            flight = self._flights[key] = Flight(ident)
+            flight.task = asyncio.ensure_future(start(flight))
         flight.waiters += 1
         try:
-            return await asyncio.shield(flight.task)
+            return flight.ident, await asyncio.shield(flight.task)
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if me is not None and me.cancelling():  # this request itself was cancelled
                 if flight.waiters == 1:
-                    flight.task.cancel()
+                    asyncio.get_running_loop().call_later(self.grace_s, self._drop_if_orphaned, flight)
                 raise
             return None  # the computation was superseded by a newer request
         finally:
@@ -71,18 +104,18 @@ class Lifecycle:
             if self._flights.get(key) is flight and flight.task.done():
                 del self._flights[key]
 
+    @staticmethod
+    def _drop_if_orphaned(flight: Flight) -> None:
+        if flight.waiters == 0:
+            flight.task.cancel()
+
     def remember(self, uri: str, shown: Shown) -> None:
         self._shown[uri] = shown
 
-    def typed_through(self, uri: str, line: int, head: str, tail: str) -> str | None:
+    def typed_through(self, uri: str, here: Anchor) -> str | None:
         """The rest of the shown suggestion if the user has typed its beginning since."""
         shown = self._shown.get(uri)
-        if shown is None or shown.line != line or shown.tail != tail or not head.startswith(shown.head):
-            return None
-        typed = head[len(shown.head):]
-        if typed and len(typed) < len(shown.text) and shown.text.startswith(typed):
-            return shown.text[len(typed):]
-        return None
+        return None if shown is None else rest_after_typing(shown.text, typed_since(shown.anchor, here))
 
     def forget(self, uri: str) -> None:
         """A closed document: drop its suggestion and stop its computations."""

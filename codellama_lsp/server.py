@@ -18,7 +18,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
@@ -28,12 +28,12 @@ from pygls.protocol.language_server import lsp_method
 
 from . import BUNDLED_MODEL, __version__
 from . import docstring as ds
-from .completion import generation_request, plan, suggestion
+from .completion import Plan, generation_request, plan, suggestion
 from .context import TokenCounter, Window
 from .documents import Cursor, Document, PositionOutOfRange
 from .backends import Backend, open_backend
 from .engine import GenerationRequest
-from .lifecycle import Lifecycle, Shown
+from .lifecycle import Anchor, Flight, Lifecycle, Shown, rest_after_typing, typed_since
 from .metrics import Metrics
 from .positions import negotiate
 from .prompt import infilling_tokens
@@ -90,6 +90,10 @@ class ModelState:
     error: str | None = None
     engine: Backend | None = None  # the local engine, or a connection to an inference server
     load_ms: float | None = None
+
+
+async def _const(value: T) -> T:
+    return value
 
 
 def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
@@ -273,8 +277,8 @@ class CodeLlamaServer(LanguageServer):
             return ""
         doc, cursor = found
         line = doc.line_text(cursor.line)
-        head, tail = line[: cursor.index], line[cursor.index:]
-        rest = self.lifecycle.typed_through(uri, cursor.line, head, tail)
+        here = Anchor(cursor.line, line[: cursor.index], line[cursor.index:])
+        rest = self.lifecycle.typed_through(uri, here)
         if rest is not None:
             self.metrics.count("typed_through")
             self.metrics.answered((time.perf_counter() - t0) * 1000)
@@ -284,39 +288,57 @@ class CodeLlamaServer(LanguageServer):
             self.metrics.count("model_not_ready")
             log.info("completion before the model is ready (%s)", self.model.state)
             return ""
+
+        def typed_ahead(flight: Flight) -> bool:
+            """The user typed what the running generation has already written: wait for it."""
+            return rest_after_typing(flight.partial, typed_since(flight.ident[0], here)) is not None
+
         try:
-            text = await self.lifecycle.run(uri, (cursor.line, head, tail, doc.version),
-                                            lambda: self._complete(doc, cursor, engine, counter))
+            outcome = await self.lifecycle.run(uri, (here, doc.version),
+                                               lambda flight: self._complete(doc, cursor, engine, counter, flight),
+                                               typed_ahead)
         except asyncio.CancelledError:
             self.metrics.count("cancelled")
             raise
-        if text is None:
+        if outcome is None:
             self.metrics.count("superseded")
             return ""
+        (anchor, _), text = outcome
+        if anchor != here:  # answered by a generation started before the last keystrokes
+            self.metrics.count("typed_ahead")
+        self.lifecycle.remember(uri, Shown(anchor, text))
+        text = text if anchor == here else rest_after_typing(text, typed_since(anchor, here)) or ""
         self.metrics.answered((time.perf_counter() - t0) * 1000)
         self.metrics.count("answered" if text else "empty")
-        if text:
-            self.lifecycle.remember(uri, Shown(cursor.line, head, tail, text))
         return text
 
-    async def _complete(self, doc: Document, cursor: Cursor, engine: Backend, counter: TokenCounter) -> str:
-        """One model call for a suggestion at ``cursor``; "" (logged) if it fails."""
-        t0 = time.perf_counter()
+    def _complete(self, doc: Document, cursor: Cursor, engine: Backend, counter: TokenCounter,
+                  flight: Flight) -> Awaitable[str]:
+        """Plan now, while the document is as the request saw it; generate in the returned awaitable."""
         try:
             p = plan(doc, cursor, self.settings, engine.tokenizer, counter, self.windows.get(doc.uri))
-            self.windows[doc.uri] = p.window
-            result = await engine.agenerate(generation_request(p, self.settings))
+        except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
+            log.warning("completion at %s:%s in %s: no prompt: %s", cursor.line, cursor.index, doc.uri, exc)
+            return _const("")
+        self.windows[doc.uri] = p.window
+        request = generation_request(p, self.settings, on_text=lambda text: setattr(flight, "partial", text))
+        return self._generate(engine, request, p, f"{cursor.line}:{cursor.index} in {doc.uri}")
+
+    async def _generate(self, engine: Backend, request: GenerationRequest, p: Plan, where: str) -> str:
+        t0 = time.perf_counter()
+        try:
+            result = await engine.agenerate(request)
         except asyncio.CancelledError:
-            log.debug("completion %s:%s in %s stopped: superseded or cancelled", cursor.line, cursor.index, doc.uri)
+            log.debug("completion %s stopped: superseded or cancelled", where)
             raise
         except Exception as exc:  # noqa: BLE001 - a failed request is logged and answered empty
-            log.warning("completion at %s:%s in %s failed: %s", cursor.line, cursor.index, doc.uri, exc)
+            log.warning("completion %s failed: %s", where, exc)
             self.metrics.count("failed")
             return ""
         self.metrics.prefilled(result.prompt_tokens, result.reused_tokens)
         text = suggestion(result.text, p)
-        log.debug("completion %s:%s %s %.0f ms, %d/%d tokens reused, %d generated, stop %s: %r", cursor.line,
-                  cursor.index, p.mode, (time.perf_counter() - t0) * 1000, result.reused_tokens, result.prompt_tokens,
+        log.debug("completion %s %s %.0f ms, %d/%d tokens reused, %d generated, stop %s: %r", where, p.mode,
+                  (time.perf_counter() - t0) * 1000, result.reused_tokens, result.prompt_tokens,
                   result.generated_tokens, result.stop_reason, text)
         return text
 
@@ -334,7 +356,8 @@ class CodeLlamaServer(LanguageServer):
         key = (uri, "".join(doc.lines[d.first_line: d.body_line]))
         if key in self._docstrings:
             return doc, d, self._docstrings[key]
-        text = await self.lifecycle.run("docstring " + uri, key, lambda: self._docstring(doc, d, engine, counter))
+        outcome = await self.lifecycle.run("docstring " + uri, key, lambda _: self._docstring(doc, d, engine, counter))
+        text = outcome[1] if outcome else ""
         if not text:
             return None
         self._docstrings[key] = text
@@ -342,22 +365,27 @@ class CodeLlamaServer(LanguageServer):
             self._docstrings.popitem(last=False)
         return doc, d, text
 
-    async def _docstring(self, doc: Document, d: ds.Definition, engine: Backend, counter: TokenCounter) -> str:
+    def _docstring(self, doc: Document, d: ds.Definition, engine: Backend, counter: TokenCounter) -> Awaitable[str]:
+        """Build the prompt now, while the document is as the request saw it; generate in the awaitable."""
         prompt = ds.prompt(doc, d, self.settings.prefix_tokens, self.settings.suffix_tokens, counter)
         request = GenerationRequest(
             prompt=infilling_tokens(engine.tokenizer, prompt.prefix, prompt.suffix, self.settings.format),  # type: ignore[arg-type]
             max_new_tokens=DOCSTRING_MAX_TOKENS, temperature=self.settings.temperature,
             time_budget_ms=max(self.settings.time_budget_ms, DOCSTRING_TIME_BUDGET_MS), stop_strings=prompt.stop,
         )
-        try:
-            result = await engine.agenerate(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - logged; no docstring
-            log.warning("docstring for %s in %s failed: %s", d.name, doc.uri, exc)
-            return ""
-        self.metrics.prefilled(result.prompt_tokens, result.reused_tokens)
-        return ds.clean(result.text, d.style)
+
+        async def generate() -> str:
+            try:
+                result = await engine.agenerate(request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged; no docstring
+                log.warning("docstring for %s in %s failed: %s", d.name, doc.uri, exc)
+                return ""
+            self.metrics.prefilled(result.prompt_tokens, result.reused_tokens)
+            return ds.clean(result.text, d.style)
+
+        return generate()
 
     def docstring_edit(self, doc: Document, d: ds.Definition, text: str) -> types.WorkspaceEdit:
         line, insert = ds.edit(doc, d, text)

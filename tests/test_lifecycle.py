@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from codellama_lsp.lifecycle import Lifecycle, Shown
+from codellama_lsp.lifecycle import Anchor, Lifecycle, Shown, rest_after_typing, typed_since
 from codellama_lsp.metrics import Metrics, percentile
 
 
@@ -27,11 +27,11 @@ async def _quick(result: str) -> str:
 
 async def test_a_request_for_a_new_place_supersedes_the_running_one() -> None:
     life, started, stopped = Lifecycle(), [], []
-    first = asyncio.ensure_future(life.run("a.py", 1, lambda: _slow("one", started, stopped)))
-    other = asyncio.ensure_future(life.run("b.py", 1, lambda: _quick("other")))
+    first = asyncio.ensure_future(life.run("a.py", 1, lambda _: _slow("one", started, stopped)))
+    other = asyncio.ensure_future(life.run("b.py", 1, lambda _: _quick("other")))
     await asyncio.sleep(0.02)
-    second = await life.run("a.py", 2, lambda: _quick("two"))
-    assert (await first, second, await other) == (None, "two", "other")
+    second = await life.run("a.py", 2, lambda _: _quick("two"))
+    assert (await first, second, await other) == (None, (2, "two"), (1, "other"))
     assert stopped == ["one"]
 
 
@@ -42,25 +42,26 @@ async def test_a_request_for_the_same_place_shares_the_running_computation() -> 
         calls.append(1)
         return await _quick("same")
 
-    results = await asyncio.gather(*(life.run("a.py", 7, once) for _ in range(5)))
-    assert results == ["same"] * 5 and len(calls) == 1 and life.shared == 4
+    results = await asyncio.gather(*(life.run("a.py", 7, lambda _: once()) for _ in range(5)))
+    assert results == [(7, "same")] * 5 and len(calls) == 1 and life.shared == 4
 
 
 async def test_cancelling_a_request_cancels_its_computation_unless_shared() -> None:
-    life, started, stopped = Lifecycle(), [], []
-    alone = asyncio.ensure_future(life.run("a.py", 1, lambda: _slow("x", started, stopped)))
+    life, started, stopped = Lifecycle(grace_s=0.02), [], []
+    alone = asyncio.ensure_future(life.run("a.py", 1, lambda _: _slow("x", started, stopped)))
     await asyncio.sleep(0.01)
     alone.cancel()
     with pytest.raises(asyncio.CancelledError):
         await alone
-    await asyncio.sleep(0.01)
+    assert stopped == []  # left running for the grace period, in case the next request joins it
+    await asyncio.sleep(0.05)
     assert stopped == ["x"]
     started, stopped = [], []
-    first = asyncio.ensure_future(life.run("b.py", 1, lambda: _slow("y", started, stopped)))
-    second = asyncio.ensure_future(life.run("b.py", 1, lambda: _slow("y", started, stopped)))
+    first = asyncio.ensure_future(life.run("b.py", 1, lambda _: _slow("y", started, stopped)))
+    second = asyncio.ensure_future(life.run("b.py", 1, lambda _: _slow("y", started, stopped)))
     await asyncio.sleep(0.01)
     first.cancel()
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
     assert stopped == [] and not second.done()
     life.forget("b.py")  # closing the document stops it
     assert await second is None and stopped == ["y"]
@@ -68,16 +69,37 @@ async def test_cancelling_a_request_cancels_its_computation_unless_shared() -> N
 
 def test_typed_through() -> None:
     life = Lifecycle()
-    life.remember("a.py", Shown(line=3, head="    return ", tail=")", text="a + b"))
-    assert life.typed_through("a.py", 3, "    return a", ")") == " + b"
-    assert life.typed_through("a.py", 3, "    return a +", ")") == " b"
-    assert life.typed_through("a.py", 3, "    return ", ")") is None  # nothing typed yet
-    assert life.typed_through("a.py", 3, "    return x", ")") is None  # typed something else
-    assert life.typed_through("a.py", 3, "    return a + b", ")") is None  # typed it all
-    assert life.typed_through("a.py", 4, "    return a", ")") is None  # another line
-    assert life.typed_through("a.py", 3, "    return a", "") is None  # the rest of the line changed
+    at = Anchor(line=3, head="    return ", tail=")")
+    life.remember("a.py", Shown(at, "a + b"))
+    assert life.typed_through("a.py", Anchor(3, "    return a", ")")) == " + b"
+    assert life.typed_through("a.py", Anchor(3, "    return a +", ")")) == " b"
+    assert life.typed_through("a.py", at) is None  # nothing typed yet
+    assert life.typed_through("a.py", Anchor(3, "    return x", ")")) is None  # typed something else
+    assert life.typed_through("a.py", Anchor(3, "    return a + b", ")")) is None  # typed it all
+    assert life.typed_through("a.py", Anchor(4, "    return a", ")")) is None  # another line
+    assert life.typed_through("a.py", Anchor(3, "    return a", "")) is None  # the rest of the line changed
     life.forget("a.py")
-    assert life.typed_through("a.py", 3, "    return a", ")") is None
+    assert life.typed_through("a.py", Anchor(3, "    return a", ")")) is None
+
+
+async def test_a_keystroke_matching_the_running_generation_joins_it() -> None:
+    life, started, stopped = Lifecycle(), [], []
+    at, typed = Anchor(0, "x = ", ""), Anchor(0, "x = f", "")
+
+    def start(flight):
+        flight.partial = "foo("  # what the model has written so far
+        return _slow("foo(1)", started, stopped)
+
+    def joins(flight):
+        return rest_after_typing(flight.partial, typed_since(flight.ident, typed)) is not None
+
+    first = asyncio.ensure_future(life.run("a.py", at, start))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(life.run("a.py", typed, lambda f: _quick("new"), joins))
+    await asyncio.sleep(0.01)
+    assert started == ["foo(1)"] and not second.done() and life.shared == 1
+    life.forget("a.py")
+    assert await second is None and await first is None
 
 
 def test_metrics() -> None:

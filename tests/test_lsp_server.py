@@ -189,6 +189,29 @@ async def test_typed_through_reuses_the_suggestion(client: Client) -> None:
     assert (await client.status())["typed_through_hits"] == hits + 1
 
 
+async def test_a_keystroke_matching_the_running_generation_waits_for_it(client: Client, engine: Engine) -> None:
+    uri = "file:///ahead.py"
+    text = SOURCE + "\n"
+    client.open(uri, text)
+    doc = Document.from_text(uri, text)
+    p = plan(doc, doc.cursor(16, 0), SETTINGS, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    first_char = engine.generate(generation_request(p, Settings(max_new_tokens=2))).text[:1]
+    assert first_char.strip(), "the model starts this suggestion with a visible character"
+    await client.configure(maxNewTokens=300)
+    try:
+        before = (await client.status())["requests"]
+        shown = asyncio.ensure_future(client.inline(uri, 16, 0))
+        await asyncio.sleep(0.3)  # the model has written its first characters, not all 300 tokens
+        client.change(uri, 2, first_char, (16, 0), (16, 0))
+        rest = await client.inline(uri, 16, len(first_char.encode("utf-16-le")) // 2)
+        after = (await client.status())["requests"]
+        assert after.get("typed_ahead", 0) == before.get("typed_ahead", 0) + 1
+        assert after.get("superseded", 0) == before.get("superseded", 0)
+        assert (first_char + rest) == await shown
+    finally:
+        await client.configure(maxNewTokens=8)
+
+
 UNICODE = 'greeting = "😀 こんにちは 世界 😀" + name\nlabel = "日本語"\n'
 
 
