@@ -3,7 +3,8 @@
 Each keystroke sends ``didChange`` and ``textDocument/inlineCompletion`` and, as editors
 do, cancels the previous request if it is still pending. Reported per prompt format:
 p50/p95 latency of the answered requests, the share answered, the engine's KV reuse
-ratio and typed-through hits (from ``codellama.status``). The engine alone then runs
+ratio, typed-through hits and typed-ahead hits (keystrokes answered by the generation
+already running) from ``codellama.status``. The engine alone then runs
 the same trace in-process (the same plans, one request per keystroke, none cancelled),
 to show what the server adds.
 
@@ -152,6 +153,7 @@ async def run_server(model: Path, fmt: str, base: str, start: int, span: str, ra
         "lsp_p95_ms": percentile(latencies, 0.95),
         "reuse_ratio": status["kv_reuse_ratio"],
         "typed_through_hits": status["typed_through_hits"],
+        "typed_ahead_hits": status["requests"].get("typed_ahead", 0),
         "superseded": status["requests"].get("superseded", 0) + status["requests"].get("cancelled", 0),
     }
 
@@ -212,7 +214,7 @@ def main() -> None:
             results[fmt] = {**lsp, **run_engine(model, fmt, base, start, span, args.threads)}
 
     keys = ["lsp_p50_ms", "lsp_p95_ms", "engine_p50_ms", "engine_p95_ms", "answered_ratio", "reuse_ratio",
-            "typed_through_hits", "superseded"]
+            "typed_through_hits", "typed_ahead_hits", "superseded"]
     print("| format | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for fmt, r in results.items():
