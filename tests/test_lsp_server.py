@@ -127,16 +127,24 @@ async def test_single_line_mid_line_and_multi_line_at_end(client: Client, engine
     assert multi == expected(engine, SOURCE, 9, 16)
 
 
-async def test_supersede_cancels_the_older_request(client: Client) -> None:
+def first_char(engine: Engine, text: str, line: int, index: int) -> str:
+    """The first character the model writes at a place (raw, before post-processing)."""
+    doc = Document.from_text("file:///first.py", text)
+    p = plan(doc, doc.cursor(line, index), SETTINGS, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    return engine.generate(generation_request(p, Settings(max_new_tokens=2))).text[:1]
+
+
+async def test_supersede_cancels_the_older_request(client: Client, engine: Engine) -> None:
     uri = "file:///supersede.py"
     client.open(uri, SOURCE + "\n")
+    typed = "y" if first_char(engine, SOURCE + "\n", 16, 0) == "x" else "x"  # not what the model writes
     await client.configure(maxNewTokens=1024, timeBudgetMs=60000)
     before = (await client.status())["requests"].get("superseded", 0)
     try:
         t0 = time.perf_counter()
         first = asyncio.ensure_future(client.inline(uri, 16, 0))  # an empty top-level line: nothing ends the block
         await asyncio.sleep(0.2)
-        client.change(uri, 2, "x", (16, 0), (16, 0))  # a keystroke: the next request is for a new place
+        client.change(uri, 2, typed, (16, 0), (16, 0))  # a keystroke: the next request is for a new place
         second = asyncio.ensure_future(client.inline(uri, 16, 1))
         assert await first == ""
         superseded_after = time.perf_counter() - t0
@@ -193,21 +201,19 @@ async def test_a_keystroke_matching_the_running_generation_waits_for_it(client: 
     uri = "file:///ahead.py"
     text = SOURCE + "\n"
     client.open(uri, text)
-    doc = Document.from_text(uri, text)
-    p = plan(doc, doc.cursor(16, 0), SETTINGS, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
-    first_char = engine.generate(generation_request(p, Settings(max_new_tokens=2))).text[:1]
-    assert first_char.strip(), "the model starts this suggestion with a visible character"
+    first = first_char(engine, text, 16, 0)
+    assert first.strip(), "the model starts this suggestion with a visible character"
     await client.configure(maxNewTokens=300)
     try:
         before = (await client.status())["requests"]
         shown = asyncio.ensure_future(client.inline(uri, 16, 0))
         await asyncio.sleep(0.3)  # the model has written its first characters, not all 300 tokens
-        client.change(uri, 2, first_char, (16, 0), (16, 0))
-        rest = await client.inline(uri, 16, len(first_char.encode("utf-16-le")) // 2)
+        client.change(uri, 2, first, (16, 0), (16, 0))
+        rest = await client.inline(uri, 16, len(first.encode("utf-16-le")) // 2)
         after = (await client.status())["requests"]
         assert after.get("typed_ahead", 0) == before.get("typed_ahead", 0) + 1
         assert after.get("superseded", 0) == before.get("superseded", 0)
-        assert (first_char + rest) == await shown
+        assert (first + rest) == await shown
     finally:
         await client.configure(maxNewTokens=8)
 
