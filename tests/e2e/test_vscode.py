@@ -210,3 +210,6 @@ def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
                     for p in code_server["data"].glob("logs/**/*Code Llama LSP Trace*.log"))
     change = trace.rfind("Sending notification 'workspace/didChangeConfiguration'")
     assert change >= 0 and '"enabled": false' in trace[change:change + 2000], trace[change:change + 2000]
+
+    # The status bar item opens the status: the model is loaded, suggestions are off.
+    assert "Code Llama: ready" in result["statusText"] and "suggestions off" in result["statusText"], result["statusText"]

@@ -165,6 +165,15 @@ try {
   );
   result.toggledOff = true;
   log("suggestions toggled off");
+
+  // Clicking the status bar item shows the server's status.
+  await page.keyboard.press("Escape");
+  // (the item with an icon: the left-hand "suggestions disabled" message has the same words)
+  await page.locator(".statusbar-item:has(.codicon)", { hasText: "Code Llama" }).locator(".statusbar-item-label").first().click();
+  const toast = page.locator(".notification-toast-container", { hasText: "Code Llama:" }).first();
+  await toast.waitFor({ state: "visible", timeout: 20000 });
+  result.statusText = await toast.innerText();
+  log("status", JSON.stringify(result.statusText));
 } catch (err) {
   result.error = String(err && err.stack || err);
   if (page) {

@@ -173,20 +173,21 @@ async function fetchStatus(c: LanguageClient): Promise<unknown> {
 }
 
 async function showStatus(): Promise<void> {
-  const lines: string[] = [];
+  log.info("Show Status");
+  let summary: string;
   if (!client || client.state !== State.Running) {
-    lines.push("The server is not running.");
+    summary = "the server is not running";
   } else {
     try {
-      lines.push(JSON.stringify(await fetchStatus(client), null, 2));
+      const raw = await fetchStatus(client);
+      log.info(`codellama.status: ${JSON.stringify(raw, null, 2)}`);
+      summary = summarizeStatus(raw);
     } catch (err) {
-      lines.push(`codellama.status failed: ${err}`);
+      summary = `codellama.status failed: ${err}`;
     }
   }
-  log.info(`Status:\n${lines.join("\n")}`);
   const choice = await vscode.window.showInformationMessage(
-    `Code Llama: ${status.summary()}`,
-    { modal: false, detail: lines.join("\n") },
+    `Code Llama: ${summary}${enabled() ? "" : " (suggestions off)"}`,
     "Show Log",
     "Restart Server",
     enabled() ? "Disable Suggestions" : "Enable Suggestions",
@@ -198,6 +199,23 @@ async function showStatus(): Promise<void> {
   } else if (choice?.endsWith("Suggestions")) {
     await toggleSuggestions();
   }
+}
+
+/** One line from the server's status: state, model, device/dtype, latency percentiles. */
+function summarizeStatus(raw: unknown): string {
+  const s = (raw && typeof raw === "object" ? raw : {}) as Record<string, unknown>;
+  const parts = [String(s.state ?? "unknown")];
+  if (typeof s.error === "string" && s.error) {
+    parts.push(s.error);
+  }
+  if (s.model) {
+    parts.push(`model ${s.model}${s.device ? ` (${s.device}, ${s.dtype})` : ""}`);
+  }
+  if (typeof s.latency_p50_ms === "number") {
+    const p95 = typeof s.latency_p95_ms === "number" ? `, p95 ${Math.round(s.latency_p95_ms)} ms` : "";
+    parts.push(`latency p50 ${Math.round(s.latency_p50_ms)} ms${p95}`);
+  }
+  return parts.join(" · ");
 }
 
 async function toggleSuggestions(): Promise<void> {
