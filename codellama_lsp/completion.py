@@ -15,7 +15,7 @@ from typing import Callable
 from .context import Window, prompt_text, window
 from .documents import Cursor, Document
 from .engine import GenerationRequest, Tokenizer
-from .postprocess import Mode, block_end, choose_mode, finish, indent_of, next_code_line
+from .postprocess import Mode, block_end, choose_mode, finish, indent_of, loop_end, next_code_line
 from .prompt import infilling_tokens
 from .settings import Settings
 from .syntax import language_of, parser, trim_to_syntax
@@ -69,7 +69,9 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
     def stream(text: str) -> bool:
         if on_text is not None:
             on_text(text)
-        return p.mode == "multi" and block_end(text, p.block_indent, p.next_line) is not None
+        # Stop as soon as the suggestion is complete: the block has ended, or the model loops.
+        return (p.mode == "multi" and block_end(text, p.block_indent, p.next_line) is not None) or \
+            loop_end(text) is not None
 
     return GenerationRequest(
         prompt=p.prompt,

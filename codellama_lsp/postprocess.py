@@ -7,6 +7,7 @@ is complete, and afterwards it trims the text at the same place.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 Mode = Literal["single", "multi"]
@@ -15,6 +16,8 @@ Mode = Literal["single", "multi"]
 END_MARKERS = ("<EOT>", "</s>")
 STRAY_MARKERS = ("<PRE>", "<SUF>", "<MID>", "<s>")
 OPENERS = {"(": ")", "[": "]", "{": "}"}
+# A unit of 3 to 40 characters written four times in a row: a small model stuck in a loop.
+_LOOP = re.compile(r"(.{3,40}?)\1{3,}", re.DOTALL)
 CLOSERS = {v: k for k, v in OPENERS.items()}
 
 
@@ -36,6 +39,15 @@ def strip_special(text: str) -> str:
     for marker in STRAY_MARKERS:
         text = text.replace(marker, "")
     return text
+
+
+def loop_end(text: str) -> int | None:
+    """Where a degenerate repetition starts repeating (after its first occurrence), if there is one."""
+    for match in _LOOP.finditer(text):
+        unit = match.group(1)
+        if unit.strip():
+            return match.start() + len(unit)
+    return None
 
 
 def _scan_brackets(text: str) -> list[tuple[int, str]]:
@@ -113,6 +125,9 @@ def block_end(text: str, block_indent: str, next_line: str) -> int | None:
 def finish(raw: str, mode: Mode, line_suffix: str, block_indent: str, next_line: str) -> str:
     """The suggestion to show for raw middle text ``raw``; "" when nothing is worth showing."""
     text = strip_special(raw)
+    loop = loop_end(text)
+    if loop is not None:
+        text = text[:loop]
     if mode == "single":
         text = text.split("\n", 1)[0].split("\r", 1)[0]
         text = cut_line_suffix_repeat(text, line_suffix)

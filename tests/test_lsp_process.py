@@ -89,7 +89,7 @@ def endless_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 async def _busy(client) -> None:
     """Start a long completion and leave it running."""
     await client.wait_loaded()
-    await client.configure(maxNewTokens=1024)
+    await client.configure(maxNewTokens=1024, temperature=1.0)  # sampled: greedy would soon loop, and stop
     client.open("file:///busy.py", "import os\n\n")
     asyncio.ensure_future(client.inline("file:///busy.py", 2, 0))
     await asyncio.sleep(0.3)

@@ -127,18 +127,23 @@ async def test_single_line_mid_line_and_multi_line_at_end(client: Client, engine
     assert multi == expected(engine, SOURCE, 9, 16)
 
 
+# A long generation: sampled, because greedy decoding of a random model soon loops, and
+# suggestions stop at a loop. The seed is fixed, so it is the same every time.
+LONG = {"maxNewTokens": 1024, "temperature": 1.0}
+
+
 def first_char(engine: Engine, text: str, line: int, index: int) -> str:
     """The first character the model writes at a place (raw, before post-processing)."""
     doc = Document.from_text("file:///first.py", text)
     p = plan(doc, doc.cursor(line, index), SETTINGS, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
-    return engine.generate(generation_request(p, Settings(max_new_tokens=2))).text[:1]
+    return engine.generate(generation_request(p, Settings(max_new_tokens=2, temperature=LONG["temperature"]))).text[:1]
 
 
 async def test_supersede_cancels_the_older_request(client: Client, engine: Engine) -> None:
     uri = "file:///supersede.py"
     client.open(uri, SOURCE + "\n")
     typed = "y" if first_char(engine, SOURCE + "\n", 16, 0) == "x" else "x"  # not what the model writes
-    await client.configure(maxNewTokens=1024, timeBudgetMs=60000)
+    await client.configure(**LONG)
     before = (await client.status())["requests"].get("superseded", 0)
     try:
         t0 = time.perf_counter()
@@ -155,13 +160,13 @@ async def test_supersede_cancels_the_older_request(client: Client, engine: Engin
         # The first request stopped when superseded, not after its 1024 tokens.
         assert superseded_after < 0.2 + 1.0
     finally:
-        await client.configure(maxNewTokens=8)
+        await client.configure(maxNewTokens=8, temperature=0.0)
 
 
 async def test_cancel_request_stops_the_engine(client: Client) -> None:
     uri = "file:///cancel.py"
     client.open(uri, SOURCE + "\n")
-    await client.configure(maxNewTokens=1024, timeBudgetMs=60000)
+    await client.configure(**LONG)
     try:
         msg_id, future = client.request(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(16, 0),
@@ -181,7 +186,7 @@ async def test_cancel_request_stops_the_engine(client: Client) -> None:
         assert time.perf_counter() - t0 < 0.6
         assert (await client.status())["requests"]["cancelled"] >= 1
     finally:
-        await client.configure(maxNewTokens=8)
+        await client.configure(maxNewTokens=8, temperature=0.0)
 
 
 async def test_typed_through_reuses_the_suggestion(client: Client) -> None:
@@ -203,7 +208,7 @@ async def test_a_keystroke_matching_the_running_generation_waits_for_it(client: 
     client.open(uri, text)
     first = first_char(engine, text, 16, 0)
     assert first.strip(), "the model starts this suggestion with a visible character"
-    await client.configure(maxNewTokens=300)
+    await client.configure(**{**LONG, "maxNewTokens": 300})
     try:
         before = (await client.status())["requests"]
         shown = asyncio.ensure_future(client.inline(uri, 16, 0))
@@ -215,7 +220,7 @@ async def test_a_keystroke_matching_the_running_generation_waits_for_it(client: 
         assert after.get("superseded", 0) == before.get("superseded", 0)
         assert (first + rest) == await shown
     finally:
-        await client.configure(maxNewTokens=8)
+        await client.configure(maxNewTokens=8, temperature=0.0)
 
 
 UNICODE = 'greeting = "😀 こんにちは 世界 😀" + name\nlabel = "日本語"\n'

@@ -73,3 +73,14 @@ def test_multi_line_suggestions_keep_the_lines_that_parse() -> None:
     assert trim_to_syntax("const y = x;\n  return y;\n  if (", "function f(x) {\n  ", "\n}\n", js) == "const y = x;\n  return y;"
     assert parser("cobol") is None
     assert language_of("", "file:///a/b.py") == "python" and language_of("TypeScript", "file:///x.js") == "typescript"
+
+
+def test_a_model_stuck_in_a_loop_is_cut_after_the_first_round() -> None:
+    from codellama_lsp.postprocess import loop_end
+
+    looping = 'x = get("a", "path", "path", "path", "path", "path"'
+    assert looping[: loop_end(looping)] == 'x = get("a", "path'
+    lines = "1\n    # S\n    # S\n    # S\n    # S\n"
+    assert finish(lines, "multi", "", "    ", "") == "1\n    # S"
+    assert loop_end("x = [0, 0, 0]\nbreak\n") is None  # three times is not a loop
+    assert loop_end("            ") is None  # nor is indentation
