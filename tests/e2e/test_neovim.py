@@ -246,6 +246,15 @@ def test_accept_word_fallthrough_and_dismiss(nvim, tmp_path: Path):
     inserted = new_line[col: len(new_line) - len(line[col:])]
     assert inserted and ghost.startswith(inserted) and inserted != ghost or inserted == ghost.split("\n")[0], (inserted, ghost)
 
+    # Omnifunc users: <C-x><C-o> pops up the same suggestion as a completion item
+    # (textDocument/completion).
+    assert n.current.buffer.options["omnifunc"] == "v:lua.vim.lsp.omnifunc"
+    n.input("<C-x><C-o>")
+    items = _wait(lambda: _lua(n, "return vim.fn.complete_info({'items'}).items"), SUGGEST_TIMEOUT,
+                  "the omnifunc completion menu")
+    assert (items[0]["abbr"] or items[0]["word"]).strip() and items[0]["menu"] == "codellama", items
+    n.input("<C-e>")
+
     # Leaving insert mode dismisses whatever is shown.
     n.input("<Esc>")
     _wait(lambda: _ghost(n) is None, 5, "no ghost text in normal mode")

@@ -24,6 +24,9 @@ M.defaults = {
     temperature = nil,
     timeBudgetMs = nil,
   },
+  -- Set 'omnifunc' to vim.lsp.omnifunc in attached buffers (<C-x><C-o> completes the
+  -- suggestion as a popup item); false leaves 'omnifunc' alone.
+  omnifunc = true,
   -- Ghost text.
   enabled = true, -- show suggestions while typing (:CodeLlamaToggle)
   debounce_ms = 75, -- wait this long after the last keystroke before asking

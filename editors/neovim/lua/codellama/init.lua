@@ -118,6 +118,9 @@ function M.setup(opts)
       local client = vim.lsp.get_client_by_id(ev.data.client_id)
       if client and client.name == "codellama" then
         suggest.attach(ev.buf)
+        if config.options.omnifunc then
+          vim.bo[ev.buf].omnifunc = "v:lua.vim.lsp.omnifunc"
+        end
       end
     end,
   })
