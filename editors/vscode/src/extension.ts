@@ -20,6 +20,10 @@ let client: LanguageClient | undefined;
 let log: vscode.LogOutputChannel;
 let trace: vscode.LogOutputChannel;
 let status: StatusItem;
+/** The server said its model is loaded (latency is shown only then). */
+let ready = false;
+/** We are stopping the server on purpose (restart, deactivate): not an error. */
+let stopping = false;
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   log = vscode.window.createOutputChannel("Code Llama LSP", { log: true });
@@ -94,7 +98,7 @@ async function start(): Promise<void> {
         try {
           const result = await next(document, position, context, token);
           const items = Array.isArray(result) ? result : result?.items ?? [];
-          if (!token.isCancellationRequested) {
+          if (ready && !token.isCancellationRequested) {
             status.suggestion(Date.now() - started, items.length);
           }
           return result;
@@ -113,10 +117,14 @@ async function start(): Promise<void> {
     if (e.newState === State.Starting) {
       status.loading("starting server");
     } else if (e.newState === State.Stopped) {
-      status.error("server stopped");
+      ready = false;
+      if (!stopping) {
+        status.error("server stopped (see the log; Restart Server to try again)");
+      }
     }
   });
   status.loading("starting server");
+  ready = false;
   try {
     await client.start();
   } catch (err) {
@@ -131,11 +139,15 @@ async function start(): Promise<void> {
 async function stop(): Promise<void> {
   const c = client;
   client = undefined;
+  ready = false;
   if (c) {
+    stopping = true;
     try {
       await c.stop(5000);
     } catch (err) {
       log.warn(`Stopping the server: ${err}`);
+    } finally {
+      stopping = false;
     }
   }
 }
@@ -153,6 +165,7 @@ async function pollUntilReady(c: LanguageClient): Promise<void> {
       const s = await fetchStatus(c);
       const d = describeStatus(s);
       if (d.state === "ready") {
+        ready = true;
         status.ready(d.detail);
         return;
       }
@@ -241,6 +254,8 @@ async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promi
       settings: { [SERVER_SECTION]: settings },
     });
     if (e.affectsConfiguration(`${SECTION}.model`) || e.affectsConfiguration(`${SECTION}.device`) || e.affectsConfiguration(`${SECTION}.dtype`)) {
+      ready = false; // the server reloads the model
+      status.loading("reloading model");
       void pollUntilReady(client);
     }
   }
