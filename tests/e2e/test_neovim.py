@@ -268,6 +268,12 @@ def test_accept_word_fallthrough_and_dismiss(nvim, tmp_path: Path):
     assert (items[0]["abbr"] or items[0]["word"]).strip() and items[0]["menu"] == "codellama", items
     n.input("<C-e>")
 
+    # Moving the cursor dismisses the ghost text.
+    n.input("<End>")
+    _type_until_ghost(n, [" ", "+", " ", "a", "d"])
+    n.input("<Left>")
+    _wait(lambda: _ghost(n) is None, 5, "the ghost text to go away on a cursor move")
+
     # Leaving insert mode dismisses whatever is shown.
     n.input("<Esc>")
     _wait(lambda: _ghost(n) is None, 5, "no ghost text in normal mode")
