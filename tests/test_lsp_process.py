@@ -98,14 +98,19 @@ async def _busy(client) -> None:
 async def test_exit_paths_end_the_process_within_a_second(endless_model: Path, tmp_path: Path) -> None:
     """shutdown + exit (code 0), exit alone (code 1), stdin closed (code 0): each while a request runs."""
     clients = await asyncio.gather(*(start(endless_model, tmp_path / f"server{i}.log") for i in range(3)))
-    await asyncio.gather(*map(_busy, clients))
+    await asyncio.gather(*(c.wait_loaded() for c in clients))
     with_shutdown, without, closed = clients
+    # One at a time, so that only one busy engine competes with the process handling its exit.
+    await _busy(with_shutdown)
     assert await with_shutdown.shutdown_async(None) is None
     with_shutdown.exit(None)
+    assert await _exits_within(with_shutdown, 1.0) == 0
+    await _busy(without)
     without.exit(None)
+    assert await _exits_within(without, 1.0) == 1
+    await _busy(closed)
     closed.process.stdin.close()
-    codes = await asyncio.gather(*(_exits_within(c, 1.0) for c in clients))
-    assert codes == [0, 1, 0]
+    assert await _exits_within(closed, 1.0) == 0
     for c in clients:
         await c.stop()
 
