@@ -44,6 +44,21 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+def fuse_linears(*linears: nn.Linear) -> Tensor:
+    """Concatenate the linears' weights and make each weight a view of the result.
+
+    The parameters keep their names and values (checkpoints and state_dict are unchanged)
+    and no memory is duplicated; inference then needs one matmul where it needed several.
+    """
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    row = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = nn.Parameter(fused[row : row + n], requires_grad=False)
+        row += n
+    return fused
+
+
 class KVCache(nn.Module):
     """Keys and values for one layer, preallocated to the engine's context length."""
 
@@ -70,13 +85,24 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
         self.kv_cache: KVCache | None = None
+        self.qkv: Tensor | None = None  # q, k, v weights in one tensor, once fuse() has run
+
+    def fuse(self) -> None:
+        """Back q/k/v with one tensor (they become views of it): one matmul per step instead of three."""
+        self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None) -> Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        h, kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.qkv is not None:
+            # Rotate q and k together: they are adjacent heads of the fused output.
+            qk, v = F.linear(x, self.qkv).view(b, t, h + 2 * kv, hd).transpose(1, 2).split([h + kv, kv], dim=1)
+            q, k = apply_rope(qk, cos, sin).split([h, kv], dim=1)
+        else:
+            q = self.q_proj(x).view(b, t, h, hd).transpose(1, 2)
+            k = self.k_proj(x).view(b, t, kv, hd).transpose(1, 2)
+            v = self.v_proj(x).view(b, t, kv, hd).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = None
         causal = t > 1
         if start is not None:
@@ -100,8 +126,15 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+        self.gate_up: Tensor | None = None
+
+    def fuse(self) -> None:
+        self.gate_up = fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.gate_up is not None:
+            gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -153,6 +186,8 @@ class Transformer(nn.Module):
         self.cache_length = length
         for layer in self.model.layers:
             layer.self_attn.kv_cache = KVCache(self.args.num_key_value_heads, self.args.head_dim, length, p.dtype, p.device)
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def forward(self, tokens: Tensor, start: int | None = None, last_only: bool = False) -> Tensor:
         """Logits for ``tokens`` [B, T].
