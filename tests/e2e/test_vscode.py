@@ -156,7 +156,8 @@ def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
         "url": code_server["url"],
         "file": "sample.py",
         # Typed at the end of the file; Enter auto-indents the body.
-        "typeChunks": ["def greet(name):", "\n", "ret", "u", "r", "n"],
+        "typeChunks": ["def greet(name):", "\n", "return", " ", "n", "a"],
+        "waitFrom": 3,  # look for ghost text once the cursor is past the indentation
         "hoverWord": "add",
         "artifacts": str(ARTIFACTS),
         "timeoutMs": 300000,

@@ -78,11 +78,17 @@ try {
   result.chunksTyped = 0;
   for (const chunk of cfg.typeChunks) {
     result.chunksTyped += 1;
+    // Before `waitFrom` chunks are typed, keep typing: VS Code's Tab indents rather than
+    // accepts while the cursor is still in a line's leading whitespace.
+    const wait = result.chunksTyped >= (cfg.waitFrom ?? 1);
     log("type", JSON.stringify(chunk));
     if (chunk === "\n") {
       await page.keyboard.press("Enter");
     } else {
       await page.keyboard.type(chunk, { delay: 40 });
+    }
+    if (!wait) {
+      continue;
     }
     try {
       await ghost.waitFor({ state: "visible", timeout: timeout / cfg.typeChunks.length });
