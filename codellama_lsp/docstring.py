@@ -181,8 +181,14 @@ def clean(raw: str, style: Style) -> str:
     return "\n".join(line.rstrip() for line in text.strip().split("\n"))
 
 
+# Characters that markdown would turn into emphasis, links, headings, quotes or HTML.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
 def markdown(d: Definition, text: str) -> str:
-    return f"**{d.name}** (generated docstring)\n\n{text}"
+    """The hover: the name as code, then the docstring as literal text (``__init__`` is not bold)."""
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return f"**`{d.name}`** (generated docstring)\n\n{escaped}"
 
 
 def edit(doc: Document, d: Definition, text: str) -> tuple[int, str]:

@@ -75,3 +75,11 @@ def test_edit_text_in_the_language_idiom() -> None:
     assert ds.edit(doc, area, "Area.\n\nDetails.") == (6, '        """Area.\r\n\r\n        Details.\r\n        """\r\n')
     js = Document.from_text("file:///a.js", "x\n  function f() {\n  }\n")
     assert ds.edit(js, ds.find_definition(js, 1), "Does f.\n\nMore.") == (1, "  /**\n   * Does f.\n   *\n   * More.\n   */\n")
+
+
+def test_hover_markdown_shows_the_docstring_literally() -> None:
+    d = ds.find_definition(py("def __init__(self):\n    pass\n"), 0)
+    assert d is not None
+    md = ds.markdown(d, "Set *x*, call __init__ and see [docs] <here> # now")
+    assert md.startswith("**`__init__`** (generated docstring)")
+    assert md.endswith(r"Set \*x\*, call \_\_init\_\_ and see \[docs\] \<here\> \# now")
