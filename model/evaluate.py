@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=500)
     ap.add_argument("--windows", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--show", type=int, default=5, help="print this many PSM completions, and as many exact matches")
+    ap.add_argument("--show", type=int, default=5, help="print this many PSM completions, and as many PSM and SPM exact matches")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ns = ap.parse_args()
@@ -163,11 +163,12 @@ def main() -> None:
         "seconds": round(time.time() - t0, 1),
         "examples": results["psm"][: ns.show],
         "exact_matches": [r for r in results["psm"] if r["match"]][: ns.show],
+        "exact_matches_spm": [r for r in results["spm"] if r["match"]][: ns.show],
     }
     print(f"{'metric':<22}{'value':>10}")
     for key in ("heldout_loss", "heldout_ppl", "single_line_em_psm", "single_line_em_spm", "eot_rate", "n_lines"):
         print(f"{key:<22}{report[key]:>10.4g}")
-    for r in report["examples"] + report["exact_matches"]:
+    for r in report["examples"] + report["exact_matches"] + report["exact_matches_spm"]:
         print(f"\n{r['path']}\n  expected: {r['expected'].strip()!r}\n  output:   {first_line(str(r['output']))!r}  "
               f"{'OK' if r['match'] else 'MISS'}")
     if ns.json:
