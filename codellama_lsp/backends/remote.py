@@ -183,11 +183,11 @@ class RemoteBackend:
             if not stopper.progress.done:
                 raise BackendError(f"{endpoint} ended the stream before the end of generation")
         except httpx.ConnectError as exc:
-            raise BackendError(f"cannot connect to {self.url}: {exc or 'connection failed'}") from None
+            raise BackendError(f"cannot connect to {self.url}: {str(exc) or 'connection failed'}") from None
         except httpx.TimeoutException:
             raise BackendError(f"{endpoint} did not answer within {READ_TIMEOUT_S:g} s") from None
         except httpx.HTTPError as exc:  # the connection broke, or the answer was not valid HTTP
-            raise BackendError(f"{endpoint} broke off the answer: {exc or type(exc).__name__}") from None
+            raise BackendError(f"{endpoint} broke off the answer: {str(exc) or type(exc).__name__}") from None
 
 
 async def _whole(response: httpx.Response) -> AsyncIterator[Any]:
