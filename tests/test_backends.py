@@ -255,7 +255,7 @@ async def test_time_budget_ends_a_silent_server(tok: Tokenizer) -> None:
         result = await backend(tok, "openai", server.url).agenerate(request(tok, time_budget_ms=200))
         elapsed = time.perf_counter() - t0
         await asyncio.wait_for(server.seen[0].client_closed.wait(), 2)
-    assert (result.text, result.stop_reason) == ("", "time") and elapsed < 1.0
+    assert (result.text, result.stop_reason) == ("", "time") and elapsed < 5.0  # ignoring the budget would hang until the wait above fails
 
 
 async def test_time_budget_keeps_the_text_so_far(tok: Tokenizer) -> None:

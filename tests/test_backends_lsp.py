@@ -78,7 +78,7 @@ async def test_a_failing_server_gives_empty_results_and_log_lines(tiny_model_dir
         client.open("file:///b.py", SOURCE)
         t0 = time.perf_counter()
         assert await client.inline("file:///b.py", *MULTI) == ""  # silent server: the time budget ends it
-        assert time.perf_counter() - t0 < 2.0
+        assert time.perf_counter() - t0 < 8.0  # without the budget the silent server would hang it for good
         for path, logged in (("/cut", "broke off the answer"), ("/error", "HTTP 500 Internal Server Error")):
             await client.configure(url=url + path, timeBudgetMs=10000)
             assert (await client.wait_loaded())["state"] == "ready"

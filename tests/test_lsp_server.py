@@ -183,7 +183,7 @@ async def test_cancel_request_stops_the_engine(client: Client) -> None:
         client.open(other, SOURCE)
         t0 = time.perf_counter()
         await client.inline(other, 9, 11)
-        assert time.perf_counter() - t0 < 0.6
+        assert time.perf_counter() - t0 < 2.0  # far less than the cancelled request's remaining work
         assert (await client.status())["requests"]["cancelled"] >= 1
     finally:
         await client.configure(maxNewTokens=8, temperature=0.0)
