@@ -185,10 +185,14 @@ def clean(raw: str, style: Style) -> str:
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 
 
+def escape_markdown(text: str) -> str:
+    """Text that markdown renders literally: ``__init__`` stays ``__init__``, not bold "init"."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def markdown(d: Definition, text: str) -> str:
-    """The hover: the name as code, then the docstring as literal text (``__init__`` is not bold)."""
-    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-    return f"**`{d.name}`** (generated docstring)\n\n{escaped}"
+    """The hover: the name as code, then the docstring as literal text."""
+    return f"**`{d.name}`** (generated docstring)\n\n{escape_markdown(text)}"
 
 
 def edit(doc: Document, d: Definition, text: str) -> tuple[int, str]:

@@ -15,6 +15,7 @@ import torch
 import pytest_asyncio
 from lsprotocol import types
 
+from codellama_lsp import docstring as ds
 from codellama_lsp.completion import generation_request, plan, suggestion
 from codellama_lsp.context import TokenCounter
 from codellama_lsp.documents import Document
@@ -258,7 +259,6 @@ async def test_crlf_and_cr_line_endings(client: Client, engine: Engine, ending: 
 
 
 def expected_docstring(engine: Engine, text: str, line: int, language_id: str = "python") -> str:
-    from codellama_lsp import docstring as ds
     from codellama_lsp.engine import GenerationRequest
     from codellama_lsp.prompt import infilling_tokens
     from codellama_lsp.server import DOCSTRING_MAX_TOKENS
@@ -282,7 +282,8 @@ async def test_hover_on_a_definition_is_a_generated_docstring(client: Client, en
     hover = await client.text_document_hover_async(types.HoverParams(text_document=doc_id, position=position(8, 5)))
     assert hover.contents.kind == types.MarkupKind.Markdown
     want = expected_docstring(engine, SOURCE, 8)
-    assert hover.contents.value.startswith("**add**") and want and hover.contents.value.endswith(want)
+    assert hover.contents.value.startswith("**`add`**") and want
+    assert hover.contents.value.endswith(ds.escape_markdown(want))
     # Not on a definition: no hover.
     assert await client.text_document_hover_async(types.HoverParams(text_document=doc_id, position=position(9, 6))) is None
 
