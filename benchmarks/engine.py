@@ -3,8 +3,11 @@
 The replay types 200 characters of a real source file, one at a time, at a cursor with
 about 1,200 prefix tokens and 300 suffix tokens, and makes a greedy infilling request
 (32 new tokens at most) after each keystroke: in PSM and in SPM, each with the KV cache
-reused between requests and without (a fresh cache per request). transformers'
-``generate()`` on the same weights runs the same PSM trace as the peer.
+reused between requests and without (a fresh cache per request). The engine runs as
+served, with lookup drafts for greedy decoding; the ``*_nodraft`` rows repeat the replay
+with drafts off, to show what KV reuse does alone. Decode tok/s is one token per forward
+pass, as the peer does it: transformers' ``generate()`` on the same weights, which also
+runs the same PSM trace.
 
     python benchmarks/engine.py [--model DIR] [--json PATH]
     python benchmarks/engine.py --random-shape 256x8x4x2 --json out.json   # random weights, bundled tokenizer
@@ -65,27 +68,31 @@ def keystroke_trace(tok: Tokenizer, fmt: Format, typed: int = 200) -> list[list[
     return [infilling_tokens(tok, text[:cursor] + target[:i], suffix, fmt) for i in range(1, typed + 1)]
 
 
-def replay(engine: Engine, prompts: list[list[int]], reuse: bool) -> list[float]:
-    engine.reuse = reuse
+def replay(engine: Engine, prompts: list[list[int]], reuse: bool, draft_tokens: int) -> list[float]:
+    served = engine.reuse, engine.draft_tokens
+    engine.reuse, engine.draft_tokens = reuse, draft_tokens
     engine.reset_cache()
     times = []
     for prompt in prompts:
         t0 = time.perf_counter()
         engine.generate(GenerationRequest(prompt, max_new_tokens=32))
         times.append((time.perf_counter() - t0) * 1000)
-    engine.reuse = True
+    engine.reuse, engine.draft_tokens = served
     return times
 
 
 def engine_speed(engine: Engine, prompt: list[int], new_tokens: int = 128) -> tuple[float, float]:
-    """(prefill tok/s, decode tok/s) with a fresh cache; stop tokens off so decode runs its full length."""
+    """(prefill tok/s, decode tok/s) with a fresh cache, one token per forward pass (no drafts, like
+    the peer's greedy generate()), stop tokens off so decode runs its full length."""
     stops = set(engine._stop_ids)
     engine._stop_ids.clear()
     engine.reset_cache()
+    served_drafts, engine.draft_tokens = engine.draft_tokens, 0
     try:
         r = engine.generate(GenerationRequest(prompt, max_new_tokens=new_tokens, infilling=False))
     finally:
         engine._stop_ids.update(stops)
+        engine.draft_tokens = served_drafts
     return r.computed_tokens / r.prefill_ms * 1000, (r.generated_tokens - 1) / r.decode_ms * 1000
 
 
@@ -150,10 +157,12 @@ def main() -> None:
         "prefill_tok_s": prefill_tok_s,
         "decode_tok_s": decode_tok_s,
     }
+    # The engine as served (lookup drafts on), then without drafts to show what KV reuse alone does.
+    served = engine.draft_tokens
     for fmt, trace in traces.items():
-        for reuse in (True, False):
-            times = replay(engine, trace, reuse)
-            tag = "reuse" if reuse else "noreuse"
+        for reuse, drafts, tag in ((True, served, "reuse"), (False, served, "noreuse"),
+                                   (True, 0, "reuse_nodraft"), (False, 0, "noreuse_nodraft")):
+            times = replay(engine, trace, reuse, drafts)
             results[f"replay_{fmt}_p50_ms_{tag}"] = statistics.median(times)
             results[f"replay_{fmt}_p95_ms_{tag}"] = percentile(times, 0.95)
     if not args.no_peer:

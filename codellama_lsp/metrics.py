@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
+from .engine import GenerationResult
+
 
 def percentile(values: list[float], q: float) -> float | None:
     """The ``q`` quantile (0..1) by nearest rank; None for no values."""
@@ -19,6 +21,8 @@ class Metrics:
         self.latencies_ms: deque[float] = deque(maxlen=window)  # answered completions, last ``window``
         self.prompt_tokens = 0
         self.reused_tokens = 0
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] += 1
@@ -26,10 +30,13 @@ class Metrics:
     def answered(self, latency_ms: float) -> None:
         self.latencies_ms.append(latency_ms)
 
-    def prefilled(self, prompt_tokens: int, reused_tokens: int) -> None:
-        """One engine request: how much of its prompt the KV cache already held."""
-        self.prompt_tokens += prompt_tokens
-        self.reused_tokens += reused_tokens
+    def generated(self, result: GenerationResult) -> None:
+        """One engine request: how much of its prompt the KV cache already held, and how
+        many looked-up draft tokens decoding checked and kept."""
+        self.prompt_tokens += result.prompt_tokens
+        self.reused_tokens += result.reused_tokens
+        self.drafted_tokens += result.drafted_tokens
+        self.accepted_tokens += result.accepted_tokens
 
     def snapshot(self) -> dict[str, object]:
         latencies = list(self.latencies_ms)
@@ -39,4 +46,5 @@ class Metrics:
             "latency_p95_ms": percentile(latencies, 0.95),
             "kv_reuse_ratio": self.reused_tokens / self.prompt_tokens if self.prompt_tokens else None,
             "typed_through_hits": self.counts["typed_through"],
+            "draft_acceptance": self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None,
         }

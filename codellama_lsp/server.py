@@ -335,7 +335,7 @@ class CodeLlamaServer(LanguageServer):
             log.warning("completion %s failed: %s", where, exc)
             self.metrics.count("failed")
             return ""
-        self.metrics.prefilled(result.prompt_tokens, result.reused_tokens)
+        self.metrics.generated(result)
         text = suggestion(result.text, p)
         log.debug("completion %s %s %.0f ms, %d/%d tokens reused, %d generated, stop %s: %r", where, p.mode,
                   (time.perf_counter() - t0) * 1000, result.reused_tokens, result.prompt_tokens,
@@ -382,7 +382,7 @@ class CodeLlamaServer(LanguageServer):
             except Exception as exc:  # noqa: BLE001 - logged; no docstring
                 log.warning("docstring for %s in %s failed: %s", d.name, doc.uri, exc)
                 return ""
-            self.metrics.prefilled(result.prompt_tokens, result.reused_tokens)
+            self.metrics.generated(result)
             return ds.clean(result.text, d.style)
 
         return generate()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine import (
     CheckpointError, Engine, FimUnsupported, GenerationRequest, PromptTooLong, Tokenizer, load_model,
 )
@@ -52,6 +53,30 @@ def test_reuse_gives_the_same_tokens_as_fresh_computation(engine: Engine, fresh:
         assert want.reused_tokens == 0
         reused_total += got.reused_tokens
     assert reused_total > 0
+
+
+def test_typing_through_a_suggestion_accepts_drafts_and_changes_nothing() -> None:
+    """Each keystroke that follows the last suggestion is answered from checked drafts.
+
+    The bundled (trained) model, so suggestions are real code; the reference decodes one
+    token per pass with a fresh cache. Drafted greedy output must equal it token for token.
+    """
+    drafting = Engine.load(BUNDLED_MODEL, device="cpu", context_length=1024)
+    plain = Engine.load(BUNDLED_MODEL, device="cpu", context_length=1024, reuse=False, draft_tokens=0)
+    tok = drafting.tokenizer
+    first = drafting.generate(GenerationRequest(infilling_tokens(tok, PREFIX, SUFFIX, "spm"), max_new_tokens=24))
+    assert first.text.strip(), "the bundled model suggested nothing here; pick a prompt it completes"
+    typed = first.text[:8]
+    accepted = 0
+    for i in range(1, len(typed) + 1):
+        prompt = infilling_tokens(tok, PREFIX + typed[:i], SUFFIX, "spm")
+        got = drafting.generate(GenerationRequest(prompt, max_new_tokens=24))
+        want = plain.generate(GenerationRequest(prompt, max_new_tokens=24))
+        assert (got.token_ids, got.text, got.stop_reason) == (want.token_ids, want.text, want.stop_reason)
+        assert want.drafted_tokens == 0
+        assert got.accepted_tokens <= got.drafted_tokens
+        accepted += got.accepted_tokens
+    assert accepted > 0
 
 
 def test_reuse_logits_equal_recompute(tiny_model_dir: Path) -> None:

@@ -14,11 +14,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
 from .checkpoint import load_model
+from .lookup import LookupDrafter
 from .model import Transformer
 from .sampling import next_token
 from .tokenizer import Tokenizer
@@ -55,6 +56,8 @@ class GenerationResult:
     computed_tokens: int
     prefill_ms: float
     decode_ms: float
+    drafted_tokens: int = 0  # proposed by lookup and checked in batches (greedy only)
+    accepted_tokens: int = 0  # of those, the ones the model agreed with
 
     @property
     def generated_tokens(self) -> int:
@@ -73,13 +76,15 @@ class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, context_length: int = 4096, reuse: bool = True,
-                 compile_decode: bool = False) -> None:
+                 compile_decode: bool = False, draft_tokens: int = 8) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         self.context_length = min(context_length, model.args.max_position_embeddings)
         self.reuse = reuse
+        # Greedy requests check up to this many looked-up draft tokens per forward pass (0: off).
+        self.draft_tokens = draft_tokens
         model.setup_cache(self.context_length)
         self._stop_ids = {i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None}
         # GPU only (not exercised on this CPU-only project machine): compile the one-token step.
@@ -89,10 +94,10 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codellama-engine")
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", dtype: str | None = None, context_length: int = 4096,
-             reuse: bool = True, compile_decode: bool = False) -> "Engine":
+    def load(cls, path: str | Path, device: str = "auto", dtype: str | None = None, **options: Any) -> "Engine":
+        """Load a checkpoint directory; ``options`` are the constructor's (context_length, reuse, ...)."""
         model, tokenizer = load_model(path, device=device, dtype=dtype)
-        return cls(model, tokenizer, context_length=context_length, reuse=reuse, compile_decode=compile_decode)
+        return cls(model, tokenizer, **options)
 
     def reset_cache(self) -> None:
         with self._lock:
@@ -132,54 +137,87 @@ class Engine:
                 self._cached = []  # the cache may be half-written; never trust it after a failure
                 raise
 
-    def _step(self, tokens: list[int], start: int) -> torch.Tensor:
+    def _logits(self, tokens: list[int], start: int, last_only: bool) -> torch.Tensor:
+        """Logits [T or 1, vocab] for ``tokens`` placed at ``start``, extending the KV cache."""
         x = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        return self._forward(x, start=start, last_only=True)[0, -1]
+        return self._forward(x, start=start, last_only=last_only)[0]
 
     def _run(self, prompt: list[int], req: GenerationRequest) -> GenerationResult:
         n = len(prompt)
+        previous = self._cached if self.reuse else []  # without reuse, nothing survives a request
         # Always compute at least the last prompt token: its logits start the decode.
-        reused = min(common_prefix_length(self._cached, prompt), n - 1) if self.reuse else 0
+        reused = min(common_prefix_length(previous, prompt), n - 1) if self.reuse else 0
         self._cached = prompt[:reused]
         t0 = time.perf_counter()
-        logits = self._step(prompt[reused:], reused)
+        logits = self._logits(prompt[reused:], reused, last_only=True)[-1]
         self._cached = prompt
         prefill_ms = (time.perf_counter() - t0) * 1000
         deadline = None if req.time_budget_ms is None else t0 + req.time_budget_ms / 1000
         generator = None
         if req.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(req.seed)
+        # Drafts only for greedy decoding, where checking them cannot change the output. The
+        # previous sequence's unshared tail (last keystroke's suggestion) goes last: it wins lookups.
+        # Drafts only for greedy decoding, where checking them cannot change the output.
+        drafter = LookupDrafter(prompt, previous[reused:]) if self.draft_tokens and generator is None else None
         decode = self.tokenizer.decode_infilling if req.infilling else self.tokenizer.decode
+        watch_text = bool(req.stop_strings) or req.on_text is not None
         out: list[int] = []
         text = ""
-        reason: StopReason = "length"
+        drafted = accepted = 0
         t1 = time.perf_counter()
-        while True:
+
+        def emit(tok: int) -> StopReason | None:
+            """Take ``tok`` as the next output token, or say why generation ends here."""
+            nonlocal text
             if req.cancel.is_set():
-                reason = "cancelled"
-                break
-            tok = next_token(logits, req.temperature, req.top_p, generator)
+                return "cancelled"
             if tok in self._stop_ids:
-                reason = "eot" if tok == self.tokenizer.eot_id else "eos"
-                break
+                return "eot" if tok == self.tokenizer.eot_id else "eos"
             out.append(tok)
-            text = decode(out)
-            hit = min((i for i in (text.find(s) for s in req.stop_strings if s) if i >= 0), default=-1)
-            if hit >= 0:
-                text, reason = text[:hit], "stop_string"
-                break
-            if req.on_text is not None and req.on_text(text):
-                reason = "callback"
-                break
-            position = len(self._cached)
-            if len(out) >= req.max_new_tokens or position + 1 >= self.context_length:
-                reason = "length"
-                break
+            if watch_text:
+                text = decode(out)
+                hit = min((i for i in (text.find(s) for s in req.stop_strings if s) if i >= 0), default=-1)
+                if hit >= 0:
+                    text = text[:hit]
+                    return "stop_string"
+                if req.on_text is not None and req.on_text(text):
+                    return "callback"
+            if len(out) >= req.max_new_tokens or len(self._cached) + 1 >= self.context_length:
+                return "length"
             if deadline is not None and time.perf_counter() >= deadline:
-                reason = "time"
-                break
-            logits = self._step([tok], position)
+                return "time"
+            return None
+
+        tok = next_token(logits, req.temperature, req.top_p, generator)
+        while (reason := emit(tok)) is None:
+            position = len(self._cached)
+            draft: list[int] = []
+            if drafter is not None:
+                drafter.append(tok)
+                room = min(self.draft_tokens, req.max_new_tokens - len(out), self.context_length - position - 2)
+                draft = drafter.propose(room)
+            rows = self._logits([tok, *draft], position, last_only=not draft)
             self._cached.append(tok)
+            if not draft:
+                tok = next_token(rows[-1], req.temperature, req.top_p, generator)
+                continue
+            # The model's own choice after tok and after each draft token: keep the draft while they agree.
+            choices = rows.argmax(-1).tolist()
+            drafted += len(draft)
+            kept = 0
+            while kept < len(draft) and draft[kept] == choices[kept]:
+                self._cached.append(draft[kept])  # its keys/values were computed on the right history
+                drafter.append(draft[kept])
+                kept += 1
+                if (reason := emit(draft[kept - 1])) is not None:
+                    break
+            accepted += kept
+            if reason is not None:
+                break
+            tok = choices[kept]
+        if not watch_text:
+            text = decode(out)
         return GenerationResult(
             text=text,
             token_ids=out,
@@ -189,4 +227,6 @@ class Engine:
             computed_tokens=n - reused,
             prefill_ms=prefill_ms,
             decode_ms=(time.perf_counter() - t1) * 1000,
+            drafted_tokens=drafted,
+            accepted_tokens=accepted,
         )

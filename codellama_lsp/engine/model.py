@@ -28,20 +28,25 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(args: ModelArgs, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos/sin tables of shape [length, head_dim] in the rotate-half (Hugging Face) layout."""
+    """cos and signed-sin tables of shape [length, head_dim] for the rotate-half (Hugging Face) layout.
+
+    The sine table carries the rotation's sign (-sin on the first half, +sin on the second),
+    so applying RoPE is three kernels: ``x*cos + roll(x)*sin``.
+    """
     hd = args.head_dim
     inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd))
     pos = torch.arange(length, device=device, dtype=torch.float32) / args.rope_scaling_factor
     freqs = torch.outer(pos, inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` [B, H, T, D] by the tables' rows for its positions ([T, D])."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    """Rotate ``x`` [B, H, T, D] by the tables' rows for its positions ([T, D]).
+
+    Rotate-half pairs element i with i ± D/2: rolling by D/2 swaps the halves, and the
+    signed sine table supplies the minus sign of the first half.
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 def fuse_linears(*linears: nn.Linear) -> Tensor:
