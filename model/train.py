@@ -61,6 +61,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     fim_rate: float = 0.9
     line_fim_rate: float = 0.0  # share of infilling examples whose middle is the rest of one line
+    min_window: int = 0  # 0: each example fills its row; else its size is uniform in [min_window, context]
     seed: int = 1234
 
     @property
@@ -149,9 +150,9 @@ class PackedExamples(IterableDataset):
     """
 
     def __init__(self, data: Path, tokenizer: Path, context: int, fim_rate: float, seed: int,
-                 line_fim_rate: float = 0.0) -> None:
+                 line_fim_rate: float = 0.0, min_window: int = 0) -> None:
         self.data, self.tokenizer, self.context, self.seed = data, tokenizer, context, seed
-        self.fim_rate, self.line_fim_rate = fim_rate, line_fim_rate
+        self.fim_rate, self.line_fim_rate, self.min_window = fim_rate, line_fim_rate, min_window
 
     def _docs(self) -> tuple[list[str], list[int]]:
         with self.data.open(encoding="utf-8") as fh:
@@ -168,7 +169,11 @@ class PackedExamples(IterableDataset):
             starts: list[int] = []
             while n - len(row) >= MIN_ROOM:
                 doc = docs[bisect.bisect_right(cum, rng.random() * cum[-1])]
-                example = build_example(tok, doc, n - len(row), rng, self.fim_rate, self.line_fim_rate)
+                # Smaller windows put several examples (several middles to learn) in a row.
+                room = n - len(row)
+                if self.min_window:
+                    room = min(room, rng.randint(self.min_window, n))
+                example = build_example(tok, doc, room, rng, self.fim_rate, self.line_fim_rate)
                 if example:
                     starts.append(len(row))
                     row += example.ids
@@ -300,6 +305,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers building examples (0: in-process)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init-from", type=Path, help="a ckpt.pt to continue from with a new schedule (a second phase)")
+    ap.add_argument("--min-window", type=int, default=0,
+                    help="example size uniform in [this, context] tokens, several per row (0: one fills a row)")
     ap.add_argument("--line-fim-rate", type=float, default=0.0, help="share of infilling middles that are one line")
     return ap.parse_args(argv)
 
@@ -318,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg, margs = TrainConfig(**state["train_config"]), ModelArgs(**state["model_args"])
     else:
         cfg = TrainConfig(tokens=int(ns.tokens), minutes=ns.minutes, context=ns.context, batch_size=ns.batch_size,
-                          lr=ns.lr, warmup_steps=ns.warmup_steps, seed=ns.seed, line_fim_rate=ns.line_fim_rate)
+                          lr=ns.lr, warmup_steps=ns.warmup_steps, seed=ns.seed, line_fim_rate=ns.line_fim_rate,
+                          min_window=ns.min_window)
         margs = ModelArgs(**init["model_args"]) if init else model_args_from(ns, tok.vocab_size)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -339,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%s step %d/%d, %.2f M params, model %s, train %s", "resume" if state else "start", step,
              cfg.total_steps, margs.num_parameters() / 1e6, asdict(margs), asdict(cfg))
     # A resumed run draws a fresh example stream (seed + step) rather than replaying the old one.
-    data = PackedExamples(ns.data, ns.tokenizer, cfg.context, cfg.fim_rate, cfg.seed + step, cfg.line_fim_rate)
+    data = PackedExamples(ns.data, ns.tokenizer, cfg.context, cfg.fim_rate, cfg.seed + step, cfg.line_fim_rate,
+                          cfg.min_window)
     loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=ns.workers, prefetch_factor=4 if ns.workers else None)
     batches = iter(loader)
     model.train()

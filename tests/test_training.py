@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -35,7 +36,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tokenizer]:
     """A tiny jsonl corpus and a ~360-piece tokenizer (256 bytes + specials + ~40 learned) trained on it with the real trainer."""
     tmp = tmp_path_factory.mktemp("corpus")
     data = tmp / "train.jsonl"
-    import json
 
     data.write_text("".join(json.dumps({"path": f"f{i}.py", "text": d}) + "\n" for i, d in enumerate(DOCS)))
     model = train_tokenizer(DOCS, tmp / "tokenizer.model", vocab_size=360)
@@ -90,6 +90,17 @@ def test_packed_rows_mask_padding_and_boundaries(corpus: tuple[Path, Tokenizer])
     assert x.shape == y.shape == (128,)
     assert (y[x == tok.bos_id][1:] != tok.bos_id).all()  # no target is the start of the next example
     assert not (y == tok.bos_id).any()
+
+
+def test_min_window_packs_several_examples_per_row(corpus: tuple[Path, Tokenizer], tmp_path: Path) -> None:
+    _, tok = corpus
+    data = tmp_path / "long.jsonl"  # documents longer than a row: without min_window one fills it
+    data.write_text(json.dumps({"path": "long.py", "text": "\n".join(DOCS) * 40}) + "\n")
+
+    def examples_per_row(min_window: int) -> float:
+        rows = iter(PackedExamples(data, tok.path, 512, 0.9, seed=0, min_window=min_window))
+        return sum(int((next(rows)[0] == tok.bos_id).sum()) for _ in range(10)) / 10
+    assert examples_per_row(64) > 1.5 * examples_per_row(0)
 
 
 def test_schedule_warms_up_and_decays() -> None:
