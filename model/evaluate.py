@@ -113,7 +113,7 @@ def first_line(text: str) -> str:
 def load(ns: argparse.Namespace) -> tuple[Transformer, Tokenizer]:
     """The exported model directory, or the weights in a training checkpoint (for mid-training looks)."""
     if ns.ckpt:
-        state = torch.load(ns.ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ns.ckpt, map_location="cpu", weights_only=True)
         model = Transformer(ModelArgs(**state["model_args"]))
         model.load_state_dict(state["model"])
         return model.eval(), Tokenizer(ns.tokenizer)

@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     log = setup_logging(run_dir)
     ckpt_path = run_dir / "ckpt.pt"
     tok = Tokenizer(ns.tokenizer)
-    state = torch.load(ckpt_path, weights_only=False) if ns.resume else None
-    init = torch.load(ns.init_from, weights_only=False) if ns.init_from and not state else None
+    state = torch.load(ckpt_path, weights_only=True) if ns.resume else None
+    init = torch.load(ns.init_from, weights_only=True) if ns.init_from and not state else None
     if state:
         cfg, margs = TrainConfig(**state["train_config"]), ModelArgs(**state["model_args"])
     else:
