@@ -258,6 +258,9 @@ def setup_logging(run_dir: Path) -> logging.Logger:
     """Log to train.log (appending across resumes) without disturbing the progress bar."""
     log = logging.getLogger("train")
     log.setLevel(logging.INFO)
+    for old in log.handlers[:]:  # a second run in one process (tests) logs to its own file only
+        log.removeHandler(old)
+        old.close()
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
@@ -283,6 +286,7 @@ def model_args_from(ns: argparse.Namespace, vocab_size: int) -> ModelArgs:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Train the bundled infilling model.")
     ap.add_argument("--name", default="default", help="run name: model/runs/<name>/")
+    ap.add_argument("--runs", type=Path, default=HERE / "runs", help="where run directories go")
     ap.add_argument("--data", type=Path, default=HERE / "data" / "train.jsonl")
     ap.add_argument("--tokenizer", type=Path, default=HERE / "default" / "tokenizer.model")
     ap.add_argument("--export", type=Path, default=HERE / "default", help="where the final weights go")
@@ -314,7 +318,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
     torch.set_num_threads(ns.threads)
-    run_dir = HERE / "runs" / ns.name
+    run_dir = ns.runs / ns.name
     run_dir.mkdir(parents=True, exist_ok=True)
     log = setup_logging(run_dir)
     ckpt_path = run_dir / "ckpt.pt"

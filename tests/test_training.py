@@ -18,6 +18,7 @@ from codellama_lsp.engine.config import ModelArgs  # noqa: E402
 from codellama_lsp.engine.model import Transformer  # noqa: E402
 from codellama_lsp.engine.tokenizer import Tokenizer  # noqa: E402
 from codellama_lsp.prompt import infilling_tokens  # noqa: E402
+import train  # noqa: E402
 from train import (  # noqa: E402
     IGNORE, PackedExamples, TrainConfig, build_example, init_weights, loss_fn, lr_at, make_optimizer, split_at_line,
     split_document,
@@ -137,6 +138,25 @@ def test_few_steps_lower_loss_and_export_reloads(corpus: tuple[Path, Tokenizer],
     assert tok2.vocab_size == tok.vocab_size
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), model(x), rtol=0, atol=0)
+
+
+def test_an_interrupted_run_resumes_where_its_checkpoint_stopped(corpus: tuple[Path, Tokenizer], tmp_path: Path) -> None:
+    data, tok = corpus
+    args = ["--name", "r", "--runs", str(tmp_path), "--data", str(data), "--tokenizer", str(tok.path),
+            "--export", str(tmp_path / "export"), "--tokens", str(6 * 2 * 64), "--context", "64", "--batch-size", "2",
+            "--dim", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--threads", "1", "--no-compile",
+            "--ckpt-minutes", "0"]
+    train.main([*args, "--probe-minutes", "1e-9"])  # stops after its first step, as an interruption would
+    first = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
+    assert first["step"] == 1 and not (tmp_path / "export").exists()
+    train.main([*args, "--resume"])
+    done = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
+    assert done["step"] == 6 and done["train_config"] == first["train_config"]
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "resume step 1/6" in log and "done: 6 steps" in log
+    reloaded, _ = load_model(tmp_path / "export", device="cpu", dtype="float32")
+    for name, weight in reloaded.state_dict().items():
+        torch.testing.assert_close(weight, done["model"][name], rtol=0, atol=0)
 
 
 def test_line_split_middle_is_rest_of_one_line() -> None:
