@@ -50,12 +50,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def fuse_linears(*linears: nn.Linear) -> Tensor:
-    """Concatenate the linears' weights and make each weight a view of the result.
+    """Concatenate the linears' weights, stored input-major, and make each weight a view of it.
 
-    The parameters keep their names and values (checkpoints and state_dict are unchanged)
-    and no memory is duplicated; inference then needs one matmul where it needed several.
+    The parameters keep their names, shapes and values (checkpoints and state_dict are
+    unchanged) and no memory is duplicated. Inference then needs one matmul where it
+    needed several, and the input-major storage is the layout CPU GEMV kernels read
+    fastest (measured here: the 8192×192 LM head in ~0.6× the time). One linear alone
+    just gets the new layout.
     """
-    fused = torch.cat([lin.weight.detach() for lin in linears])
+    fused = torch.cat([lin.weight.detach().t() for lin in linears], dim=1).contiguous().t()
     row = 0
     for lin in linears:
         n = lin.weight.shape[0]
@@ -193,6 +196,11 @@ class Transformer(nn.Module):
             layer.self_attn.kv_cache = KVCache(self.args.num_key_value_heads, self.args.head_dim, length, p.dtype, p.device)
             layer.self_attn.fuse()
             layer.mlp.fuse()
+            fuse_linears(layer.self_attn.o_proj)
+            fuse_linears(layer.mlp.down_proj)
+        fuse_linears(self.lm_head)
+        if self.args.tie_word_embeddings:
+            self.model.embed_tokens.weight = self.lm_head.weight
 
     def forward(self, tokens: Tensor, start: int | None = None, last_only: bool = False) -> Tensor:
         """Logits for ``tokens`` [B, T].
