@@ -150,6 +150,31 @@ def test_cancel_stops_within_one_decode_step(engine: Engine) -> None:
     assert result.generated_tokens == 2
 
 
+def test_cancel_during_prefill_stops_within_one_chunk_and_keeps_its_work(tiny_model_dir: Path) -> None:
+    small = Engine.load(tiny_model_dir, device="cpu", context_length=512, prefill_chunk=8)
+    reference = Engine.load(tiny_model_dir, device="cpu", context_length=512, reuse=False)
+    prompt = infilling_tokens(small.tokenizer, PREFIX, SUFFIX)
+    assert len(prompt) > 24
+    req = GenerationRequest(prompt, max_new_tokens=8)
+    passes: list[int] = []
+    forward = small._forward
+
+    def counting_forward(x: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        passes.append(x.shape[1])
+        if len(passes) == 2:
+            req.cancel.set()  # as the server would when the next keystroke arrives
+        return forward(x, **kwargs)
+
+    small._forward = counting_forward
+    cancelled = small.generate(req)
+    assert cancelled.stop_reason == "cancelled" and cancelled.generated_tokens == 0
+    assert passes == [8, 8] and cancelled.computed_tokens == 16
+    # The next request starts from the 16 tokens the cancelled one computed, and decodes the same.
+    again = small.generate(GenerationRequest(prompt, max_new_tokens=8))
+    assert again.reused_tokens == 16 and again.computed_tokens == len(prompt) - 16
+    assert again.token_ids == reference.generate(GenerationRequest(prompt, max_new_tokens=8)).token_ids
+
+
 def test_time_budget(engine: Engine) -> None:
     result = engine.generate(GenerationRequest(infilling_tokens(engine.tokenizer, PREFIX, SUFFIX), max_new_tokens=400,
                                                time_budget_ms=0.0))

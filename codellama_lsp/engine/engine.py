@@ -76,7 +76,7 @@ class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, context_length: int = 4096, reuse: bool = True,
-                 compile_decode: bool = False, draft_tokens: int = 8) -> None:
+                 compile_decode: bool = False, draft_tokens: int = 8, prefill_chunk: int = 512) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.lm_head.weight.device
@@ -85,6 +85,7 @@ class Engine:
         self.reuse = reuse
         # Greedy requests check up to this many looked-up draft tokens per forward pass (0: off).
         self.draft_tokens = draft_tokens
+        self.prefill_chunk = prefill_chunk  # tokens per prefill pass; cancellation is checked between passes
         model.setup_cache(self.context_length)
         self._stop_ids = {i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None}
         # GPU only (not exercised on this CPU-only project machine): compile the one-token step.
@@ -149,15 +150,23 @@ class Engine:
         reused = min(common_prefix_length(previous, prompt), n - 1) if self.reuse else 0
         self._cached = prompt[:reused]
         t0 = time.perf_counter()
-        logits = self._logits(prompt[reused:], reused, last_only=True)[-1]
-        self._cached = prompt
+        # Prefill in chunks, checking the cancel flag between them: a superseded request on a
+        # big model stops within one chunk, and the chunks it finished stay cached for the next.
+        done = reused
+        while True:
+            end = min(n, done + self.prefill_chunk)
+            logits = self._logits(prompt[done:end], done, last_only=True)[-1]
+            self._cached, done = prompt[:end], end
+            if done == n:
+                break
+            if req.cancel.is_set():
+                return GenerationResult("", [], "cancelled", n, reused, done - reused,
+                                        (time.perf_counter() - t0) * 1000, 0.0)
         prefill_ms = (time.perf_counter() - t0) * 1000
         deadline = None if req.time_budget_ms is None else t0 + req.time_budget_ms / 1000
         generator = None
         if req.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(req.seed)
-        # Drafts only for greedy decoding, where checking them cannot change the output. The
-        # previous sequence's unshared tail (last keystroke's suggestion) goes last: it wins lookups.
         # Drafts only for greedy decoding, where checking them cannot change the output.
         drafter = LookupDrafter(prompt, previous[reused:]) if self.draft_tokens and generator is None else None
         decode = self.tokenizer.decode_infilling if req.infilling else self.tokenizer.decode
