@@ -292,6 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--export", type=Path, default=HERE / "default", help="where the final weights go")
     ap.add_argument("--tokens", type=float, required=True, help="total training tokens (fixes the schedule)")
     ap.add_argument("--minutes", type=float, default=0, help="wall-time budget the schedule must fit in (0: none)")
+    ap.add_argument("--stop-at-step", type=int, default=-1,
+                    help="end the run at this step (schedule unchanged), saving and exporting as at its end")
     ap.add_argument("--probe-minutes", type=float, default=0, help="measure throughput for this long, then stop")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (it costs ~2 min, gains ~2x)")
     ap.add_argument("--dim", type=int, default=256)
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     bar = tqdm(total=cfg.total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0)
     t_start = last_save = time.time()
     start_step, ema, frac = step, None, progress(step, elapsed_before, cfg)
-    while frac < 1.0:
+    while frac < 1.0 and step != ns.stop_at_step:
         x, y = next(batches)
         lr = lr_at(step, frac, cfg)
         for g in opt.param_groups:

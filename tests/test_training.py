@@ -149,11 +149,14 @@ def test_an_interrupted_run_resumes_where_its_checkpoint_stopped(corpus: tuple[P
     train.main([*args, "--probe-minutes", "1e-9"])  # stops after its first step, as an interruption would
     first = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
     assert first["step"] == 1 and not (tmp_path / "export").exists()
+    train.main([*args, "--resume", "--stop-at-step", "4"])  # a phase that ends early, on purpose
+    assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["step"] == 4
+    assert (tmp_path / "export" / "model.safetensors").is_file()
     train.main([*args, "--resume"])
     done = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
     assert done["step"] == 6 and done["train_config"] == first["train_config"]
     log = (tmp_path / "r" / "train.log").read_text()
-    assert "resume step 1/6" in log and "done: 6 steps" in log
+    assert "resume step 1/6" in log and "resume step 4/6" in log and "done: 6 steps" in log
     reloaded, _ = load_model(tmp_path / "export", device="cpu", dtype="float32")
     for name, weight in reloaded.state_dict().items():
         torch.testing.assert_close(weight, done["model"][name], rtol=0, atol=0)
