@@ -76,17 +76,21 @@ def split_document(doc: str, rng: random.Random) -> tuple[str, str, str]:
 
 
 def split_at_line(doc: str, rng: random.Random) -> tuple[str, str, str]:
-    """Prefix/middle/suffix where the middle is the rest of one random line, from its start or mid-line.
+    """Prefix/middle/suffix where the middle is the rest of one random non-blank line, from its start or mid-line.
 
-    This is what an editor asks for most (finish this line), and what uniform splits,
-    whose middles average a third of the document, rarely teach: to stop with EOT at the newline.
+    This is what an editor asks for most (finish this line, or write the next one), and
+    what uniform splits, whose middles average a third of the document, rarely teach: to
+    stop with EOT at the newline. The middle is never empty: empty middles (blank lines)
+    taught the model that a line-shaped gap is usually empty, so it answered with EOT.
     """
     starts = [0, *(i + 1 for i, c in enumerate(doc) if c == "\n" and i + 1 < len(doc))]
-    a = rng.choice(starts)
-    b = doc.find("\n", a)
-    b = len(doc) if b < 0 else b
+    lines = [(a, b if b >= 0 else len(doc)) for a in starts for b in [doc.find("\n", a)]]
+    filled = [(a, b) for a, b in lines if doc[a:b].strip()]
+    if not filled:
+        return split_document(doc, rng)
+    a, b = rng.choice(filled)
     if rng.random() < 0.5:
-        a = rng.randint(a, b)
+        a = rng.randint(a, b - 1)
     return doc[:a], doc[a:b], doc[b:]
 
 

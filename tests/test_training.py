@@ -164,8 +164,9 @@ def test_an_interrupted_run_resumes_where_its_checkpoint_stopped(corpus: tuple[P
 
 def test_line_split_middle_is_rest_of_one_line() -> None:
     rng = random.Random(3)
-    for doc in ["x", "a = 1\nb = 2\n", *DOCS[:3]]:
+    for doc in ["x", "a = 1\nb = 2\n", "a = 1\n\n\n    \nb = 2", *DOCS[:3]]:
         for _ in range(50):
             prefix, middle, suffix = split_at_line(doc, rng)
             assert prefix + middle + suffix == doc
             assert "\n" not in middle and (suffix == "" or suffix.startswith("\n"))
+            assert middle.strip(), "a blank or empty middle teaches the model to answer nothing"
