@@ -11,7 +11,7 @@ def count_words(path):
     """Count the words in a text file."""
     total = 0
     for line in read_lines(path):
-        
+        total += 
     return total
 
 
