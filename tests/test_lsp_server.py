@@ -108,11 +108,16 @@ async def test_inline_completion_is_the_engine_text(client: Client, engine: Engi
 
 async def test_completion_is_the_same_suggestion_as_one_item(client: Client) -> None:
     uri = "file:///completion.py"
-    client.open(uri, SOURCE)
+    client.open(uri, SOURCE + "\n")
     shared = (await client.status())["shared_requests"]
-    # Sent together, as editors with both providers do: one computation answers both.
-    inline, result = await asyncio.gather(client.inline(uri, 9, 11), client.text_document_completion_async(
-        types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(9, 11))))
+    # Sent together, as editors with both providers do: one computation answers both. A sampled
+    # generation (no drafts) on an empty top-level line is still running when the second arrives.
+    await client.configure(maxNewTokens=64, temperature=1.0)
+    try:
+        inline, result = await asyncio.gather(client.inline(uri, 16, 0), client.text_document_completion_async(
+            types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(16, 0))))
+    finally:
+        await client.configure(maxNewTokens=8, temperature=0.0)
     assert inline
     assert result.is_incomplete
     assert [i.text_edit.new_text for i in result.items] == [inline]
