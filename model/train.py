@@ -61,6 +61,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     fim_rate: float = 0.9
     line_fim_rate: float = 0.0  # share of infilling examples whose middle is the rest of one line
+    psm_rate: float = 0.5  # share of infilling examples in PSM (the rest SPM); Code Llama's is 0.5
     min_window: int = 0  # 0: each example fills its row; else its size is uniform in [min_window, context]
     seed: int = 1234
 
@@ -127,11 +128,11 @@ class Example:
 
 
 def build_example(tok: Tokenizer, doc: str, room: int, rng: random.Random, fim_rate: float,
-                  line_fim_rate: float = 0.0) -> Example | None:
+                  line_fim_rate: float = 0.0, psm_rate: float = 0.5) -> Example | None:
     """One training example of at most ``room`` tokens from ``doc``, or None if it cannot fit."""
     n_chars = int(room * CHARS_PER_TOKEN)
     fim = rng.random() < fim_rate
-    fmt = "psm" if rng.random() < 0.5 else "spm"
+    fmt = "psm" if rng.random() < psm_rate else "spm"
     split = split_at_line if fim and rng.random() < line_fim_rate else split_document
     for _ in range(4):
         text, ends = line_window(doc, n_chars, rng)
@@ -153,10 +154,8 @@ class PackedExamples(IterableDataset):
     ``__init__.py`` files, but no single huge file dominates.
     """
 
-    def __init__(self, data: Path, tokenizer: Path, context: int, fim_rate: float, seed: int,
-                 line_fim_rate: float = 0.0, min_window: int = 0) -> None:
-        self.data, self.tokenizer, self.context, self.seed = data, tokenizer, context, seed
-        self.fim_rate, self.line_fim_rate, self.min_window = fim_rate, line_fim_rate, min_window
+    def __init__(self, data: Path, tokenizer: Path, cfg: TrainConfig, seed: int) -> None:
+        self.data, self.tokenizer, self.cfg, self.seed = data, tokenizer, cfg, seed
 
     def _docs(self) -> tuple[list[str], list[int]]:
         with self.data.open(encoding="utf-8") as fh:
@@ -167,7 +166,8 @@ class PackedExamples(IterableDataset):
         tok = Tokenizer(self.tokenizer)
         rng = random.Random(self.seed)
         docs, cum = self._docs()
-        n = self.context + 1
+        cfg = self.cfg
+        n = cfg.context + 1
         while True:
             row: list[int] = []
             starts: list[int] = []
@@ -175,9 +175,9 @@ class PackedExamples(IterableDataset):
                 doc = docs[bisect.bisect_right(cum, rng.random() * cum[-1])]
                 # Smaller windows put several examples (several middles to learn) in a row.
                 room = n - len(row)
-                if self.min_window:
-                    room = min(room, rng.randint(self.min_window, n))
-                example = build_example(tok, doc, room, rng, self.fim_rate, self.line_fim_rate)
+                if cfg.min_window:
+                    room = min(room, rng.randint(cfg.min_window, n))
+                example = build_example(tok, doc, room, rng, cfg.fim_rate, cfg.line_fim_rate, cfg.psm_rate)
                 if example:
                     starts.append(len(row))
                     row += example.ids
@@ -318,6 +318,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--min-window", type=int, default=0,
                     help="example size uniform in [this, context] tokens, several per row (0: one fills a row)")
     ap.add_argument("--line-fim-rate", type=float, default=0.0, help="share of infilling middles that are one line")
+    ap.add_argument("--psm-rate", type=float, default=0.5, help="share of infilling examples in PSM (the rest SPM)")
     return ap.parse_args(argv)
 
 
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cfg = TrainConfig(tokens=int(ns.tokens), minutes=ns.minutes, context=ns.context, batch_size=ns.batch_size,
                           lr=ns.lr, warmup_steps=ns.warmup_steps, seed=ns.seed, line_fim_rate=ns.line_fim_rate,
-                          min_window=ns.min_window)
+                          min_window=ns.min_window, psm_rate=ns.psm_rate)
         margs = ModelArgs(**init["model_args"]) if init else model_args_from(ns, tok.vocab_size)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -357,8 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%s step %d/%d, %.2f M params, model %s, train %s", "resume" if state else "start", step,
              cfg.total_steps, margs.num_parameters() / 1e6, asdict(margs), asdict(cfg))
     # A resumed run draws a fresh example stream (seed + step) rather than replaying the old one.
-    data = PackedExamples(ns.data, ns.tokenizer, cfg.context, cfg.fim_rate, cfg.seed + step, cfg.line_fim_rate,
-                          cfg.min_window)
+    data = PackedExamples(ns.data, ns.tokenizer, cfg, cfg.seed + step)
     loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=ns.workers, prefetch_factor=4 if ns.workers else None)
     batches = iter(loader)
     model.train()

@@ -71,6 +71,17 @@ def test_infilling_examples_are_inference_prompts(corpus: tuple[Path, Tokenizer]
     assert formats == {"psm", "spm"}
 
 
+def test_psm_rate_sets_the_format_mix(corpus: tuple[Path, Tokenizer]) -> None:
+    _, tok = corpus
+    rng = random.Random(3)
+
+    def psm_share(psm_rate: float) -> float:
+        examples = [build_example(tok, DOCS[0], 1025, rng, fim_rate=1.0, psm_rate=psm_rate) for _ in range(300)]
+        return sum(ex.fim[3] == "psm" for ex in examples if ex and ex.fim) / len(examples)
+    assert 0.4 < psm_share(0.5) < 0.6
+    assert psm_share(0.8) > 0.7
+
+
 def test_plain_examples_and_windows(corpus: tuple[Path, Tokenizer]) -> None:
     _, tok = corpus
     rng = random.Random(2)
@@ -87,7 +98,7 @@ def test_plain_examples_and_windows(corpus: tuple[Path, Tokenizer]) -> None:
 
 def test_packed_rows_mask_padding_and_boundaries(corpus: tuple[Path, Tokenizer]) -> None:
     data, tok = corpus
-    x, y = next(iter(PackedExamples(data, tok.path, 128, 0.9, seed=0)))
+    x, y = next(iter(PackedExamples(data, tok.path, TrainConfig(tokens=1, context=128), seed=0)))
     assert x.shape == y.shape == (128,)
     assert (y[x == tok.bos_id][1:] != tok.bos_id).all()  # no target is the start of the next example
     assert not (y == tok.bos_id).any()
@@ -99,7 +110,7 @@ def test_min_window_packs_several_examples_per_row(corpus: tuple[Path, Tokenizer
     data.write_text(json.dumps({"path": "long.py", "text": "\n".join(DOCS) * 40}) + "\n")
 
     def examples_per_row(min_window: int) -> float:
-        rows = iter(PackedExamples(data, tok.path, 512, 0.9, seed=0, min_window=min_window))
+        rows = iter(PackedExamples(data, tok.path, TrainConfig(tokens=1, context=512, min_window=min_window), seed=0))
         return sum(int((next(rows)[0] == tok.bos_id).sum()) for _ in range(10)) / 10
     assert examples_per_row(64) > 1.5 * examples_per_row(0)
 
@@ -117,7 +128,7 @@ def test_few_steps_lower_loss_and_export_reloads(corpus: tuple[Path, Tokenizer],
     model = Transformer(tiny_args(tok.vocab_size))
     init_weights(model)
     opt = make_optimizer(model, cfg)
-    rows = iter(PackedExamples(data, tok.path, cfg.context, cfg.fim_rate, seed=0))
+    rows = iter(PackedExamples(data, tok.path, cfg, seed=0))
     x, y = (torch.stack(t) for t in zip(*(next(rows) for _ in range(cfg.batch_size))))
     assert (y != IGNORE).any()
     with torch.no_grad():
