@@ -37,7 +37,7 @@ from .lifecycle import Anchor, Flight, Lifecycle, Shown, rest_after_typing, type
 from .metrics import Metrics
 from .positions import negotiate
 from .prompt import infilling_tokens
-from .settings import SECTION, Settings, apply
+from .settings import SECTION, Settings, apply, fit_to_context
 
 log = logging.getLogger("codellama_lsp")
 
@@ -133,6 +133,7 @@ class CodeLlamaServer(LanguageServer):
         self.shutdown_requested = False
         self._load_task: asyncio.Task | None = None
         self._docstrings: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._fit_note: str | None = None  # the last budget-cut warning shown, so it is shown once
 
     # -- errors -----------------------------------------------------------------------------------------
     def report_server_error(self, error: Exception, source: Any) -> None:
@@ -157,6 +158,15 @@ class CodeLlamaServer(LanguageServer):
             log.info("settings from %s: %s", source, self.settings)
         if self.settings.load_key != before.load_key and self.model.state != "not loaded":
             self.start_loading()
+
+    def request_settings(self, engine: Backend) -> Settings:
+        """The settings a request uses: the budgets cut to fit ``engine``'s context, with a warning once."""
+        fitted, note = fit_to_context(self.settings, engine.context_length)
+        if note is not None and note != self._fit_note:
+            log.warning(note)
+            self.show(types.MessageType.Warning, note)
+        self._fit_note = note
+        return fitted
 
     async def pull_configuration(self) -> None:
         caps = self.client_capabilities.workspace
@@ -315,13 +325,14 @@ class CodeLlamaServer(LanguageServer):
     def _complete(self, doc: Document, cursor: Cursor, engine: Backend, counter: TokenCounter,
                   flight: Flight) -> Awaitable[str]:
         """Plan now, while the document is as the request saw it; generate in the returned awaitable."""
+        settings = self.request_settings(engine)
         try:
-            p = plan(doc, cursor, self.settings, engine.tokenizer, counter, self.windows.get(doc.uri))
+            p = plan(doc, cursor, settings, engine.tokenizer, counter, self.windows.get(doc.uri))
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("completion at %s:%s in %s: no prompt: %s", cursor.line, cursor.index, doc.uri, exc)
             return _const("")
         self.windows[doc.uri] = p.window
-        request = generation_request(p, self.settings, on_text=lambda text: setattr(flight, "partial", text))
+        request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text))
         return self._generate(engine, request, p, f"{cursor.line}:{cursor.index} in {doc.uri}")
 
     async def _generate(self, engine: Backend, request: GenerationRequest, p: Plan, where: str) -> str:
@@ -367,11 +378,12 @@ class CodeLlamaServer(LanguageServer):
 
     def _docstring(self, doc: Document, d: ds.Definition, engine: Backend, counter: TokenCounter) -> Awaitable[str]:
         """Build the prompt now, while the document is as the request saw it; generate in the awaitable."""
-        prompt = ds.prompt(doc, d, self.settings.prefix_tokens, self.settings.suffix_tokens, counter)
+        settings = self.request_settings(engine)
+        prompt = ds.prompt(doc, d, settings.prefix_tokens, settings.suffix_tokens, counter)
         request = GenerationRequest(
-            prompt=infilling_tokens(engine.tokenizer, prompt.prefix, prompt.suffix, self.settings.format),  # type: ignore[arg-type]
-            max_new_tokens=DOCSTRING_MAX_TOKENS, temperature=self.settings.temperature,
-            time_budget_ms=max(self.settings.time_budget_ms, DOCSTRING_TIME_BUDGET_MS), stop_strings=prompt.stop,
+            prompt=infilling_tokens(engine.tokenizer, prompt.prefix, prompt.suffix, settings.format),  # type: ignore[arg-type]
+            max_new_tokens=DOCSTRING_MAX_TOKENS, temperature=settings.temperature,
+            time_budget_ms=max(settings.time_budget_ms, DOCSTRING_TIME_BUDGET_MS), stop_strings=prompt.stop,
         )
 
         async def generate() -> str:

@@ -40,6 +40,31 @@ class Settings:
         return self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer
 
 
+# Tokens a prompt holds beyond its prefix and suffix budgets: BOS, <PRE>, <SUF>, <MID>, and the
+# difference between counting lines one by one (as the context cut does) and encoding them joined.
+PROMPT_RESERVE = 16
+
+
+def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, str | None]:
+    """``s`` with its prefix, suffix and new-token budgets cut to fit a ``context_length``-token context.
+
+    Each budget is valid alone, but together they can exceed the model's context, and then
+    every completion in a long file would fail. Cutting both sides in proportion keeps
+    completions working; the message (None when nothing was cut) tells the user why their
+    setting is not used as given. ``context_length`` None (a remote server's) cuts nothing.
+    """
+    wanted = s.prefix_tokens + s.suffix_tokens + s.max_new_tokens + PROMPT_RESERVE
+    if context_length is None or wanted <= context_length:
+        return s, None
+    max_new = min(s.max_new_tokens, context_length // 4)
+    room = context_length - max_new - PROMPT_RESERVE
+    prefix = room * s.prefix_tokens // (s.prefix_tokens + s.suffix_tokens)
+    fitted = replace(s, prefix_tokens=prefix, suffix_tokens=room - prefix, max_new_tokens=max_new)
+    return fitted, (f"codellama-lsp: prefixTokens {s.prefix_tokens} + suffixTokens {s.suffix_tokens} + maxNewTokens "
+                    f"{s.max_new_tokens} exceed the model's {context_length}-token context; using {prefix} + "
+                    f"{room - prefix} + {max_new}")
+
+
 # camelCase key -> (field, check returning an error message or None, converter)
 def _int_range(lo: int, hi: int) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:

@@ -47,6 +47,25 @@ async def test_settings_from_initialization_options_and_workspace_configuration(
         await stop(client)
 
 
+async def test_budgets_beyond_the_context_are_cut_with_one_warning(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The tiny model's context is 2048 tokens; these budgets ask for 4,564, and the file is long enough to fill them.
+    client = await start(tiny_model_dir, tmp_path / "server.log",
+                         options={"codellama": {"prefixTokens": 4000, "suffixTokens": 500, "maxNewTokens": 8}})
+    try:
+        await client.wait_loaded()
+        client.open("file:///long.py", "".join(f"value_{i} = compute({i}, 'item {i}')\n" for i in range(3000)))
+        for line in (1500, 1501):
+            assert isinstance(await client.inline("file:///long.py", line, 0), str)
+        status = await client.status()
+        assert "failed" not in status["requests"]  # without the cut, the engine refuses the 4,500-token prompt
+        assert status["requests"]["completion"] == 2
+        (warning,) = [m for m in client.messages if "context" in m.message]  # shown once, not per keystroke
+        assert warning.type == types.MessageType.Warning
+        assert "exceed the model's 2048-token context" in warning.message and "prefixTokens 4000" in warning.message
+    finally:
+        await stop(client)
+
+
 def _corrupt(tmp_path: Path, tiny_model_dir: Path) -> Path:
     bad = tmp_path / "corrupt"
     bad.mkdir()

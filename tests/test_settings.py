@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codellama_lsp.settings import Settings, apply
+from codellama_lsp.settings import PROMPT_RESERVE, Settings, apply, fit_to_context
 
 
 def test_defaults() -> None:
@@ -37,3 +37,16 @@ def test_not_an_object() -> None:
 
 def test_load_key_changes_only_with_model_device_dtype() -> None:
     assert Settings(format="spm").load_key == Settings().load_key != Settings(dtype="float16").load_key
+
+
+def test_budgets_are_cut_to_fit_the_context() -> None:
+    s = Settings(prefix_tokens=8000, suffix_tokens=2000, max_new_tokens=64)
+    fitted, note = fit_to_context(s, 4096)
+    assert fitted.prefix_tokens + fitted.suffix_tokens + fitted.max_new_tokens + PROMPT_RESERVE == 4096
+    assert abs(fitted.prefix_tokens - 4 * fitted.suffix_tokens) <= 5  # cut in proportion
+    assert fitted.max_new_tokens == 64 and fitted.format == s.format
+    assert note is not None and "prefixTokens 8000" in note and "4096-token context" in note
+    assert fit_to_context(Settings(), 4096) == (Settings(), None)  # the defaults fit
+    assert fit_to_context(s, None) == (s, None)  # a remote server's limit is its own
+    small, _ = fit_to_context(Settings(max_new_tokens=1024), 1024)
+    assert small.max_new_tokens == 256 and small.prefix_tokens + small.suffix_tokens == 1024 - 256 - PROMPT_RESERVE

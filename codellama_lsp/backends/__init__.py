@@ -26,6 +26,7 @@ class Backend(Protocol):
     """What the server needs from whatever generates: a tokenizer for prompts, and generation."""
 
     tokenizer: Tokenizer
+    context_length: int | None  # tokens a prompt and its completion may span; None: the server's own limit
 
     @property
     def device(self) -> object: ...  # shown in codellama.status

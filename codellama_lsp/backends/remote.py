@@ -78,6 +78,8 @@ class _Stopper:
 class RemoteBackend:
     """A ``Backend`` that sends each request to an inference server speaking ``wire``."""
 
+    context_length: int | None = None  # the server enforces its own and answers an error beyond it
+
     def __init__(self, wire: Wire, url: str, tokenizer: Tokenizer, *, served_model: str | None = None,
                  api_key_env: str | None = None, verify: Any = True) -> None:
         if not url.startswith(("http://", "https://")):
