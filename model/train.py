@@ -62,6 +62,7 @@ class TrainConfig:
     fim_rate: float = 0.9
     line_fim_rate: float = 0.0  # share of infilling examples whose middle is the rest of one line
     psm_rate: float = 0.5  # share of infilling examples in PSM (the rest SPM); Code Llama's is 0.5
+    middle_weight: float = 1.0  # loss weight of the middle's tokens (and EOT) against all others' 1
     min_window: int = 0  # 0: each example fills its row; else its size is uniform in [min_window, context]
     seed: int = 1234
 
@@ -95,14 +96,24 @@ def split_at_line(doc: str, rng: random.Random) -> tuple[str, str, str]:
     return doc[:a], doc[a:b], doc[b:]
 
 
-def infilling_example(tok: Tokenizer, prefix: str, middle: str, suffix: str, fmt: str) -> list[int]:
+@dataclass(frozen=True)
+class Example:
+    """A training example's tokens and, for infilling, the text parts and format they came from."""
+
+    ids: list[int]
+    fim: tuple[str, str, str, str] | None = None  # (prefix, middle, suffix, fmt)
+    middle_at: int | None = None  # where in ``ids`` the middle starts: what the model generates at inference
+
+
+def infilling_example(tok: Tokenizer, prefix: str, middle: str, suffix: str, fmt: str) -> Example:
     """The inference prompt for (prefix, suffix) followed by the middle as the model should generate it."""
-    return infilling_tokens(tok, prefix, suffix, fmt) + tok.encode_infilling(middle) + [tok.eot_id]
+    prompt = infilling_tokens(tok, prefix, suffix, fmt)
+    return Example(prompt + tok.encode_infilling(middle) + [tok.eot_id], (prefix, middle, suffix, fmt), len(prompt))
 
 
-def plain_example(tok: Tokenizer, text: str, ends_document: bool) -> list[int]:
+def plain_example(tok: Tokenizer, text: str, ends_document: bool) -> Example:
     """[BOS] text [EOS]; no EOS when the window stops before the document does."""
-    return [tok.bos_id, *tok.encode(text)] + ([tok.eos_id] if ends_document else [])
+    return Example([tok.bos_id, *tok.encode(text)] + ([tok.eos_id] if ends_document else []))
 
 
 def line_window(doc: str, n_chars: int, rng: random.Random) -> tuple[str, bool]:
@@ -119,14 +130,6 @@ def line_window(doc: str, n_chars: int, rng: random.Random) -> tuple[str, bool]:
     return doc[start:end], end >= len(doc)
 
 
-@dataclass(frozen=True)
-class Example:
-    """A training example's tokens and, for infilling, the text parts and format they came from."""
-
-    ids: list[int]
-    fim: tuple[str, str, str, str] | None  # (prefix, middle, suffix, fmt)
-
-
 def build_example(tok: Tokenizer, doc: str, room: int, rng: random.Random, fim_rate: float,
                   line_fim_rate: float = 0.0, psm_rate: float = 0.5) -> Example | None:
     """One training example of at most ``room`` tokens from ``doc``, or None if it cannot fit."""
@@ -136,11 +139,10 @@ def build_example(tok: Tokenizer, doc: str, room: int, rng: random.Random, fim_r
     split = split_at_line if fim and rng.random() < line_fim_rate else split_document
     for _ in range(4):
         text, ends = line_window(doc, n_chars, rng)
-        parts = (*split(text, rng), fmt) if fim else None
-        ids = infilling_example(tok, *parts) if parts else plain_example(tok, text, ends)
-        if len(ids) <= room:
-            return Example(ids, parts)
-        n_chars = int(n_chars * room / len(ids) * 0.95)
+        example = infilling_example(tok, *split(text, rng), fmt) if fim else plain_example(tok, text, ends)
+        if len(example.ids) <= room:
+            return example
+        n_chars = int(n_chars * room / len(example.ids) * 0.95)
     return None
 
 
@@ -162,7 +164,7 @@ class PackedExamples(IterableDataset):
             docs = [json.loads(line)["text"] for line in fh]
         return docs, list(accumulate(min(len(d), 8000) for d in docs))
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         tok = Tokenizer(self.tokenizer)
         rng = random.Random(self.seed)
         docs, cum = self._docs()
@@ -171,6 +173,7 @@ class PackedExamples(IterableDataset):
         while True:
             row: list[int] = []
             starts: list[int] = []
+            middles: list[tuple[int, int]] = []
             while n - len(row) >= MIN_ROOM:
                 doc = docs[bisect.bisect_right(cum, rng.random() * cum[-1])]
                 # Smaller windows put several examples (several middles to learn) in a row.
@@ -180,18 +183,31 @@ class PackedExamples(IterableDataset):
                 example = build_example(tok, doc, room, rng, cfg.fim_rate, cfg.line_fim_rate, cfg.psm_rate)
                 if example:
                     starts.append(len(row))
+                    if example.middle_at is not None:
+                        middles.append((len(row) + example.middle_at, len(row) + len(example.ids)))
                     row += example.ids
-            yield pack_row(row, starts, n, tok.eos_id)
+            yield pack_row(row, starts, middles, n, tok.eos_id, cfg.middle_weight)
 
 
-def pack_row(row: list[int], starts: list[int], n: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets for one packed row: no loss on padding, nor on guessing the next example's BOS."""
+def pack_row(row: list[int], starts: list[int], middles: list[tuple[int, int]], n: int, pad_id: int,
+             middle_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, targets and loss weights for one packed row.
+
+    No loss on padding, nor on guessing the next example's BOS. Targets that are a middle's
+    tokens (row positions ``[a, b)`` of each of ``middles``, its EOT included) weigh
+    ``middle_weight``: they are the few tokens per example that teach infilling itself, since
+    the prefix and suffix around them are ordinary next-token prediction.
+    """
     tokens = torch.tensor(row + [pad_id] * (n - len(row)), dtype=torch.long)
     targets = tokens[1:].clone()
     targets[len(row) - 1:] = IGNORE
     for s in starts[1:]:
         targets[s - 1] = IGNORE
-    return tokens[:-1], targets
+    weights = torch.ones(n - 1)
+    for a, b in middles:
+        weights[a - 1:b - 1] = middle_weight
+    weights[targets == IGNORE] = 0.0
+    return tokens[:-1], targets, weights
 
 
 def progress(step: int, elapsed: float, cfg: TrainConfig) -> float:
@@ -232,10 +248,11 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def loss_fn(model: Transformer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the unmasked targets."""
+def loss_fn(model: Transformer, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged with weights ``w`` (0 on masked targets)."""
     logits = model(x)
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1), ignore_index=IGNORE)
+    losses = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1), ignore_index=IGNORE, reduction="none")
+    return (losses * w.view(-1)).sum() / w.sum()
 
 
 def save_state(path: Path, model: Transformer, opt: torch.optim.Optimizer, step: int, elapsed: float,
@@ -319,6 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="example size uniform in [this, context] tokens, several per row (0: one fills a row)")
     ap.add_argument("--line-fim-rate", type=float, default=0.0, help="share of infilling middles that are one line")
     ap.add_argument("--psm-rate", type=float, default=0.5, help="share of infilling examples in PSM (the rest SPM)")
+    ap.add_argument("--middle-weight", type=float, default=1.0,
+                    help="loss weight of infilling middles' tokens against the others' 1")
     return ap.parse_args(argv)
 
 
@@ -337,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cfg = TrainConfig(tokens=int(ns.tokens), minutes=ns.minutes, context=ns.context, batch_size=ns.batch_size,
                           lr=ns.lr, warmup_steps=ns.warmup_steps, seed=ns.seed, line_fim_rate=ns.line_fim_rate,
-                          min_window=ns.min_window, psm_rate=ns.psm_rate)
+                          min_window=ns.min_window, psm_rate=ns.psm_rate, middle_weight=ns.middle_weight)
         margs = ModelArgs(**init["model_args"]) if init else model_args_from(ns, tok.vocab_size)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -368,11 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     t_start = last_save = time.time()
     start_step, ema, frac = step, None, progress(step, elapsed_before, cfg)
     while frac < 1.0 and step != ns.stop_at_step:
-        x, y = next(batches)
+        x, y, w = next(batches)
         lr = lr_at(step, frac, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = loss_fn(train_model, x, y)
+        loss = loss_fn(train_model, x, y, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

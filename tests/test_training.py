@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import random
 import sys
+from itertools import islice
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "model"))
@@ -98,8 +100,9 @@ def test_plain_examples_and_windows(corpus: tuple[Path, Tokenizer]) -> None:
 
 def test_packed_rows_mask_padding_and_boundaries(corpus: tuple[Path, Tokenizer]) -> None:
     data, tok = corpus
-    x, y = next(iter(PackedExamples(data, tok.path, TrainConfig(tokens=1, context=128), seed=0)))
-    assert x.shape == y.shape == (128,)
+    x, y, w = next(iter(PackedExamples(data, tok.path, TrainConfig(tokens=1, context=128), seed=0)))
+    assert x.shape == y.shape == w.shape == (128,)
+    assert ((w == 0) == (y == IGNORE)).all()
     assert (y[x == tok.bos_id][1:] != tok.bos_id).all()  # no target is the start of the next example
     assert not (y == tok.bos_id).any()
 
@@ -113,6 +116,34 @@ def test_min_window_packs_several_examples_per_row(corpus: tuple[Path, Tokenizer
         rows = iter(PackedExamples(data, tok.path, TrainConfig(tokens=1, context=512, min_window=min_window), seed=0))
         return sum(int((next(rows)[0] == tok.bos_id).sum()) for _ in range(10)) / 10
     assert examples_per_row(64) > 1.5 * examples_per_row(0)
+
+
+def test_middle_weight_weighs_exactly_the_generated_tokens(corpus: tuple[Path, Tokenizer]) -> None:
+    data, tok = corpus
+    cfg = TrainConfig(tokens=1, context=512, fim_rate=1.0, middle_weight=5.0)
+    for x, y, w in islice(iter(PackedExamples(data, tok.path, cfg, seed=0)), 5):
+        weighted = (w == 5.0).nonzero().flatten().tolist()
+        assert weighted, "every row holds at least one infilling example"
+        # The weighted targets are runs that each end at an EOT and start right after a <MID>
+        # (PSM) or after the prefix (SPM), i.e. exactly what the model generates at inference.
+        ends = [i for i in weighted if y[i] == tok.eot_id]
+        assert ends and all(i + 1 not in weighted for i in ends)
+        assert y[weighted[0]] != tok.middle_id
+        assert set(w.unique().tolist()) <= {0.0, 1.0, 5.0}
+    plain = TrainConfig(tokens=1, context=512)
+    _, y, w = next(iter(PackedExamples(data, tok.path, plain, seed=0)))
+    assert set(w.unique().tolist()) <= {0.0, 1.0}  # weight 1: the plain mean over unmasked targets
+
+
+def test_weighted_loss_is_the_weighted_mean() -> None:
+    logits = torch.randn(1, 6, 11)
+    y = torch.tensor([[1, 2, IGNORE, 4, 5, 6]])
+    model = lambda x: logits  # noqa: E731 - loss_fn only calls the model
+    per_token = F.cross_entropy(logits[0], y[0], ignore_index=IGNORE, reduction="none")
+    w = torch.tensor([[1.0, 1.0, 0.0, 3.0, 3.0, 1.0]])
+    assert loss_fn(model, None, y, w).item() == pytest.approx(((per_token * w[0]).sum() / 9).item())
+    ones = (y != IGNORE).float()
+    assert loss_fn(model, None, y, ones).item() == pytest.approx(F.cross_entropy(logits[0], y[0], ignore_index=IGNORE).item())
 
 
 def test_schedule_warms_up_and_decays() -> None:
@@ -129,19 +160,19 @@ def test_few_steps_lower_loss_and_export_reloads(corpus: tuple[Path, Tokenizer],
     init_weights(model)
     opt = make_optimizer(model, cfg)
     rows = iter(PackedExamples(data, tok.path, cfg, seed=0))
-    x, y = (torch.stack(t) for t in zip(*(next(rows) for _ in range(cfg.batch_size))))
+    x, y, w = (torch.stack(t) for t in zip(*(next(rows) for _ in range(cfg.batch_size))))
     assert (y != IGNORE).any()
     with torch.no_grad():
-        before = loss_fn(model, x, y).item()
+        before = loss_fn(model, x, y, w).item()
     for step in range(15):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, step / 15, cfg)
-        loss = loss_fn(model, x, y)
+        loss = loss_fn(model, x, y, w)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        after = loss_fn(model, x, y).item()
+        after = loss_fn(model, x, y, w).item()
     assert after < before - 0.5
 
     out = save_checkpoint(model.eval(), tmp_path / "export", tok.path)
