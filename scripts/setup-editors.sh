@@ -92,7 +92,12 @@ for f in node_modules/@vscode/spdlog/build/Release/spdlog.node \
          node_modules/kerberos/build/Release/kerberos.node; do
   [ -f "$CS_LIB/$f" ] || { rm -f "$CS_STAMP"; die "code-server is missing $f (its native modules did not build)"; }
 done
-"$CODE_SERVER" --version | head -n 1 | grep -q "^$CODE_SERVER_VERSION" || die "code-server does not run"
+# Its first run prints "Wrote default config file ..." before the version, so any line may hold it.
+cs_version="$("$CODE_SERVER" --version 2>&1)" || die "code-server does not run: $cs_version"
+grep -q "^$CODE_SERVER_VERSION " <<<"$cs_version" || die "code-server is not $CODE_SERVER_VERSION: $cs_version"
+# Whole outputs are read (sed, not head): a reader that quits early can SIGPIPE the writer,
+# and with pipefail that fails a working tool.
+first_line() { "$@" 2>/dev/null | sed -n 1p; }
 
 # ---------------------------------------------------------------------------- playwright-core
 step "playwright-core $PLAYWRIGHT_CORE_VERSION in $TOOLS/playwright"
@@ -116,7 +121,7 @@ fi
 NVIM="$(dirname "$("$PYTHON" -c 'import sys; print(sys.executable)')")/nvim"
 [ -x "$NVIM" ] || NVIM="$(command -v nvim || true)"
 [ -n "$NVIM" ] || die "nvim is not on PATH after installing $NEOVIM_WHEEL"
-"$NVIM" --version | head -n 1 | grep -q '^NVIM v0\.11' || die "nvim is not 0.11: $("$NVIM" --version | head -n 1)"
+[[ "$(first_line "$NVIM" --version)" == "NVIM v0.11"* ]] || die "nvim is not 0.11: $(first_line "$NVIM" --version)"
 
 # ------------------------------------------------------------------------- the VS Code .vsix
 step "build editors/vscode/codellama-lsp.vsix"
@@ -130,4 +135,4 @@ fi
 "${NICE[@]}" npm run --silent package >/dev/null
 [ -s codellama-lsp.vsix ] || die "the .vsix was not built"
 
-step "ready: node $("$NODE24" --version), code-server $CODE_SERVER_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, $("$NVIM" --version | head -n 1), $(chromium --version 2>/dev/null | head -n 1)"
+step "ready: node $("$NODE24" --version), code-server $CODE_SERVER_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION, $(first_line "$NVIM" --version), $(first_line chromium --version)"
