@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import BUNDLED_MODEL, __version__
-from .settings import Settings
+from .settings import Settings, resolve_format
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("file", type=Path)
     c.add_argument("--line", type=int, required=True, help="1-based line")
     c.add_argument("--column", type=int, required=True, help="1-based column, in characters (past the end: end of line)")
-    c.add_argument("--format", choices=["psm", "spm"], default="psm", help="prompt format (default: psm)")
+    c.add_argument("--format", choices=["auto", "psm", "spm"], default="auto",
+                   help="prompt format (default: auto, the model's preferred one, else psm)")
     c.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
     _common(c, sub=True)
     e = sub.add_parser("export-gguf", help="write a checkpoint as GGUF for llama.cpp and Ollama, and exit")
@@ -108,6 +109,7 @@ def complete(args: argparse.Namespace) -> int:
                              encoding="utf-32")
     line = min(max(args.line, 1), len(doc.lines)) - 1
     cursor = doc.cursor(line, max(args.column, 1) - 1)
+    settings = resolve_format(settings, engine.preferred_format)
     p = plan(doc, cursor, settings, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
     result = engine.generate(generation_request(p, settings))
     text = suggestion(result.text, p)

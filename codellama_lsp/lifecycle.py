@@ -71,6 +71,10 @@ class Lifecycle:
         self._shown: dict[str, Shown] = {}
         self.shared = 0  # requests answered by a computation another request started
 
+    def running(self) -> dict[str, int]:
+        """Keys with a computation under way, and the characters it has streamed so far."""
+        return {key: len(f.partial) for key, f in self._flights.items() if f.task is not None and not f.task.done()}
+
     async def run(self, key: str, ident: Hashable, start: Callable[[Flight], Awaitable[T]],
                   joins: Callable[[Flight], bool] | None = None) -> tuple[Hashable, T] | None:
         """Answer ``ident`` under ``key``: (the ident actually computed, its result), or None if superseded.

@@ -37,7 +37,7 @@ from .lifecycle import Anchor, Flight, Lifecycle, Shown, rest_after_typing, type
 from .metrics import Metrics
 from .positions import negotiate
 from .prompt import infilling_tokens
-from .settings import SECTION, Settings, apply, fit_to_context
+from .settings import SECTION, Settings, apply, fit_to_context, resolve_format
 
 log = logging.getLogger("codellama_lsp")
 
@@ -160,8 +160,9 @@ class CodeLlamaServer(LanguageServer):
             self.start_loading()
 
     def request_settings(self, engine: Backend) -> Settings:
-        """The settings a request uses: the budgets cut to fit ``engine``'s context, with a warning once."""
-        fitted, note = fit_to_context(self.settings, engine.context_length)
+        """The settings a request uses: format "auto" resolved for ``engine``'s model, and the budgets
+        cut to fit its context, with a warning once."""
+        fitted, note = fit_to_context(resolve_format(self.settings, engine.preferred_format), engine.context_length)
         if note is not None and note != self._fit_note:
             log.warning(note)
             self.show(types.MessageType.Warning, note)
@@ -416,10 +417,13 @@ class CodeLlamaServer(LanguageServer):
             "dtype": str(engine.dtype).removeprefix("torch.") if engine else self.settings.dtype,
             "load_ms": self.model.load_ms,
             "settings": asdict(self.settings),
+            "format": resolve_format(self.settings, engine.preferred_format).format if engine else None,
             "position_encoding": self.encoding,
             "open_documents": len(self.documents),
             **self.metrics.snapshot(),
             "shared_requests": self.lifecycle.shared,
+            "in_flight": self.lifecycle.running(),
+            "generated_tokens": engine.generated_tokens if engine else 0,
         }
 
 

@@ -20,7 +20,7 @@ class Settings:
     model: str | None = None  # None: the --model flag, else the bundled model
     device: str = "auto"
     dtype: str = "auto"
-    format: str = "psm"
+    format: str = "auto"  # "auto": the model's own preference (ModelArgs.infilling_format), else PSM
     max_new_tokens: int = 64
     prefix_tokens: int = 1024
     suffix_tokens: int = 256
@@ -63,6 +63,11 @@ def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, s
     return fitted, (f"codellama-lsp: prefixTokens {s.prefix_tokens} + suffixTokens {s.suffix_tokens} + maxNewTokens "
                     f"{s.max_new_tokens} exceed the model's {context_length}-token context; using {prefix} + "
                     f"{room - prefix} + {max_new}")
+
+
+def resolve_format(s: Settings, preferred: str | None) -> Settings:
+    """``s`` with format "auto" made concrete: the model's ``preferred`` layout, else PSM (Code Llama's)."""
+    return replace(s, format=preferred or "psm") if s.format == "auto" else s
 
 
 # camelCase key -> (field, check returning an error message or None, converter)
@@ -122,7 +127,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
     "model": ("model", _model),
     "device": ("device", _device),
     "dtype": ("dtype", _choice("auto", "float32", "bfloat16", "float16")),
-    "format": ("format", _choice("psm", "spm")),
+    "format": ("format", _choice("auto", "psm", "spm")),
     "maxNewTokens": ("max_new_tokens", _int_range(1, 1024)),
     "prefixTokens": ("prefix_tokens", _int_range(16, 16384)),
     "suffixTokens": ("suffix_tokens", _int_range(0, 16384)),

@@ -22,7 +22,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import accumulate
 from pathlib import Path
 from typing import Iterator
@@ -338,6 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--psm-rate", type=float, default=0.5, help="share of infilling examples in PSM (the rest SPM)")
     ap.add_argument("--middle-weight", type=float, default=1.0,
                     help="loss weight of infilling middles' tokens against the others' 1")
+    ap.add_argument("--infilling-format", choices=["psm", "spm"],
+                    help="declare in the exported config.json the prompt layout the model does best in "
+                         "(what the server's format \"auto\" then uses)")
     return ap.parse_args(argv)
 
 
@@ -358,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
                           lr=ns.lr, warmup_steps=ns.warmup_steps, seed=ns.seed, line_fim_rate=ns.line_fim_rate,
                           min_window=ns.min_window, psm_rate=ns.psm_rate, middle_weight=ns.middle_weight)
         margs = ModelArgs(**init["model_args"]) if init else model_args_from(ns, tok.vocab_size)
+        if ns.infilling_format:
+            margs = replace(margs, infilling_format=ns.infilling_format)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = Transformer(margs)

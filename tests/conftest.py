@@ -11,6 +11,7 @@ import torch
 
 from codellama_lsp.engine import ModelArgs, save_checkpoint
 from codellama_lsp.engine.model import Transformer
+from lsp_harness import endless_copy
 
 TINY_ARGS = dict(
     hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -58,6 +59,16 @@ def make_random_checkpoint(out: Path, tokenizer: Path, seed: int = 0, **override
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_test_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def endless_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path) -> Path:
+    """The tiny model made never to emit EOS or EOT: a request runs until its token limit, a
+    stop string, a loop, or a cancel; tests wait for it to write (``Client.wait_writing``)
+    before they cancel it or type. Its 4096-token context holds the default budgets plus
+    1024 new tokens, so those are not cut."""
+    tiny = make_random_checkpoint(tmp_path_factory.mktemp("tiny_4k"), tokenizer_path, max_position_embeddings=4096)
+    return endless_copy(tiny, tmp_path_factory.mktemp("endless"))
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,17 @@ class Client(LanguageClient):
                 return status
             await asyncio.sleep(0.05)
 
+    async def wait_writing(self, uri: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait until a generation for ``uri`` is under way and has written something; the status then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.status()
+            if status["in_flight"].get(uri, 0) > 0:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no generation for {uri} wrote anything within {timeout} s")
+            await asyncio.sleep(0.005)
+
     def raw_request(self, method: str, params: Any) -> "asyncio.Future[Any]":
         """Send a request exactly as given (no type checks), and await its response."""
         msg_id = str(uuid.uuid4())
@@ -142,13 +153,28 @@ async def stop(client: Client) -> None:
 
 
 def endless_copy(model_dir: Path, out: Path) -> Path:
-    """A copy of ``model_dir`` that never emits EOS or EOT, so a request runs until stopped."""
+    """A copy of ``model_dir`` that never emits EOS or EOT, so a request runs until stopped.
+
+    Zeroing their logits is not enough: at temperature 1 a logit of 0 among small random
+    ones is still drawn about once in 10k tokens. So residual dimension 0 is made constant
+    (every embedding has 1 there; no layer reads or writes it), which makes the final norm's
+    output there positive at every position, and EOS/EOT read only that dimension, with a
+    large negative weight: their logits are always far below every other token's.
+    """
     shutil.copytree(model_dir, out, dirs_exist_ok=True)
     tok = Tokenizer(out / "tokenizer.model")
     weights = load_file(str(out / "model.safetensors"))
-    head = weights["lm_head.weight"].clone()
+    weights["model.embed_tokens.weight"][:, 0] = 1.0
+    for name, w in weights.items():
+        if name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
+            w[0, :] = 0.0  # writes
+        elif name.endswith(("_proj.weight")):
+            w[:, 0] = 0.0  # reads: q, k, v, gate, up
+    weights["model.norm.weight"][0] = 1.0
+    head = weights["lm_head.weight"]
+    head[:, 0] = 0.0  # the constant dimension favours no other token
     for i in (tok.eos_id, tok.eot_id):
-        head[i] = 0.0  # logit 0, below the maximum of hundreds of random logits
-    weights["lm_head.weight"] = head
+        head[i] = 0.0
+        head[i, 0] = -1000.0
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

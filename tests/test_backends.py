@@ -260,8 +260,9 @@ async def test_time_budget_ends_a_silent_server(tok: Tokenizer) -> None:
 
 async def test_time_budget_keeps_the_text_so_far(tok: Tokenizer) -> None:
     events = [openai_chunk("return"), openai_chunk(" a"), openai_chunk(" + b", "stop")]
-    async with StubServer(Reply(events=events, event_delay_s=0.3)) as server:
-        result = await backend(tok, "openai", server.url).agenerate(request(tok, time_budget_ms=450, on_text=lambda _: False))
+    # Chunks at 0, 1 and 2 s against a 1.5 s budget: half a second of slack either way on a loaded machine.
+    async with StubServer(Reply(events=events, event_delay_s=1.0)) as server:
+        result = await backend(tok, "openai", server.url).agenerate(request(tok, time_budget_ms=1500, on_text=lambda _: False))
     assert (result.text, result.stop_reason) == ("return a", "time")
 
 

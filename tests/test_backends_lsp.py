@@ -15,7 +15,7 @@ from codellama_lsp.completion import plan, suggestion
 from codellama_lsp.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.engine import Tokenizer
-from codellama_lsp.settings import Settings
+from codellama_lsp.settings import Settings, resolve_format
 from http_stub import Reply, Seen, StubServer
 from lsp_harness import TEST_SETTINGS, start, stop
 
@@ -39,6 +39,7 @@ def recorded(seen: Seen) -> Reply:
 def expected(tok: Tokenizer, position: tuple[int, int], raw: str) -> tuple[str, list[int]]:
     doc = Document.from_text("file:///expected.py", SOURCE)
     settings = Settings(time_budget_ms=TEST_SETTINGS["timeBudgetMs"], max_new_tokens=TEST_SETTINGS["maxNewTokens"])
+    settings = resolve_format(settings, None)  # a served model declares no preference: PSM
     p = plan(doc, doc.cursor(*position), settings, tok, TokenCounter(tok.encode))
     return suggestion(raw, p), p.prompt
 

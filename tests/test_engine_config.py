@@ -56,6 +56,14 @@ def test_roundtrip_through_hf_config() -> None:
     assert ModelArgs.from_hf_config(args.to_hf_config()) == args
 
 
+def test_infilling_format_preference_round_trips_and_is_checked() -> None:
+    assert "infilling_format" not in ModelArgs(**REAL["7B"]).to_hf_config()  # Code Llama's configs have none
+    args = ModelArgs(**REAL["7B"], infilling_format="spm")
+    assert ModelArgs.from_hf_config(args.to_hf_config()) == args
+    with pytest.raises(CheckpointError, match="infilling_format 'fim' is not 'psm' or 'spm'"):
+        ModelArgs.from_hf_config({**args.to_hf_config(), "infilling_format": "fim"})
+
+
 def test_bad_head_counts_are_reported() -> None:
     with pytest.raises(CheckpointError, match="not a multiple of num_key_value_heads"):
         ModelArgs(hidden_size=512, num_attention_heads=8, num_key_value_heads=3)

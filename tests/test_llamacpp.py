@@ -25,7 +25,7 @@ from codellama_lsp.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.engine import Engine
 from codellama_lsp.gguf_export import export_gguf
-from codellama_lsp.settings import Settings
+from codellama_lsp.settings import Settings, resolve_format
 from llamacpp_support import LlamaCppServer, llamacpp_model_dir
 from lsp_harness import TEST_SETTINGS, Client, start, stop
 
@@ -52,7 +52,9 @@ def main():
     config = read_config(os.environ["CONFIG"])
     print(config)
 '''
-SETTINGS = Settings(time_budget_ms=float(TEST_SETTINGS["timeBudgetMs"]), max_new_tokens=TEST_SETTINGS["maxNewTokens"])
+# A served model declares no preferred format, so the server's "auto" is PSM.
+SETTINGS = resolve_format(Settings(time_budget_ms=float(TEST_SETTINGS["timeBudgetMs"]),
+                                   max_new_tokens=TEST_SETTINGS["maxNewTokens"]), None)
 
 
 @pytest.fixture(scope="module")

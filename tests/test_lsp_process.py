@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 
-from lsp_harness import endless_copy, start, stop
+from lsp_harness import start, stop
 
 LINE = 'name = "😀 日本語 😀" + suffix\n'
 
@@ -66,6 +68,26 @@ async def test_budgets_beyond_the_context_are_cut_with_one_warning(tiny_model_di
         await stop(client)
 
 
+async def test_format_auto_follows_the_models_declared_preference(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "prefers-spm"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "infilling_format": "spm"}))
+    client = await start(model, tmp_path / "server.log")
+    try:
+        status = await client.wait_loaded()
+        assert (status["settings"]["format"], status["format"]) == ("auto", "spm")
+        await client.configure(format="psm")  # an explicit setting wins over the model's preference
+        assert (await client.status())["format"] == "psm"
+    finally:
+        await stop(client)
+    client = await start(tiny_model_dir, tmp_path / "plain.log")  # a config without the key: PSM, Code Llama's
+    try:
+        assert (await client.wait_loaded())["format"] == "psm"
+    finally:
+        await stop(client)
+
+
 def _corrupt(tmp_path: Path, tiny_model_dir: Path) -> Path:
     bad = tmp_path / "corrupt"
     bad.mkdir()
@@ -100,23 +122,18 @@ async def _exits_within(client, seconds: float) -> int:
     return code
 
 
-@pytest.fixture(scope="module")
-def endless_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return endless_copy(tiny_model_dir, tmp_path_factory.mktemp("endless"))
-
-
 async def _busy(client) -> None:
     """Start a long completion and leave it running."""
     await client.wait_loaded()
     await client.configure(maxNewTokens=1024, temperature=1.0)  # sampled: greedy would soon loop, and stop
     client.open("file:///busy.py", "import os\n\n")
     asyncio.ensure_future(client.inline("file:///busy.py", 2, 0))
-    await asyncio.sleep(0.3)
+    await client.wait_writing("file:///busy.py")
 
 
-async def test_exit_paths_end_the_process_within_a_second(endless_model: Path, tmp_path: Path) -> None:
+async def test_exit_paths_end_the_process_within_a_second(endless_model_dir: Path, tmp_path: Path) -> None:
     """shutdown + exit (code 0), exit alone (code 1), stdin closed (code 0): each while a request runs."""
-    clients = await asyncio.gather(*(start(endless_model, tmp_path / f"server{i}.log") for i in range(3)))
+    clients = await asyncio.gather(*(start(endless_model_dir, tmp_path / f"server{i}.log") for i in range(3)))
     await asyncio.gather(*(c.wait_loaded() for c in clients))
     with_shutdown, without, closed = clients
     # One at a time, so that only one busy engine competes with the process handling its exit.

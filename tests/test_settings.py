@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from codellama_lsp.settings import PROMPT_RESERVE, Settings, apply, fit_to_context
+from codellama_lsp.settings import PROMPT_RESERVE, Settings, apply, fit_to_context, resolve_format
 
 
 def test_defaults() -> None:
     s = Settings()
     assert (s.format, s.max_new_tokens, s.prefix_tokens, s.suffix_tokens, s.temperature, s.enabled) == \
-        ("psm", 64, 1024, 256, 0.0, True)
+        ("auto", 64, 1024, 256, 0.0, True)
+
+
+def test_auto_format_is_the_models_preference_else_psm() -> None:
+    assert resolve_format(Settings(), "spm").format == "spm"
+    assert resolve_format(Settings(), None).format == "psm"  # Code Llama's checkpoints declare nothing
+    assert resolve_format(Settings(format="psm"), "spm").format == "psm"  # an explicit choice wins
 
 
 def test_valid_values_apply_from_the_section_or_flat() -> None:
@@ -27,7 +33,7 @@ def test_invalid_values_are_reported_and_kept() -> None:
     text = "\n".join(errors)
     assert len(errors) == 8
     assert "invalid value 0 for codellama.maxNewTokens: expected an integer from 1 to 1024; keeping 64" in text
-    assert "codellama.format: expected one of psm, spm" in text
+    assert "codellama.format: expected one of auto, psm, spm" in text
     assert "unknown setting codellama.colour" in text
 
 

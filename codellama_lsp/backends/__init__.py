@@ -27,6 +27,8 @@ class Backend(Protocol):
 
     tokenizer: Tokenizer
     context_length: int | None  # tokens a prompt and its completion may span; None: the server's own limit
+    preferred_format: str | None  # the infilling layout the model does best in; None: PSM
+    generated_tokens: int  # by all requests so far, for codellama.status
 
     @property
     def device(self) -> object: ...  # shown in codellama.status

@@ -79,6 +79,7 @@ class RemoteBackend:
     """A ``Backend`` that sends each request to an inference server speaking ``wire``."""
 
     context_length: int | None = None  # the server enforces its own and answers an error beyond it
+    preferred_format: str | None = None  # served models are Code Llama's: PSM unless set
 
     def __init__(self, wire: Wire, url: str, tokenizer: Tokenizer, *, served_model: str | None = None,
                  api_key_env: str | None = None, verify: Any = True) -> None:
@@ -89,6 +90,7 @@ class RemoteBackend:
         self.tokenizer = tokenizer
         self.served_model = served_model
         self._eot = eot_text(tokenizer)
+        self.generated_tokens = 0
         headers = {"Accept": "application/json, text/event-stream"}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -151,7 +153,7 @@ class RemoteBackend:
         n = len(request.prompt)
         computed = n if p.computed_tokens is None else min(n, p.computed_tokens)
         first = p.first_chunk_at or time.perf_counter()
-        return GenerationResult(
+        result = GenerationResult(
             text=p.text,
             # Servers that take text do not return ids; re-encoding gives the count the status shows.
             token_ids=self.tokenizer.encode_infilling(p.text) if p.text else [],
@@ -162,6 +164,8 @@ class RemoteBackend:
             prefill_ms=(first - t0) * 1000,
             decode_ms=(time.perf_counter() - first) * 1000,
         )
+        self.generated_tokens += result.generated_tokens
+        return result
 
     async def _run(self, request: GenerationRequest, stopper: _Stopper) -> None:
         stream = request.on_text is not None

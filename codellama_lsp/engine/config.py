@@ -31,8 +31,13 @@ class ModelArgs:
     rope_scaling_factor: float = 1.0  # "linear" rope scaling; 1.0 means none
     max_position_embeddings: int = 16384
     tie_word_embeddings: bool = False
+    # The infilling prompt layout the model does best in ("psm" or "spm"), for the server's format
+    # "auto". Not a LlamaConfig field: None (Code Llama's checkpoints) means PSM, Code Llama's main one.
+    infilling_format: str | None = None
 
     def __post_init__(self) -> None:
+        if self.infilling_format not in (None, "psm", "spm"):
+            raise CheckpointError(f"infilling_format {self.infilling_format!r} is not 'psm' or 'spm'")
         if self.hidden_size % self.num_attention_heads:
             raise CheckpointError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
@@ -68,6 +73,7 @@ class ModelArgs:
                 rope_scaling_factor=float(scaling.get("factor", 1.0)) if scaling else 1.0,
                 max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                infilling_format=cfg.get("infilling_format"),
             )
         except KeyError as exc:
             raise CheckpointError(f"config.json lacks the field {exc.args[0]!r}") from None
@@ -99,6 +105,8 @@ class ModelArgs:
         """The ``config.json`` a Hugging Face LlamaForCausalLM (and this engine) reads back."""
         out = asdict(self)
         factor = out.pop("rope_scaling_factor")
+        if out["infilling_format"] is None:
+            del out["infilling_format"]
         out.update(
             architectures=["LlamaForCausalLM"],
             model_type="llama",

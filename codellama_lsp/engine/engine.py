@@ -91,6 +91,7 @@ class Engine:
         # GPU only (not exercised on this CPU-only project machine): compile the one-token step.
         self._forward = torch.compile(model, dynamic=True) if compile_decode else model
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache, in order
+        self.generated_tokens = 0  # by all requests, stopped ones included: codellama.status shows it
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codellama-engine")
 
@@ -99,6 +100,11 @@ class Engine:
         """Load a checkpoint directory; ``options`` are the constructor's (context_length, reuse, ...)."""
         model, tokenizer = load_model(path, device=device, dtype=dtype)
         return cls(model, tokenizer, **options)
+
+    @property
+    def preferred_format(self) -> str | None:
+        """The infilling layout the checkpoint declares it does best in (None: PSM), for format "auto"."""
+        return self.model.args.infilling_format
 
     def reset_cache(self) -> None:
         with self._lock:
@@ -133,10 +139,12 @@ class Engine:
             if req.cancel.is_set():
                 return GenerationResult("", [], "cancelled", n, 0, 0, 0.0, 0.0)
             try:
-                return self._run(prompt, req)
+                result = self._run(prompt, req)
             except BaseException:
                 self._cached = []  # the cache may be half-written; never trust it after a failure
                 raise
+            self.generated_tokens += result.generated_tokens
+            return result
 
     def _logits(self, tokens: list[int], start: int, last_only: bool) -> torch.Tensor:
         """Logits [T or 1, vocab] for ``tokens`` placed at ``start``, extending the KV cache."""

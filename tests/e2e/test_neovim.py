@@ -53,8 +53,9 @@ def nvim(tmp_path: Path, server_command: list[str], monkeypatch: pytest.MonkeyPa
     log = tmp_path / "lsp.log"
     # A generous time budget makes each answer depend on the text alone (greedy decoding),
     # so asking again at the same place must give the same suggestion.
-    # SPM, as the README advises for the bundled model: in PSM it often answers a docstring with EOT.
-    opts = {"cmd": server_command, "debounce_ms": 30, "settings": {"timeBudgetMs": 60000, "format": "spm"}}
+    # No format: the server's "auto" picks SPM, which the bundled model declares (in PSM it often
+    # answers a docstring with EOT).
+    opts = {"cmd": server_command, "debounce_ms": 30, "settings": {"timeBudgetMs": 60000}}
     init = tmp_path / "init.lua"
     init.write_text(
         f"""
