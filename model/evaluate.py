@@ -126,6 +126,9 @@ def main() -> None:
     ap.add_argument("--ckpt", type=Path, help="a training checkpoint (ckpt.pt) instead of --model")
     ap.add_argument("--tokenizer", type=Path, default=HERE / "default" / "tokenizer.model", help="with --ckpt")
     ap.add_argument("--heldout", type=Path, default=HERE / "data" / "heldout.jsonl")
+    ap.add_argument("--files", type=Path, default=HERE / "heldout_files.txt",
+                    help="evaluate only these held-out files (the shipped model's list): a machine with more "
+                         "packages holds out more, and the sample must not change with it")
     ap.add_argument("--lines", type=int, default=500)
     ap.add_argument("--windows", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
@@ -135,7 +138,8 @@ def main() -> None:
     ns = ap.parse_args()
     torch.set_num_threads(ns.threads)
     model, tok = load(ns)
-    docs = load_heldout(ns.heldout)
+    listed = set(ns.files.read_text(encoding="utf-8").split())
+    docs = [d for d in load_heldout(ns.heldout) if d["path"] in listed]
     t0 = time.time()
     with torch.inference_mode():
         loss = heldout_loss(model, tok, docs, ns.windows, 1024, random.Random(ns.seed))
