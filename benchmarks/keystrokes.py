@@ -221,6 +221,7 @@ def main() -> None:
         cells = [f"{r[k]:.2f}" if k.endswith("ratio") else f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]) for k in keys]
         print(f"| {fmt} | " + " | ".join(cells) + " |")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # benchmarks/results/ is not in git
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
