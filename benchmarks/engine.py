@@ -26,7 +26,11 @@ from pathlib import Path
 import torch
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.engine import Engine, GenerationRequest, ModelArgs, Tokenizer, save_checkpoint
+from codellama_lsp.engine.engine import Engine
+from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.engine.config import ModelArgs
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.engine.checkpoint import save_checkpoint
 from codellama_lsp.engine.model import Transformer
 from codellama_lsp.prompt import Format, infilling_tokens
 

@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def export(args: argparse.Namespace) -> int:
-    from .engine import CheckpointError
+    from .engine.config import CheckpointError
     from .gguf_export import export_gguf
 
     try:
@@ -88,7 +88,9 @@ def complete(args: argparse.Namespace) -> int:
     from .completion import generation_request, plan, suggestion
     from .context import TokenCounter
     from .documents import Document
-    from .engine import CheckpointError, Engine, FimUnsupported
+    from .engine.config import CheckpointError
+    from .engine.engine import Engine
+    from .engine.tokenizer import FimUnsupported
 
     try:
         text = args.file.read_text(encoding="utf-8", errors="surrogateescape")

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 import uuid
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
@@ -28,26 +26,20 @@ from pygls.protocol.language_server import lsp_method
 
 from . import BUNDLED_MODEL, __version__
 from . import docstring as ds
-from .completion import Plan, generation_request, plan, suggestion
+from .completion import generation_request, plan, suggestion
 from .context import TokenCounter, Window
 from .documents import Cursor, Document, PositionOutOfRange
-from .backends import Backend, open_backend
-from .engine import GenerationRequest
-from .lifecycle import Anchor, Flight, Lifecycle, Shown, rest_after_typing, typed_since
+from .generation import Backend, GenerationRequest
+from .lifecycle import Anchor, Flight, Lifecycle
+from .loading import BackendSlot, load_into
 from .metrics import Metrics
 from .positions import negotiate
-from .prompt import infilling_tokens
 from .settings import SECTION, Settings, apply, fit_to_context, resolve_format
 
 log = logging.getLogger("codellama_lsp")
 
 STATUS_COMMAND = "codellama.status"
 GENERATE_DOCSTRING = "Generate docstring"
-DOCSTRING_MAX_TOKENS = 128
-DOCSTRING_TIME_BUDGET_MS = 5000.0
-CONTEXT_LENGTH = 4096
-
-T = TypeVar("T")
 
 
 class CodeLlamaProtocol(LanguageServerProtocol):
@@ -83,38 +75,46 @@ class CodeLlamaProtocol(LanguageServerProtocol):
             raise
 
 
-@dataclass
-class ModelState:
-    path: Path
-    state: str = "not loaded"  # not loaded | loading | ready | failed
-    error: str | None = None
-    engine: Backend | None = None  # the local engine, or a connection to an inference server
-    load_ms: float | None = None
+class _LspProgress:
+    """Loading reported as work-done progress (when the client supports it) and an error message."""
 
+    def __init__(self, server: "CodeLlamaServer") -> None:
+        self.server = server
 
-async def _const(value: T) -> T:
-    return value
-
-
-def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
-    """Run ``fn`` on a daemon thread, so a slow load never keeps the process alive at exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(result)
-
-    def run() -> None:
+    async def begin(self, message: str) -> str | None:
+        caps = self.server.client_capabilities.window
+        if not (caps and caps.work_done_progress):
+            return None
+        token = f"codellama-load-{uuid.uuid4()}"
         try:
-            result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            await asyncio.wait_for(self.server.work_done_progress.create_async(token), 5)
+        except Exception as exc:  # noqa: BLE001 - progress is a nicety; loading goes on without it
+            log.warning("window/workDoneProgress/create failed: %s", exc)
+            return None
+        self.server.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="codellama-lsp", message=message))
+        return token
 
-    threading.Thread(target=run, name="codellama-load", daemon=True).start()
-    return future
+    def end(self, handle: object | None, state: str) -> None:
+        if isinstance(handle, str):
+            self.server.work_done_progress.end(handle, types.WorkDoneProgressEnd(message=state))
+
+    def failed(self, message: str) -> None:
+        self.server.show(types.MessageType.Error, message)
+
+
+async def _logged_generation(backend: Backend, request: GenerationRequest, metrics: Metrics, what: str):
+    """``backend``'s result for ``request``, or None when it failed (logged); cancellation propagates."""
+    try:
+        result = await backend.agenerate(request)
+    except asyncio.CancelledError:
+        log.debug("%s stopped: superseded or cancelled", what)
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed request is logged and answered empty
+        log.warning("%s failed: %s", what, exc)
+        metrics.count("failed")
+        return None
+    metrics.generated(result)
+    return result
 
 
 class CodeLlamaServer(LanguageServer):
@@ -123,16 +123,16 @@ class CodeLlamaServer(LanguageServer):
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.settings = settings
         self.default_model = default_model
-        self.model = ModelState(self.model_path(settings))
+        self.slot = BackendSlot(self.model_path(settings))
         self.documents: dict[str, Document] = {}
         self.windows: dict[str, Window] = {}  # each document's last context window, for sticky edges
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.counter: TokenCounter | None = None
+        self.docstrings = ds.DocstringCache()
         self.encoding = "utf-16"
         self.shutdown_requested = False
         self._load_task: asyncio.Task | None = None
-        self._docstrings: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._fit_note: str | None = None  # the last budget-cut warning shown, so it is shown once
 
     # -- errors -----------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ class CodeLlamaServer(LanguageServer):
     def show(self, kind: types.MessageType, message: str) -> None:
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))
 
-    # -- settings and the model -------------------------------------------------------------------------
+    # -- settings and the backend -----------------------------------------------------------------------
     def model_path(self, settings: Settings) -> Path:
         return Path(settings.model).expanduser() if settings.model else self.default_model
 
@@ -156,13 +156,13 @@ class CodeLlamaServer(LanguageServer):
             self.show(types.MessageType.Warning, message)
         if self.settings != before:
             log.info("settings from %s: %s", source, self.settings)
-        if self.settings.load_key != before.load_key and self.model.state != "not loaded":
+        if self.settings.load_key != before.load_key and self.slot.state != "not loaded":
             self.start_loading()
 
-    def request_settings(self, engine: Backend) -> Settings:
-        """The settings a request uses: format "auto" resolved for ``engine``'s model, and the budgets
+    def request_settings(self, backend: Backend) -> Settings:
+        """The settings a request uses: format "auto" resolved for ``backend``'s model, and the budgets
         cut to fit its context, with a warning once."""
-        fitted, note = fit_to_context(resolve_format(self.settings, engine.preferred_format), engine.context_length)
+        fitted, note = fit_to_context(resolve_format(self.settings, backend.preferred_format), backend.context_length)
         if note is not None and note != self._fit_note:
             log.warning(note)
             self.show(types.MessageType.Warning, note)
@@ -185,58 +185,19 @@ class CodeLlamaServer(LanguageServer):
     def start_loading(self) -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()  # the newest settings win; the old thread's result is dropped
-        self._load_task = asyncio.ensure_future(self.load_model())
+        self._load_task = asyncio.ensure_future(self.load())
 
-    async def load_model(self) -> None:
-        settings = self.settings
-        path = self.model_path(settings)
-        old = self.model.engine
-        self.model = ModelState(path, state="loading")
-        token = await self._begin_progress(f"Loading model {path}")
-        log.info("loading model from %s (device %s, dtype %s)", path, settings.device, settings.dtype)
-        t0 = time.perf_counter()
+    async def load(self) -> None:
+        old, self.slot = self.slot.backend, BackendSlot(self.model_path(self.settings))
         try:
-            engine = await _in_daemon_thread(self._load_engine, path, settings)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any load failure is reported, the server stays up
-            self.model.state, self.model.error = "failed", str(exc)
-            log.error("cannot load the model at %s: %s", path, exc)
-            self.show(types.MessageType.Error,
-                      f"codellama-lsp: cannot load the model at {path}: {exc}. Suggestions stay empty until "
-                      "the codellama.model setting (or --model) points at a valid checkpoint.")
-        else:
-            self.model.engine, self.model.state = engine, "ready"
-            self.model.load_ms = (time.perf_counter() - t0) * 1000
-            self.counter = TokenCounter(engine.tokenizer.encode)
-            self.windows.clear()
-            self._docstrings.clear()
-            log.info("model ready: %s on %s (%s) in %.0f ms", path, engine.device, engine.dtype, self.model.load_ms)
+            await load_into(self.slot, self.settings, _LspProgress(self))
         finally:
             if old is not None:
                 old.close()
-            if token is not None:
-                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.model.state))
-
-    @staticmethod
-    def _load_engine(path: Path, settings: Settings) -> Backend:
-        return open_backend(settings.backend, path, device=settings.device, dtype=settings.dtype,
-                            context_length=CONTEXT_LENGTH, url=settings.url, served_model=settings.model,
-                            tokenizer=Path(settings.tokenizer).expanduser() if settings.tokenizer else None,
-                            api_key_env=settings.api_key_env)
-
-    async def _begin_progress(self, message: str) -> str | None:
-        caps = self.client_capabilities.window
-        if not (caps and caps.work_done_progress):
-            return None
-        token = f"codellama-load-{uuid.uuid4()}"
-        try:
-            await asyncio.wait_for(self.work_done_progress.create_async(token), 5)
-        except Exception as exc:  # noqa: BLE001 - progress is a nicety; loading goes on without it
-            log.warning("window/workDoneProgress/create failed: %s", exc)
-            return None
-        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="codellama-lsp", message=message))
-        return token
+        if self.slot.backend is not None:
+            self.counter = TokenCounter(self.slot.backend.tokenizer.encode)
+            self.windows.clear()
+            self.docstrings.clear()
 
     # -- documents --------------------------------------------------------------------------------------
     def open_document(self, item: types.TextDocumentItem) -> None:
@@ -275,9 +236,13 @@ class CodeLlamaServer(LanguageServer):
             self.metrics.count("bad_position")
             return None
 
+    def ready(self) -> tuple[Backend, TokenCounter] | None:
+        backend, counter = self.slot.backend, self.counter
+        return None if backend is None or counter is None else (backend, counter)
+
     # -- completion -------------------------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position) -> str:
-        """The suggestion at ``position``, or "" when there is none (the reason is logged)."""
+        """The suggestion at ``position``, or "" when there is none (the reason is logged and counted)."""
         t0 = time.perf_counter()
         self.metrics.count("completion")
         if not self.settings.enabled:
@@ -289,141 +254,89 @@ class CodeLlamaServer(LanguageServer):
         doc, cursor = found
         line = doc.line_text(cursor.line)
         here = Anchor(cursor.line, line[: cursor.index], line[cursor.index:])
-        rest = self.lifecycle.typed_through(uri, here)
-        if rest is not None:
-            self.metrics.count("typed_through")
-            self.metrics.answered((time.perf_counter() - t0) * 1000)
-            return rest
-        engine, counter = self.model.engine, self.counter
-        if engine is None or counter is None:
-            self.metrics.count("model_not_ready")
-            log.info("completion before the model is ready (%s)", self.model.state)
-            return ""
-
-        def typed_ahead(flight: Flight) -> bool:
-            """The user typed what the running generation has already written: wait for it."""
-            return rest_after_typing(flight.partial, typed_since(flight.ident[0], here)) is not None
-
+        ready = self.ready()
+        start = None if ready is None else (lambda flight: self._complete(doc, cursor, *ready, flight))
         try:
-            outcome = await self.lifecycle.run(uri, (here, doc.version),
-                                               lambda flight: self._complete(doc, cursor, engine, counter, flight),
-                                               typed_ahead)
+            text, outcome = await self.lifecycle.suggest(uri, here, doc.version, start)
         except asyncio.CancelledError:
             self.metrics.count("cancelled")
             raise
-        if outcome is None:
-            self.metrics.count("superseded")
-            return ""
-        (anchor, _), text = outcome
-        if anchor != here:  # answered by a generation started before the last keystrokes
-            self.metrics.count("typed_ahead")
-        self.lifecycle.remember(uri, Shown(anchor, text))
-        text = text if anchor == here else rest_after_typing(text, typed_since(anchor, here)) or ""
-        self.metrics.answered((time.perf_counter() - t0) * 1000)
-        self.metrics.count("answered" if text else "empty")
+        self.metrics.count(outcome)
+        if outcome == "model_not_ready":
+            log.info("completion before the model is ready (%s)", self.slot.state)
+        elif outcome != "superseded":
+            self.metrics.answered((time.perf_counter() - t0) * 1000)
         return text
 
-    def _complete(self, doc: Document, cursor: Cursor, engine: Backend, counter: TokenCounter,
+    def _complete(self, doc: Document, cursor: Cursor, backend: Backend, counter: TokenCounter,
                   flight: Flight) -> Awaitable[str]:
         """Plan now, while the document is as the request saw it; generate in the returned awaitable."""
-        settings = self.request_settings(engine)
+        settings = self.request_settings(backend)
+        where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
         try:
-            p = plan(doc, cursor, settings, engine.tokenizer, counter, self.windows.get(doc.uri))
+            p = plan(doc, cursor, settings, backend.tokenizer, counter, self.windows.get(doc.uri))
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
-            log.warning("completion at %s:%s in %s: no prompt: %s", cursor.line, cursor.index, doc.uri, exc)
-            return _const("")
+            log.warning("%s: no prompt: %s", where, exc)
+            return asyncio.sleep(0, "")
         self.windows[doc.uri] = p.window
         request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text))
-        return self._generate(engine, request, p, f"{cursor.line}:{cursor.index} in {doc.uri}")
 
-    async def _generate(self, engine: Backend, request: GenerationRequest, p: Plan, where: str) -> str:
-        t0 = time.perf_counter()
-        try:
-            result = await engine.agenerate(request)
-        except asyncio.CancelledError:
-            log.debug("completion %s stopped: superseded or cancelled", where)
-            raise
-        except Exception as exc:  # noqa: BLE001 - a failed request is logged and answered empty
-            log.warning("completion %s failed: %s", where, exc)
-            self.metrics.count("failed")
-            return ""
-        self.metrics.generated(result)
-        text = suggestion(result.text, p)
-        log.debug("completion %s %s %.0f ms, %d/%d tokens reused, %d generated, stop %s: %r", where, p.mode,
-                  (time.perf_counter() - t0) * 1000, result.reused_tokens, result.prompt_tokens,
-                  result.generated_tokens, result.stop_reason, text)
-        return text
+        async def generate() -> str:
+            result = await _logged_generation(backend, request, self.metrics, where)
+            if result is None:
+                return ""
+            text = suggestion(result.text, p)
+            log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s: %r", where, p.mode, result.reused_tokens,
+                      result.prompt_tokens, result.generated_tokens, result.stop_reason, text)
+            return text
+
+        return generate()
 
     # -- docstrings -------------------------------------------------------------------------------------
     async def docstring(self, uri: str, position: types.Position) -> tuple[Document, ds.Definition, str] | None:
         """A generated docstring for the undocumented definition at ``position``, if there is one."""
-        found = self.locate(uri, position, "docstring")
-        if found is None:
+        found, ready = self.locate(uri, position, "docstring"), self.ready()
+        if found is None or ready is None:
             return None
         doc, cursor = found
         d = ds.find_definition(doc, cursor.line)
-        engine, counter = self.model.engine, self.counter
-        if d is None or d.has_docstring or engine is None or counter is None:
+        if d is None or d.has_docstring:
             return None
-        key = (uri, "".join(doc.lines[d.first_line: d.body_line]))
-        if key in self._docstrings:
-            return doc, d, self._docstrings[key]
-        outcome = await self.lifecycle.run("docstring " + uri, key, lambda _: self._docstring(doc, d, engine, counter))
-        text = outcome[1] if outcome else ""
-        if not text:
-            return None
-        self._docstrings[key] = text
-        if len(self._docstrings) > 64:
-            self._docstrings.popitem(last=False)
-        return doc, d, text
+        key = self.docstrings.key(doc, d)
+        text = self.docstrings.get(key)
+        if text is None:
+            backend, counter = ready
+            request = ds.generation_request(doc, d, self.request_settings(backend), backend.tokenizer, counter)
 
-    def _docstring(self, doc: Document, d: ds.Definition, engine: Backend, counter: TokenCounter) -> Awaitable[str]:
-        """Build the prompt now, while the document is as the request saw it; generate in the awaitable."""
-        settings = self.request_settings(engine)
-        prompt = ds.prompt(doc, d, settings.prefix_tokens, settings.suffix_tokens, counter)
-        request = GenerationRequest(
-            prompt=infilling_tokens(engine.tokenizer, prompt.prefix, prompt.suffix, settings.format),  # type: ignore[arg-type]
-            max_new_tokens=DOCSTRING_MAX_TOKENS, temperature=settings.temperature,
-            time_budget_ms=max(settings.time_budget_ms, DOCSTRING_TIME_BUDGET_MS), stop_strings=prompt.stop,
-        )
+            async def generate() -> str:
+                result = await _logged_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
+                return "" if result is None else ds.clean(result.text, d.style)
 
-        async def generate() -> str:
-            try:
-                result = await engine.agenerate(request)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - logged; no docstring
-                log.warning("docstring for %s in %s failed: %s", d.name, doc.uri, exc)
-                return ""
-            self.metrics.generated(result)
-            return ds.clean(result.text, d.style)
-
-        return generate()
-
-    def docstring_edit(self, doc: Document, d: ds.Definition, text: str) -> types.WorkspaceEdit:
-        line, insert = ds.edit(doc, d, text)
-        where = types.Position(line=line, character=0)
-        return types.WorkspaceEdit(changes={doc.uri: [types.TextEdit(range=types.Range(start=where, end=where), new_text=insert)]})
+            outcome = await self.lifecycle.run(("docstring", uri), key, lambda _: generate())
+            text = outcome[1] if outcome else ""
+            if text:
+                self.docstrings.put(key, text)
+        return (doc, d, text) if text else None
 
     # -- status -----------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        engine = self.model.engine
+        backend = self.slot.backend
         return {
             "version": __version__,
-            "model": str(self.model.path),
-            "state": self.model.state,
-            "error": self.model.error,
-            "device": str(engine.device) if engine else self.settings.device,
-            "dtype": str(engine.dtype).removeprefix("torch.") if engine else self.settings.dtype,
-            "load_ms": self.model.load_ms,
+            "model": str(self.slot.path),
+            "state": self.slot.state,
+            "error": self.slot.error,
+            "device": str(backend.device) if backend else self.settings.device,
+            "dtype": str(backend.dtype).removeprefix("torch.") if backend else self.settings.dtype,
+            "load_ms": self.slot.load_ms,
             "settings": asdict(self.settings),
-            "format": resolve_format(self.settings, engine.preferred_format).format if engine else None,
+            "format": resolve_format(self.settings, backend.preferred_format).format if backend else None,
             "position_encoding": self.encoding,
             "open_documents": len(self.documents),
             **self.metrics.snapshot(),
             "shared_requests": self.lifecycle.shared,
             "in_flight": self.lifecycle.running(),
-            "generated_tokens": engine.generated_tokens if engine else 0,
+            "generated_tokens": backend.generated_tokens if backend else 0,
         }
 
 
@@ -449,8 +362,8 @@ async def _did_change_configuration(ls: CodeLlamaServer, params: types.DidChange
 
 def _shutdown(ls: CodeLlamaServer, *args: Any) -> None:
     ls.shutdown_requested = True
-    if ls.model.engine is not None:
-        ls.model.engine.close()
+    if ls.slot.backend is not None:
+        ls.slot.backend.close()
 
 
 def _exit(ls: CodeLlamaServer, *args: Any) -> None:
@@ -528,7 +441,10 @@ async def _resolve_code_action(ls: CodeLlamaServer, action: types.CodeAction) ->
         return action
     found = await ls.docstring(uri, position)
     if found is not None:
-        action.edit = ls.docstring_edit(*found)
+        doc, d, text = found
+        line, insert = ds.edit(doc, d, text)
+        where = types.Range(start=types.Position(line=line, character=0), end=types.Position(line=line, character=0))
+        action.edit = types.WorkspaceEdit(changes={doc.uri: [types.TextEdit(range=where, new_text=insert)]})
     return action
 
 

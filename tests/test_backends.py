@@ -26,7 +26,8 @@ from codellama_lsp import settings as settings_module
 from codellama_lsp.backends import BACKENDS, BackendError, RemoteBackend, open_backend
 from codellama_lsp.backends.prompt_text import as_text, split_infilling
 from codellama_lsp.backends.wire import PROTOCOLS
-from codellama_lsp.engine import GenerationRequest, Tokenizer
+from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.prompt import infilling_tokens
 from http_stub import Reply, StubServer
 

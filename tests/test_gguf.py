@@ -13,7 +13,9 @@ import torch
 from llama_cpp import Llama
 
 from codellama_lsp.backends.prompt_text import as_text
-from codellama_lsp.engine import Engine, GenerationRequest, load_model
+from codellama_lsp.engine.engine import Engine
+from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.engine.checkpoint import load_model
 from codellama_lsp.gguf_export import export_gguf, to_interleaved
 from codellama_lsp.prompt import infilling_tokens
 from conftest import make_random_checkpoint

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import CodeLlamaTokenizer
 
-from codellama_lsp.engine import Tokenizer
+from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.prompt import Message, infilling_tokens, instruct_tokens
 
 CASES = [

@@ -12,8 +12,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..engine import GenerationRequest, Tokenizer
-from ..engine.engine import StopReason
+from ..generation import GenerationRequest
+
+from ..engine.tokenizer import Tokenizer
+from ..generation import StopReason
 from .errors import BackendError
 from .prompt_text import as_text, eot_text, split_infilling
 
