@@ -32,7 +32,7 @@ from codellama_lsp.engine.config import ModelArgs
 from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.engine.checkpoint import save_checkpoint
 from codellama_lsp.engine.model import Transformer
-from codellama_lsp.prompt import Format, infilling_tokens
+from codellama_lsp.completion.templates import Format, infilling_tokens
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 REPEATS = 3  # speed figures are the median of this many runs, for ours and the peer alike (the machine is noisy)

@@ -27,10 +27,10 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.completion import generation_request, plan
-from codellama_lsp.context import TokenCounter, Window
+from codellama_lsp.completion.planning import generation_request, plan
+from codellama_lsp.completion.context import TokenCounter, Window
 from codellama_lsp.documents import Document
-from codellama_lsp.metrics import percentile
+from codellama_lsp.lsp.metrics import percentile
 from codellama_lsp.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -39,8 +39,8 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from codellama_lsp import BUNDLED_MODEL  # noqa: E402
-from codellama_lsp.gguf_export import export_gguf  # noqa: E402
-from codellama_lsp.metrics import percentile  # noqa: E402
+from codellama_lsp.engine.gguf_export import export_gguf  # noqa: E402
+from codellama_lsp.lsp.metrics import percentile  # noqa: E402
 from llamacpp_support import LlamaCppServer  # noqa: E402
 from lsp_harness import Client, start, stop  # noqa: E402
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .positions import Encoding, units_to_index
+from codellama_lsp.positions import Encoding, units_to_index
 
 _EOL = re.compile(r"(\r\n|\r|\n)")
 # Characters str.splitlines also breaks at, which the LSP does not.

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Literal, Mapping
 
-from .prompt import Format
+from codellama_lsp.completion.templates import Format
 
 SECTION = "codellama"
 FormatSetting = Literal["auto", "psm", "spm"]

@@ -30,7 +30,7 @@ from codellama_lsp.engine.checkpoint import load_model  # noqa: E402
 from codellama_lsp.engine.config import ModelArgs  # noqa: E402
 from codellama_lsp.engine.model import Transformer  # noqa: E402
 from codellama_lsp.engine.tokenizer import Tokenizer  # noqa: E402
-from codellama_lsp.prompt import infilling_tokens  # noqa: E402
+from codellama_lsp.completion.templates import infilling_tokens  # noqa: E402
 
 PREFIX_TOKENS, SUFFIX_TOKENS, MAX_NEW = 700, 250, 48
 

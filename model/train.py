@@ -39,7 +39,7 @@ from codellama_lsp.engine.checkpoint import save_checkpoint  # noqa: E402
 from codellama_lsp.engine.config import ModelArgs  # noqa: E402
 from codellama_lsp.engine.model import Transformer  # noqa: E402
 from codellama_lsp.engine.tokenizer import Tokenizer  # noqa: E402
-from codellama_lsp.prompt import infilling_tokens  # noqa: E402
+from codellama_lsp.completion.templates import infilling_tokens  # noqa: E402
 
 IGNORE = -100
 CHARS_PER_TOKEN = 3.0  # first guess for window sizes; examples that overflow are rebuilt smaller

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 
-from codellama_lsp.backends.prompt_text import as_text
-from codellama_lsp.completion import plan, suggestion
-from codellama_lsp.context import TokenCounter
+from codellama_lsp.backends.text_prompt import as_text
+from codellama_lsp.completion.planning import plan, suggestion
+from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.settings import Settings, resolve_format

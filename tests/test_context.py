@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codellama_lsp.context import TokenCounter, cut, model_text, sanitize, window
+from codellama_lsp.completion.context import TokenCounter, cut, model_text, sanitize, window
 from codellama_lsp.documents import Cursor, Document
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codellama_lsp import docstring as ds
+from codellama_lsp.completion import docstring as ds
 from codellama_lsp.documents import Document
 
 PY = '''import os

@@ -19,7 +19,7 @@ from codellama_lsp.engine.config import CheckpointError
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.engine.tokenizer import FimUnsupported, Tokenizer
 from codellama_lsp.generation import GenerationRequest, PromptTooLong
-from codellama_lsp.prompt import infilling_tokens
+from codellama_lsp.completion.templates import infilling_tokens
 from conftest import make_random_checkpoint, train_test_tokenizer
 
 PREFIX = "import os\n\ndef read_config(path):\n    with open(path) as f:\n        "

@@ -15,9 +15,9 @@ import torch
 import pytest_asyncio
 from lsprotocol import types
 
-from codellama_lsp import docstring as ds
-from codellama_lsp.completion import generation_request, plan, suggestion
-from codellama_lsp.context import TokenCounter
+from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.settings import Settings, resolve_format
@@ -266,8 +266,8 @@ async def test_crlf_and_cr_line_endings(client: Client, engine: Engine, ending: 
 
 def expected_docstring(engine: Engine, text: str, line: int, language_id: str = "python") -> str:
     from codellama_lsp.generation import GenerationRequest
-    from codellama_lsp.prompt import infilling_tokens
-    from codellama_lsp.docstring import MAX_TOKENS as DOCSTRING_MAX_TOKENS
+    from codellama_lsp.completion.templates import infilling_tokens
+    from codellama_lsp.completion.docstring import MAX_TOKENS as DOCSTRING_MAX_TOKENS
 
     doc = Document.from_text("file:///expected", text, language_id=language_id)
     d = ds.find_definition(doc, line)

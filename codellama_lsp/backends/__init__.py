@@ -10,12 +10,12 @@ large model from a GPU box to many editors.
 from __future__ import annotations
 
 from pathlib import Path
-from .. import BUNDLED_MODEL
-from ..engine.tokenizer import Tokenizer
-from ..generation import DEFAULT_CONTEXT_LENGTH, Backend
-from .errors import BackendError
-from .remote import RemoteBackend
-from .wire import PROTOCOLS
+from codellama_lsp import BUNDLED_MODEL
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend
+from codellama_lsp.backends.errors import BackendError
+from codellama_lsp.backends.remote import RemoteBackend
+from codellama_lsp.backends.wire import PROTOCOLS
 
 # Setting value -> what serves completions. "local" is the in-process engine.
 BACKENDS = ("local", *PROTOCOLS)
@@ -32,7 +32,7 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     model's, whose infilling pieces have the same text as Code Llama's.
     """
     if backend == "local":
-        from ..engine.engine import Engine  # torch: imported only when the local engine is used
+        from codellama_lsp.engine.engine import Engine  # torch: imported only when the local engine is used
 
         engine = Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
                              context_length=context_length)

@@ -21,10 +21,10 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from ..generation import GenerationRequest, GenerationResult, StopReason, StopRule, TextTokenizer
-from .errors import BackendError
-from .prompt_text import eot_text
-from .wire import Chunk, Wire
+from codellama_lsp.generation import GenerationRequest, GenerationResult, StopReason, StopRule, TextTokenizer
+from codellama_lsp.backends.errors import BackendError
+from codellama_lsp.backends.text_prompt import eot_text
+from codellama_lsp.backends.wire import Chunk, Wire
 
 # httpx logs every request at INFO: one line per keystroke.
 logging.getLogger("httpx").setLevel(logging.WARNING)

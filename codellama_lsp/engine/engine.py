@@ -18,12 +18,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..generation import DEFAULT_CONTEXT_LENGTH, GenerationRequest, GenerationResult, PromptTooLong, StopReason, StopRule
-from .checkpoint import load_model
-from .lookup import LookupDrafter
-from .model import Transformer
-from .sampling import next_token
-from .tokenizer import Tokenizer
+from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, GenerationRequest, GenerationResult, PromptTooLong, StopReason, StopRule
+from codellama_lsp.engine.checkpoint import load_model
+from codellama_lsp.engine.lookup import LookupDrafter
+from codellama_lsp.engine.model import Transformer
+from codellama_lsp.engine.sampling import next_token
+from codellama_lsp.engine.tokenizer import Tokenizer
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))

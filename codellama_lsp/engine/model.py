@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelArgs
+from codellama_lsp.engine.config import ModelArgs
 
 
 class RMSNorm(nn.Module):

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .documents import Cursor, Document
+from codellama_lsp.documents import Cursor, Document
 
 # Python strings hold astral characters as single code points, so any surrogate is a lone one.
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-from .generation import GenerationResult
+from codellama_lsp.generation import GenerationResult
 
 
 def percentile(values: list[float], q: float) -> float | None:

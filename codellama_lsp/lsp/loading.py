@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, TypeVar
 
-from .backends import open_backend
-from .generation import DEFAULT_CONTEXT_LENGTH, Backend
-from .settings import Settings
+from codellama_lsp.backends import open_backend
+from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend
+from codellama_lsp.settings import Settings
 
 log = logging.getLogger("codellama_lsp")
 T = TypeVar("T")

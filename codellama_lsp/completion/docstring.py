@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Callable, Literal
 
-from .context import cut, model_text
-from .documents import Document
-from .generation import GenerationRequest, TextTokenizer
-from .postprocess import END_MARKERS, indent_of
-from .prompt import infilling_tokens
-from .settings import Settings, prompt_format
-from .syntax import language_of, parser
+from codellama_lsp.completion.context import cut, model_text
+from codellama_lsp.documents import Document
+from codellama_lsp.generation import GenerationRequest, TextTokenizer
+from codellama_lsp.completion.postprocess import END_MARKERS, indent_of
+from codellama_lsp.completion.templates import infilling_tokens
+from codellama_lsp.settings import Settings, prompt_format
+from codellama_lsp.completion.syntax import language_of, parser
 
 Style = Literal["python", "jsdoc"]
 

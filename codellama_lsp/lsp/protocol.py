@@ -15,7 +15,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 if TYPE_CHECKING:
-    from .server import CodeLlamaServer
+    from codellama_lsp.lsp.server import CodeLlamaServer
 
 log = logging.getLogger("codellama_lsp")
 

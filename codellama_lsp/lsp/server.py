@@ -21,18 +21,18 @@ from typing import Any, Awaitable
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
-from . import BUNDLED_MODEL, __version__
-from . import docstring as ds
-from .completion import generation_request, plan, suggestion
-from .context import TokenCounter, Window
-from .documents import Cursor, Document, PositionOutOfRange
-from .generation import Backend, GenerationRequest
-from .lifecycle import Anchor, Flight, Lifecycle
-from .loading import BackendSlot, load_into
-from .metrics import Metrics
-from .positions import negotiate
-from .protocol import CodeLlamaProtocol
-from .settings import SECTION, Settings, apply, fit_to_context, resolve_format
+from codellama_lsp import BUNDLED_MODEL, __version__
+from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.context import TokenCounter, Window
+from codellama_lsp.documents import Cursor, Document, PositionOutOfRange
+from codellama_lsp.generation import Backend, GenerationRequest
+from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
+from codellama_lsp.lsp.loading import BackendSlot, load_into
+from codellama_lsp.lsp.metrics import Metrics
+from codellama_lsp.positions import negotiate
+from codellama_lsp.lsp.protocol import CodeLlamaProtocol
+from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, resolve_format
 
 log = logging.getLogger("codellama_lsp")
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .context import Window, model_text, window
-from .documents import Cursor, Document
-from .generation import GenerationRequest, TextTokenizer
+from codellama_lsp.completion.context import Window, model_text, window
+from codellama_lsp.documents import Cursor, Document
+from codellama_lsp.generation import GenerationRequest, TextTokenizer
 
-from .postprocess import Mode, block_end, choose_mode, finish, indent_of, loop_end, next_code_line
-from .prompt import infilling_tokens
-from .settings import Settings, prompt_format
-from .syntax import language_of, parser, trim_to_syntax
+from codellama_lsp.completion.postprocess import Mode, block_end, choose_mode, finish, indent_of, loop_end, next_code_line
+from codellama_lsp.completion.templates import infilling_tokens
+from codellama_lsp.settings import Settings, prompt_format
+from codellama_lsp.completion.syntax import language_of, parser, trim_to_syntax
 
 
 @dataclass(frozen=True)
