@@ -1,10 +1,9 @@
-"""The pygls language server: LSP plumbing around the plain modules.
+"""The pygls language server: LSP wiring around plain modules.
 
-Each handler validates what the client sent, calls ``completion``/``docstring``
-functions and the engine, and turns the outcome into LSP types. Nothing here raises
-to the client for a bad document, position or setting: those get an empty result and
-a log line. Documents live in ``documents.Document`` (not pygls' workspace), which
-edits lines in place and converts positions in the negotiated encoding.
+Each handler gets the document, calls a plain function (``completion.planning``,
+``completion.docstring``, ``lifecycle``) and converts the result (``convert``). Nothing
+here raises to the client for a bad document, position or setting: those get an empty
+result and a log line.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import asyncio
 import logging
 import os
 import time
-import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Awaitable
 
@@ -24,62 +21,22 @@ from pygls.lsp.server import LanguageServer
 from codellama_lsp import BUNDLED_MODEL, __version__
 from codellama_lsp.completion import docstring as ds
 from codellama_lsp.completion.planning import generation_request, plan, suggestion
-from codellama_lsp.completion.context import TokenCounter, Window
-from codellama_lsp.documents import Cursor, Document, PositionOutOfRange
+from codellama_lsp.completion.context import TokenCounter
+from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend, GenerationRequest
+from codellama_lsp.lsp import convert
 from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
 from codellama_lsp.lsp.loading import BackendSlot, load_into
-from codellama_lsp.lsp.metrics import Metrics
+from codellama_lsp.lsp.metrics import Metrics, counted_generation
+from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
 from codellama_lsp.lsp.protocol import CodeLlamaProtocol
+from codellama_lsp.lsp.open_documents import OpenDocuments
 from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, resolve_format
 
 log = logging.getLogger("codellama_lsp")
 
 STATUS_COMMAND = "codellama.status"
-GENERATE_DOCSTRING = "Generate docstring"
-
-
-class _LspProgress:
-    """Loading reported as work-done progress (when the client supports it) and an error message."""
-
-    def __init__(self, server: "CodeLlamaServer") -> None:
-        self.server = server
-
-    async def begin(self, message: str) -> str | None:
-        caps = self.server.client_capabilities.window
-        if not (caps and caps.work_done_progress):
-            return None
-        token = f"codellama-load-{uuid.uuid4()}"
-        try:
-            await asyncio.wait_for(self.server.work_done_progress.create_async(token), 5)
-        except Exception as exc:  # noqa: BLE001 - progress is a nicety; loading goes on without it
-            log.warning("window/workDoneProgress/create failed: %s", exc)
-            return None
-        self.server.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="codellama-lsp", message=message))
-        return token
-
-    def end(self, handle: object | None, state: str) -> None:
-        if isinstance(handle, str):
-            self.server.work_done_progress.end(handle, types.WorkDoneProgressEnd(message=state))
-
-    def failed(self, message: str) -> None:
-        self.server.show(types.MessageType.Error, message)
-
-
-async def _logged_generation(backend: Backend, request: GenerationRequest, metrics: Metrics, what: str):
-    """``backend``'s result for ``request``, or None when it failed (logged); cancellation propagates."""
-    try:
-        result = await backend.agenerate(request)
-    except asyncio.CancelledError:
-        log.debug("%s stopped: superseded or cancelled", what)
-        raise
-    except Exception as exc:  # noqa: BLE001 - a failed request is logged and answered empty
-        log.warning("%s failed: %s", what, exc)
-        metrics.count("failed")
-        return None
-    metrics.generated(result)
-    return result
 
 
 class CodeLlamaServer(LanguageServer):
@@ -89,8 +46,7 @@ class CodeLlamaServer(LanguageServer):
         self.settings = settings
         self.default_model = default_model
         self.slot = BackendSlot(self.model_path(settings))
-        self.documents: dict[str, Document] = {}
-        self.windows: dict[str, Window] = {}  # each document's last context window, for sticky edges
+        self.docs = OpenDocuments()
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.counter: TokenCounter | None = None
@@ -155,51 +111,33 @@ class CodeLlamaServer(LanguageServer):
     async def load(self) -> None:
         old, self.slot = self.slot.backend, BackendSlot(self.model_path(self.settings))
         try:
-            await load_into(self.slot, self.settings, _LspProgress(self))
+            await load_into(self.slot, self.settings, LspProgress(self))
         finally:
             if old is not None:
                 old.close()
         if self.slot.backend is not None:
             self.counter = TokenCounter(self.slot.backend.tokenizer.encode)
-            self.windows.clear()
+            self.docs.windows.clear()
             self.docstrings.clear()
 
     # -- documents --------------------------------------------------------------------------------------
     def open_document(self, item: types.TextDocumentItem) -> None:
-        self.documents[item.uri] = Document.from_text(item.uri, item.text, item.version, item.language_id, self.encoding)
-        self.windows.pop(item.uri, None)
+        self.docs.open(item, self.encoding)
 
     def change_document(self, params: types.DidChangeTextDocumentParams) -> None:
-        doc = self.documents.get(params.text_document.uri)
-        if doc is None:
-            log.warning("didChange for a document that is not open: %s", params.text_document.uri)
-            return
-        for change in params.content_changes:
-            if isinstance(change, types.TextDocumentContentChangePartial):
-                r = change.range
-                doc.apply_change(change.text, (r.start.line, r.start.character), (r.end.line, r.end.character))
-            else:
-                doc.apply_change(change.text)
-        doc.version = params.text_document.version
+        self.docs.change(params)
 
     def close_document(self, uri: str) -> None:
-        self.documents.pop(uri, None)
-        self.windows.pop(uri, None)
+        self.docs.close(uri)
         self.lifecycle.forget(uri)
 
     def locate(self, uri: str, position: types.Position, what: str) -> tuple[Document, Cursor] | None:
-        """The document and cursor for a request, or None (logged) when either is unknown."""
-        doc = self.documents.get(uri)
-        if doc is None:
-            log.warning("%s for a document that is not open: %s", what, uri)
-            self.metrics.count("unknown_document")
+        """The document and cursor for a request, or None (logged and counted) when either is unknown."""
+        found = self.docs.locate(uri, position, what)
+        if isinstance(found, str):
+            self.metrics.count(found)
             return None
-        try:
-            return doc, doc.cursor(position.line, position.character)
-        except PositionOutOfRange as exc:
-            log.warning("%s at %s:%s in %s: %s", what, position.line, position.character, uri, exc)
-            self.metrics.count("bad_position")
-            return None
+        return found
 
     def ready(self) -> tuple[Backend, TokenCounter] | None:
         backend, counter = self.slot.backend, self.counter
@@ -239,15 +177,15 @@ class CodeLlamaServer(LanguageServer):
         settings = self.request_settings(backend)
         where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
         try:
-            p = plan(doc, cursor, settings, backend.tokenizer, counter, self.windows.get(doc.uri))
+            p = plan(doc, cursor, settings, backend.tokenizer, counter, self.docs.windows.get(doc.uri))
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
-        self.windows[doc.uri] = p.window
+        self.docs.windows[doc.uri] = p.window
         request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text))
 
         async def generate() -> str:
-            result = await _logged_generation(backend, request, self.metrics, where)
+            result = await counted_generation(backend, request, self.metrics, where)
             if result is None:
                 return ""
             text = suggestion(result.text, p)
@@ -274,7 +212,7 @@ class CodeLlamaServer(LanguageServer):
             request = ds.generation_request(doc, d, self.request_settings(backend), backend.tokenizer, counter)
 
             async def generate() -> str:
-                result = await _logged_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
+                result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
                 return "" if result is None else ds.clean(result.text, d.style)
 
             outcome = await self.lifecycle.run(("docstring", uri), key, lambda _: generate())
@@ -282,28 +220,6 @@ class CodeLlamaServer(LanguageServer):
             if text:
                 self.docstrings.put(key, text)
         return (doc, d, text) if text else None
-
-    # -- status -----------------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        backend = self.slot.backend
-        return {
-            "version": __version__,
-            "model": str(self.slot.path),
-            "state": self.slot.state,
-            "error": self.slot.error,
-            "device": str(backend.device) if backend else self.settings.device,
-            "dtype": str(backend.dtype).removeprefix("torch.") if backend else self.settings.dtype,
-            "load_ms": self.slot.load_ms,
-            "settings": asdict(self.settings),
-            "format": resolve_format(self.settings, backend.preferred_format).format if backend else None,
-            "position_encoding": self.encoding,
-            "open_documents": len(self.documents),
-            **self.metrics.snapshot(),
-            "shared_requests": self.lifecycle.shared,
-            "in_flight": self.lifecycle.running(),
-            "generated_tokens": backend.generated_tokens if backend else 0,
-        }
-
 
 # -- handlers ---------------------------------------------------------------------------------------------
 
@@ -338,83 +254,42 @@ def _exit(ls: CodeLlamaServer, *args: Any) -> None:
 
 
 async def _inline_completion(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
-    text = await ls.suggest(params.text_document.uri, params.position)
-    if not text:
-        return types.InlineCompletionList(items=[])
-    at = types.Range(start=params.position, end=params.position)
-    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=at)])
+    return convert.inline_list(await ls.suggest(params.text_document.uri, params.position), params.position)
 
 
 async def _completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
-    """The same suggestion as one item, for clients without inline completion."""
-    text = await ls.suggest(params.text_document.uri, params.position)
-    if not text:
-        return types.CompletionList(is_incomplete=True, items=[])
-    first = text.strip().splitlines()[0]
-    at = types.Range(start=params.position, end=params.position)
-    item = types.CompletionItem(
-        label=first if len(first) <= 60 else first[:57] + "...",
-        kind=types.CompletionItemKind.Text,
-        detail="codellama",
-        documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```\n{text}\n```"),
-        insert_text_format=types.InsertTextFormat.PlainText,
-        text_edit=types.TextEdit(range=at, new_text=text),
-        filter_text="",
-        sort_text="0",
-        preselect=True,
-    )
-    # Incomplete: the client asks again as the user types, which is when suggestions change.
-    return types.CompletionList(is_incomplete=True, items=[item])
+    return convert.completion_list(await ls.suggest(params.text_document.uri, params.position), params.position)
 
 
 async def _hover(ls: CodeLlamaServer, params: types.HoverParams) -> types.Hover | None:
     found = await ls.docstring(params.text_document.uri, params.position)
-    if found is None:
-        return None
-    _, d, text = found
-    return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=ds.markdown(d, text)))
-
-
-def _resolves_edits(ls: CodeLlamaServer) -> bool:
-    td = ls.client_capabilities.text_document
-    support = td.code_action.resolve_support if td and td.code_action else None
-    return bool(support and "edit" in support.properties)
+    return None if found is None else convert.hover(found[1], found[2])
 
 
 async def _code_action(ls: CodeLlamaServer, params: types.CodeActionParams) -> list[types.CodeAction]:
-    doc = ls.documents.get(params.text_document.uri)
-    only = params.context.only
-    if doc is None or (only and not any(types.CodeActionKind.RefactorRewrite.value.startswith(k) for k in only)):
-        return []
-    start = params.range.start
-    if not 0 <= start.line < len(doc.lines):
+    doc, start = ls.docs.documents.get(params.text_document.uri), params.range.start
+    if doc is None or not convert.wants_rewrite(params.context.only) or not 0 <= start.line < len(doc.lines):
         return []
     d = ds.find_definition(doc, start.line)
     if d is None or d.has_docstring:
         return []
-    action = types.CodeAction(title=GENERATE_DOCSTRING, kind=types.CodeActionKind.RefactorRewrite,
-                              data={"uri": doc.uri, "line": start.line, "character": start.character})
-    return [action] if _resolves_edits(ls) else [await _resolve_code_action(ls, action)]
+    action = convert.docstring_action(doc.uri, start)
+    return [action] if convert.resolves_edits(ls.client_capabilities) else [await _resolve_code_action(ls, action)]
 
 
 async def _resolve_code_action(ls: CodeLlamaServer, action: types.CodeAction) -> types.CodeAction:
-    data = action.data if isinstance(action.data, dict) else {}
-    try:
-        uri, position = str(data["uri"]), types.Position(line=int(data["line"]), character=int(data["character"]))
-    except (KeyError, TypeError, ValueError):
+    place = convert.action_place(action)
+    if place is None:
         log.warning("codeAction/resolve without the data this server put there: %r", action.data)
         return action
-    found = await ls.docstring(uri, position)
+    found = await ls.docstring(*place)
     if found is not None:
-        doc, d, text = found
-        line, insert = ds.edit(doc, d, text)
-        where = types.Range(start=types.Position(line=line, character=0), end=types.Position(line=line, character=0))
-        action.edit = types.WorkspaceEdit(changes={doc.uri: [types.TextEdit(range=where, new_text=insert)]})
+        action.edit = convert.docstring_edit(*found)
     return action
 
 
 def _status(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
-    return ls.status()
+    return convert.status(ls)
 
 
 def build_server(settings: Settings, default_model: Path = BUNDLED_MODEL) -> CodeLlamaServer:
