@@ -199,7 +199,6 @@ def main() -> None:
         results["decode_speedup_vs_transformers"] = speedup
         print(f"decode tok/s vs transformers generate(): {speedup:.2f}x")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)  # benchmarks/results/ is not in git
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

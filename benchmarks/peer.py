@@ -257,7 +257,6 @@ def main() -> None:
             for frame, share in frames:
                 print(f"{share:6.1%}  {frame}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)  # benchmarks/results/ is not in git
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
