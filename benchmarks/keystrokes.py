@@ -28,6 +28,7 @@ from pygls.lsp.client import LanguageClient
 
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.completion.planning import generation_request, plan
+from codellama_lsp.completion.families import detect
 from codellama_lsp.completion.context import TokenCounter, Window
 from codellama_lsp.documents import Document
 from codellama_lsp.lsp.metrics import percentile
@@ -180,7 +181,7 @@ def run_engine(model: Path, fmt: str, base: str, start: int, span: str, threads:
         doc.apply_change(ch, (at.line, at.character), (at.line, at.character))
         here = position_of(text, start + i + 1)
         t = time.perf_counter()
-        p = plan(doc, doc.cursor(here.line, here.character), settings, engine.tokenizer, count, previous)
+        p = plan(doc, doc.cursor(here.line, here.character), settings, detect(engine.tokenizer), engine.tokenizer, count, previous)
         previous = p.window
         result = engine.generate(generation_request(p, settings))
         latencies.append((time.perf_counter() - t) * 1000)

@@ -86,11 +86,11 @@ def _threads(n: int | None) -> None:
 def complete(args: argparse.Namespace) -> int:
     """One completion from the terminal: the same path as the server's, printed to stdout."""
     from codellama_lsp.completion.planning import generation_request, plan, suggestion
+    from codellama_lsp.completion.families import UnknownFamily, detect
     from codellama_lsp.completion.context import TokenCounter
     from codellama_lsp.documents import Document
     from codellama_lsp.engine.config import CheckpointError
     from codellama_lsp.engine.engine import Engine
-    from codellama_lsp.engine.tokenizer import FimUnsupported
 
     try:
         text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
@@ -103,8 +103,8 @@ def complete(args: argparse.Namespace) -> int:
                         time_budget_ms=60_000.0)
     try:
         engine = Engine.load(model, device=args.device, dtype=None if args.dtype == "auto" else args.dtype)
-        engine.tokenizer.require_fim()
-    except (CheckpointError, FimUnsupported, OSError) as exc:
+        template = detect(engine.tokenizer)
+    except (CheckpointError, UnknownFamily, OSError) as exc:
         print(f"codellama-lsp: cannot load the model at {model}: {exc}", file=sys.stderr)
         return 2
     doc = Document.from_text(args.file.as_uri() if args.file.is_absolute() else args.file.resolve().as_uri(), text,
@@ -112,7 +112,7 @@ def complete(args: argparse.Namespace) -> int:
     line = min(max(args.line, 1), len(doc.lines)) - 1
     cursor = doc.cursor(line, max(args.column, 1) - 1)
     settings = resolve_format(settings, engine.preferred_format)
-    p = plan(doc, cursor, settings, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    p = plan(doc, cursor, settings, template, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
     result = engine.generate(generation_request(p, settings))
     text = suggestion(result.text, p)
     if not text:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Literal, Mapping
 
+from codellama_lsp.completion.families import FAMILY_SETTINGS
 from codellama_lsp.completion.templates import Format
 
 SECTION = "codellama"
@@ -36,11 +37,13 @@ class Settings:
     url: str | None = None
     api_key_env: str | None = None  # the name of the environment variable holding the API key
     tokenizer: str | None = None
+    # How the model is prompted (codellama_lsp.completion.families): "auto" recognises it by its tokens.
+    family: str = "auto"
 
     @property
     def load_key(self) -> tuple[str | None, ...]:
         """What the loaded engine (or server connection) depends on: a change reloads it."""
-        return self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer
+        return self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer, self.family
 
 
 # Tokens a prompt holds beyond its prefix and suffix budgets: BOS, <PRE>, <SUF>, <MID>, and the
@@ -156,6 +159,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "url": ("url", _url, _strip),
     "apiKeyEnv": ("api_key_env", _env_name, _same),
     "tokenizer": ("tokenizer", _path, _strip),
+    "family": ("family", _choice(*FAMILY_SETTINGS), _same),
 }
 assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)}
 

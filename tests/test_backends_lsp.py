@@ -12,6 +12,7 @@ from pathlib import Path
 
 from codellama_lsp.backends.text_prompt import as_text
 from codellama_lsp.completion.planning import plan, suggestion
+from codellama_lsp.completion.families import detect
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.engine.tokenizer import Tokenizer
@@ -40,7 +41,7 @@ def expected(tok: Tokenizer, position: tuple[int, int], raw: str) -> tuple[str, 
     doc = Document.from_text("file:///expected.py", SOURCE)
     settings = Settings(time_budget_ms=TEST_SETTINGS["timeBudgetMs"], max_new_tokens=TEST_SETTINGS["maxNewTokens"])
     settings = resolve_format(settings, None)  # a served model declares no preference: PSM
-    p = plan(doc, doc.cursor(*position), settings, tok, TokenCounter(tok.encode))
+    p = plan(doc, doc.cursor(*position), settings, detect(tok), tok, TokenCounter(tok.encode))
     return suggestion(raw, p), p.token_ids
 
 

@@ -201,6 +201,8 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
     import torch
 
     from codellama_lsp.completion.planning import generation_request, plan, suggestion
+
+    from codellama_lsp.completion.families import detect
     from codellama_lsp.completion.context import TokenCounter
     from codellama_lsp.documents import Document
     from codellama_lsp.engine.engine import Engine
@@ -217,7 +219,7 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
     engine = Engine.load(tiny_model_dir, device="cpu")
     settings = Settings(format="spm", max_new_tokens=8, time_budget_ms=60_000.0)
     doc = Document.from_text(source.as_uri(), text, encoding="utf-32")
-    p = plan(doc, doc.cursor(1, 11), settings, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    p = plan(doc, doc.cursor(1, 11), settings, detect(engine.tokenizer), engine.tokenizer, TokenCounter(engine.tokenizer.encode))
     assert out.stdout == suggestion(engine.generate(generation_request(p, settings)).text, p) + "\n"
 
 

@@ -17,6 +17,7 @@ from lsprotocol import types
 
 from codellama_lsp.completion import docstring as ds
 from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.families import detect
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.engine.engine import Engine
@@ -70,7 +71,7 @@ def expected(engine: Engine, text: str, line: int, index: int, settings: Setting
     """What the server must answer: the same context, prompt builder, engine and post-processing, in-process."""
     doc = Document.from_text("file:///expected.py", text)
     settings = resolve_format(settings, engine.preferred_format)  # as the server resolves "auto"
-    p = plan(doc, doc.cursor(line, index), settings, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    p = plan(doc, doc.cursor(line, index), settings, detect(engine.tokenizer), engine.tokenizer, TokenCounter(engine.tokenizer.encode))
     return suggestion(engine.generate(generation_request(p, settings)).text, p)
 
 
@@ -142,7 +143,7 @@ LONG = {"maxNewTokens": 1024, "temperature": 1.0}
 def first_char(engine: Engine, text: str, line: int, index: int) -> str:
     """The first character the model writes at a place (raw, before post-processing)."""
     doc = Document.from_text("file:///first.py", text)
-    p = plan(doc, doc.cursor(line, index), resolve_format(SETTINGS, engine.preferred_format), engine.tokenizer,
+    p = plan(doc, doc.cursor(line, index), resolve_format(SETTINGS, engine.preferred_format), detect(engine.tokenizer), engine.tokenizer,
              TokenCounter(engine.tokenizer.encode))
     return engine.generate(generation_request(p, Settings(max_new_tokens=2, temperature=LONG["temperature"]))).text[:1]
 

@@ -14,7 +14,7 @@ sys.meta_path.insert(0, NoTorch())
 """
 
 PIPELINE = """
-from codellama_lsp.completion import context, docstring, planning, postprocess, templates
+from codellama_lsp.completion import context, docstring, families, planning, postprocess, templates
 from codellama_lsp.documents import Document
 from codellama_lsp.generation import StopRule, GenerationRequest
 from codellama_lsp.lsp import lifecycle, server
@@ -22,14 +22,15 @@ from codellama_lsp import positions, settings
 from codellama_lsp.backends import remote, wire
 
 class Chars:
-    bos_id, eos_id, prefix_id, suffix_id, middle_id, eot_id = 1, 2, 3, 4, 5, 6
+    bos_id, eos_id, eot_id = 1, 2, 6
+    special_tokens = {"<|fim_prefix|>": 3, "<|fim_suffix|>": 4, "<|fim_middle|>": 5}
     def require_fim(self): pass
     def encode(self, text): return [ord(c) for c in text]
     encode_infilling = encode
 
 doc = Document.from_text("file:///a.py", "def add(a, b):\\n    return \\n")
-p = planning.plan(doc, doc.cursor(1, 11), settings.Settings(format="psm"), Chars(), len)
-assert p.token_ids[:2] == [1, 3] and p.token_ids[-1] == 5, p.token_ids
+p = planning.plan(doc, doc.cursor(1, 11), settings.Settings(format="psm"), families.detect(Chars()), Chars(), len)
+assert p.token_ids[0] == 3 and p.token_ids[-1] == 5, p.token_ids  # Qwen2.5-Coder's PSM: no BOS
 assert planning.suggestion("a + b\\n", p) == "a + b"
 assert StopRule(GenerationRequest([1], stop_strings=("\\n",))).text("x\\ny") == ("x", "stop_string")
 assert "torch" not in sys.modules

@@ -36,7 +36,6 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
 
         engine = Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
                              context_length=context_length)
-        engine.tokenizer.require_fim()
         return engine
     if backend not in PROTOCOLS:
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -44,7 +43,6 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
         raise BackendError(f"the {backend} backend needs the codellama.url setting (the server's base URL)")
     source = tokenizer or (model if (model / "tokenizer.model").is_file() else BUNDLED_MODEL)
     tok = Tokenizer(source / "tokenizer.model" if source.is_dir() else source)
-    tok.require_fim()
     return RemoteBackend(PROTOCOLS[backend](tok), url, tok, served_model=served_model, api_key_env=api_key_env)
 
 

@@ -23,7 +23,7 @@ from codellama_lsp.completion.context import cut, model_text
 from codellama_lsp.documents import Document
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
 from codellama_lsp.completion.postprocess import END_MARKERS, indent_of
-from codellama_lsp.completion.templates import infilling_tokens
+from codellama_lsp.completion.families import Template
 from codellama_lsp.settings import Settings, prompt_format
 from codellama_lsp.completion.syntax import language_of, parser
 
@@ -219,12 +219,13 @@ def edit(doc: Document, d: Definition, text: str) -> tuple[int, str]:
     return d.first_line, f"{d.indent}/**{eol}{body}{d.indent} */{eol}"
 
 
-def generation_request(doc: Document, d: Definition, settings: Settings, tokenizer: TextTokenizer,
+def generation_request(doc: Document, d: Definition, settings: Settings, template: Template, tokenizer: TextTokenizer,
                        count: Callable[[str], int]) -> GenerationRequest:
     """The engine request whose answer is ``d``'s docstring, built from the document as it is now."""
     around = sides(doc, d, settings.prefix_tokens, settings.suffix_tokens, count)
     return GenerationRequest(
-        prompt=infilling_tokens(tokenizer, around.prefix, around.suffix, prompt_format(settings)),
+        prompt=template.prompt(tokenizer, around.prefix, around.suffix, prompt_format(settings)),
+        stop_ids=template.stop_ids,
         max_new_tokens=MAX_TOKENS, temperature=settings.temperature,
         time_budget_ms=max(settings.time_budget_ms, TIME_BUDGET_MS), stop_strings=around.stop,
     )

@@ -17,7 +17,7 @@ from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
 
 from codellama_lsp.completion.postprocess import Mode, block_end, choose_mode, finish, indent_of, loop_end, next_code_line
-from codellama_lsp.completion.templates import infilling_tokens
+from codellama_lsp.completion.families import Template
 from codellama_lsp.settings import Settings, prompt_format
 from codellama_lsp.completion.syntax import language_of, parser, trim_to_syntax
 
@@ -27,6 +27,7 @@ class Plan:
     mode: Mode
     window: Window
     token_ids: list[int]  # the model's prompt
+    stop_ids: frozenset[int]  # special tokens that end the middle, as the model family says
     line_suffix: str  # the rest of the cursor's line
     block_indent: str  # lines indented less than this end a multi-line suggestion
     next_line: str  # the first code line after the cursor's line, which a suggestion must not repeat
@@ -36,7 +37,8 @@ class Plan:
     language: str
 
 
-def plan(doc: Document, cursor: Cursor, settings: Settings, tokenizer: TextTokenizer, count, previous: Window | None = None) -> Plan:
+def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, tokenizer: TextTokenizer,
+         count: Callable[[str], int], previous: Window | None = None) -> Plan:
     line = doc.line_text(cursor.line)
     head = line[: cursor.index]
     win = window(doc, cursor, settings.prefix_tokens, settings.suffix_tokens, count, previous)
@@ -44,7 +46,8 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, tokenizer: TextToken
     return Plan(
         mode=choose_mode(line, cursor.index),
         window=win,
-        token_ids=infilling_tokens(tokenizer, prefix, suffix, prompt_format(settings)),
+        token_ids=template.prompt(tokenizer, prefix, suffix, prompt_format(settings)),
+        stop_ids=template.stop_ids,
         line_suffix=line[cursor.index:],
         block_indent=indent_of(head) if head.strip() else head,
         next_line=next_code_line(suffix),
@@ -72,6 +75,7 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
         time_budget_ms=settings.time_budget_ms,
         infilling=True,
         stop_strings=("\n",) if p.mode == "single" else (),
+        stop_ids=p.stop_ids,
         on_text=stream,
     )
 

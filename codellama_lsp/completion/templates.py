@@ -29,21 +29,33 @@ class PromptTokenizer(Protocol):
     def encode_infilling(self, text: str) -> list[int]: ...
 
 
-def infilling_tokens(tok: PromptTokenizer, prefix: str, suffix: str, fmt: Format = "psm") -> list[int]:
-    """The prompt whose continuation is the middle between ``prefix`` and ``suffix``.
+def infill_layout(bos: int | None, markers: tuple[int, int, int], prefix: list[int], suffix: list[int],
+                  fmt: Format) -> list[int]:
+    """The infilling layout every family shares, from the prefix's and suffix's ids.
 
-    PSM: ``[BOS, PRE] + encode(prefix) + [SUF] + encode_infilling(suffix) + [MID]``.
-    SPM: ``[BOS, PRE, SUF] + encode_infilling(suffix) + [MID] + encode(prefix)``.
+    PSM: ``[BOS] PRE prefix SUF suffix MID``; SPM: ``[BOS] PRE SUF suffix MID prefix``.
     SPM puts the prefix last, so keystrokes at the cursor only append to the prompt and
     the engine's KV cache reuses everything before them.
     """
+    pre, suf, mid = markers
+    head = [] if bos is None else [bos]
+    if fmt == "psm":
+        return [*head, pre, *prefix, suf, *suffix, mid]
+    if fmt == "spm":
+        return [*head, pre, suf, *suffix, mid, *prefix]
+    raise ValueError(f"unknown prompt format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def infilling_tokens(tok: PromptTokenizer, prefix: str, suffix: str, fmt: Format = "psm") -> list[int]:
+    """Code Llama's prompt whose continuation is the middle between ``prefix`` and ``suffix``.
+
+    As Meta's reference: the prefix encoded with sentencepiece's leading space, the suffix
+    without (``encode_infilling``), BOS first.
+    """
     tok.require_fim()
     assert tok.prefix_id is not None and tok.suffix_id is not None and tok.middle_id is not None
-    if fmt == "psm":
-        return [tok.bos_id, tok.prefix_id, *tok.encode(prefix), tok.suffix_id, *tok.encode_infilling(suffix), tok.middle_id]
-    if fmt == "spm":
-        return [tok.bos_id, tok.prefix_id, tok.suffix_id, *tok.encode_infilling(suffix), tok.middle_id, *tok.encode(prefix)]
-    raise ValueError(f"unknown prompt format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return infill_layout(tok.bos_id, (tok.prefix_id, tok.suffix_id, tok.middle_id), tok.encode(prefix),
+                         tok.encode_infilling(suffix), fmt)
 
 
 @dataclass(frozen=True)

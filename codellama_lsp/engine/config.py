@@ -31,6 +31,7 @@ class ModelArgs:
     rope_scaling_factor: float = 1.0  # "linear" rope scaling; 1.0 means none
     max_position_embeddings: int = 16384
     tie_word_embeddings: bool = False
+    attention_bias: bool = False  # biases on q/k/v (Qwen2's layout; Llama has none)
     # The infilling prompt layout the model does best in ("psm" or "spm"), for the server's format
     # "auto". Not a LlamaConfig field: None (Code Llama's checkpoints) means PSM, Code Llama's main one.
     infilling_format: str | None = None
@@ -73,6 +74,8 @@ class ModelArgs:
                 rope_scaling_factor=float(scaling.get("factor", 1.0)) if scaling else 1.0,
                 max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                # Qwen2's config has no such field: its q/k/v always have biases (transformers' Qwen2Attention).
+                attention_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
                 infilling_format=cfg.get("infilling_format"),
             )
         except KeyError as exc:
@@ -115,7 +118,6 @@ class ModelArgs:
             bos_token_id=1,
             eos_token_id=2,
             torch_dtype="float32",
-            attention_bias=False,
             mlp_bias=False,
         )
         return out
@@ -126,7 +128,8 @@ class ModelArgs:
         kv = self.num_key_value_heads * self.head_dim
         per_layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
-        return L * per_layer + emb + d
+        biases = (d + 2 * kv) if self.attention_bias else 0
+        return L * (per_layer + biases) + emb + d
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -67,6 +67,19 @@ def fuse_linears(*linears: nn.Linear) -> Tensor:
     return fused
 
 
+def fuse_biases(*linears: nn.Linear) -> Tensor | None:
+    """The linears' biases as one tensor, each bias a view of it (None when they have none)."""
+    if linears[0].bias is None:
+        return None
+    fused = torch.cat([lin.bias.detach() for lin in linears])
+    row = 0
+    for lin in linears:
+        n = lin.bias.shape[0]
+        lin.bias = nn.Parameter(fused[row : row + n], requires_grad=False)
+        row += n
+    return fused
+
+
 class KVCache(nn.Module):
     """Keys and values for one layer, preallocated to the engine's context length."""
 
@@ -88,23 +101,26 @@ class Attention(nn.Module):
         super().__init__()
         d, hd = args.hidden_size, args.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = args.num_attention_heads, args.num_key_value_heads, hd
-        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        bias = args.attention_bias
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
         self.kv_cache: KVCache | None = None
         self.qkv: Tensor | None = None  # q, k, v weights in one tensor, once fuse() has run
+        self.qkv_bias: Tensor | None = None
 
     def fuse(self) -> None:
         """Back q/k/v with one tensor (they become views of it): one matmul per step instead of three."""
         self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+        self.qkv_bias = fuse_biases(self.q_proj, self.k_proj, self.v_proj)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None) -> Tensor:
         b, t, _ = x.shape
         h, kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         if self.qkv is not None:
             # Rotate q and k together: they are adjacent heads of the fused output.
-            qk, v = F.linear(x, self.qkv).view(b, t, h + 2 * kv, hd).transpose(1, 2).split([h + kv, kv], dim=1)
+            qk, v = F.linear(x, self.qkv, self.qkv_bias).view(b, t, h + 2 * kv, hd).transpose(1, 2).split([h + kv, kv], dim=1)
             q, k = apply_rope(qk, cos, sin).split([h, kv], dim=1)
         else:
             q = self.q_proj(x).view(b, t, h, hd).transpose(1, 2)

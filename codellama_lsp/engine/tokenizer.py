@@ -37,16 +37,17 @@ class Tokenizer:
         self.vocab_size = self.sp.GetPieceSize()
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
-        ids = {name: self._piece_id(piece) for name, piece in FIM_PIECES.items()}
+        ids = {name: self.piece_id(piece) for name, piece in FIM_PIECES.items()}
         self.missing_fim = [FIM_PIECES[n] for n, i in ids.items() if i is None]
         self.prefix_id, self.suffix_id, self.middle_id, self.eot_id = (
             ids["prefix"], ids["suffix"], ids["middle"], ids["eot"]
         )
-        self._smiley_id = self._piece_id(SMILEY)
+        self._smiley_id = self.piece_id(SMILEY)
         # Ids that must never reach the user as text.
         self.special_ids = frozenset(i for i in [self.bos_id, self.eos_id, *ids.values()] if i is not None and i >= 0)
 
-    def _piece_id(self, piece: str) -> int | None:
+    def piece_id(self, piece: str) -> int | None:
+        """The id of ``piece``, or None when the vocabulary lacks it (sentencepiece would answer unk)."""
         i = self.sp.PieceToId(piece)
         return None if i == self.sp.unk_id() and piece != self.sp.IdToPiece(i) else i
 

@@ -101,6 +101,7 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "load_ms": server.slot.load_ms,
         "settings": asdict(server.settings),
         "format": resolve_format(server.settings, backend.preferred_format).format if backend else None,
+        "family": server.slot.template.describe() if server.slot.template else None,
         "position_encoding": server.encoding,
         "open_documents": len(server.docs.documents),
         **server.metrics.snapshot(),

@@ -13,9 +13,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, TypeVar
+from typing import Any, Callable, Literal, NamedTuple, Protocol, TypeVar
 
 from codellama_lsp.backends import open_backend
+from codellama_lsp.completion.families import Template, detect
 from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend
 from codellama_lsp.settings import Settings
 
@@ -32,7 +33,16 @@ class BackendSlot:
     state: LoadState = "not loaded"
     error: str | None = None
     backend: Backend | None = None
+    template: Template | None = None  # how the backend's model is prompted (its family)
     load_ms: float | None = None
+
+
+class Ready(NamedTuple):
+    """What a request needs once loading is done: the backend, its family's template, a token counter."""
+
+    backend: Backend
+    template: Template
+    counter: Callable[[str], int]
 
 
 class Progress(Protocol):
@@ -80,6 +90,7 @@ async def load_into(slot: BackendSlot, settings: Settings, progress: Progress) -
     t0 = time.perf_counter()
     try:
         backend = await in_daemon_thread(open_for, slot.path, settings)
+        template = detect(backend.tokenizer, settings.family)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - any load failure is reported, the server stays up
@@ -88,8 +99,9 @@ async def load_into(slot: BackendSlot, settings: Settings, progress: Progress) -
         progress.failed(f"codellama-lsp: cannot load the model at {slot.path}: {exc}. Suggestions stay empty "
                         "until the codellama.model setting (or --model) points at a valid checkpoint.")
     else:
-        slot.backend, slot.state = backend, "ready"
+        slot.backend, slot.template, slot.state = backend, template, "ready"
         slot.load_ms = (time.perf_counter() - t0) * 1000
-        log.info("model ready: %s on %s (%s) in %.0f ms", slot.path, backend.device, backend.dtype, slot.load_ms)
+        log.info("model ready: %s on %s (%s) in %.0f ms; %s", slot.path, backend.device, backend.dtype, slot.load_ms,
+                 template.describe())
     finally:
         progress.end(handle, slot.state)

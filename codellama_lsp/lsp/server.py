@@ -26,7 +26,7 @@ from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend, GenerationRequest
 from codellama_lsp.lsp import convert
 from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
-from codellama_lsp.lsp.loading import BackendSlot, load_into
+from codellama_lsp.lsp.loading import BackendSlot, Ready, load_into
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
 from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
@@ -139,9 +139,9 @@ class CodeLlamaServer(LanguageServer):
             return None
         return found
 
-    def ready(self) -> tuple[Backend, TokenCounter] | None:
-        backend, counter = self.slot.backend, self.counter
-        return None if backend is None or counter is None else (backend, counter)
+    def ready(self) -> Ready | None:
+        backend, template, counter = self.slot.backend, self.slot.template, self.counter
+        return None if backend is None or template is None or counter is None else Ready(backend, template, counter)
 
     # -- completion -------------------------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position) -> str:
@@ -158,7 +158,7 @@ class CodeLlamaServer(LanguageServer):
         line = doc.line_text(cursor.line)
         here = Anchor(cursor.line, line[: cursor.index], line[cursor.index:])
         ready = self.ready()
-        start = None if ready is None else (lambda flight: self._complete(doc, cursor, *ready, flight))
+        start = None if ready is None else (lambda flight: self._complete(doc, cursor, ready, flight))
         try:
             text, outcome = await self.lifecycle.suggest(uri, here, doc.version, start)
         except asyncio.CancelledError:
@@ -171,13 +171,13 @@ class CodeLlamaServer(LanguageServer):
             self.metrics.answered((time.perf_counter() - t0) * 1000)
         return text
 
-    def _complete(self, doc: Document, cursor: Cursor, backend: Backend, counter: TokenCounter,
-                  flight: Flight) -> Awaitable[str]:
+    def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight) -> Awaitable[str]:
         """Plan now, while the document is as the request saw it; generate in the returned awaitable."""
+        backend = ready.backend
         settings = self.request_settings(backend)
         where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
         try:
-            p = plan(doc, cursor, settings, backend.tokenizer, counter, self.docs.windows.get(doc.uri))
+            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter, self.docs.windows.get(doc.uri))
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
@@ -208,8 +208,9 @@ class CodeLlamaServer(LanguageServer):
         key = self.docstrings.key(doc, d)
         text = self.docstrings.get(key)
         if text is None:
-            backend, counter = ready
-            request = ds.generation_request(doc, d, self.request_settings(backend), backend.tokenizer, counter)
+            backend = ready.backend
+            request = ds.generation_request(doc, d, self.request_settings(backend), ready.template, backend.tokenizer,
+                                            ready.counter)
 
             async def generate() -> str:
                 result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
