@@ -12,7 +12,7 @@ import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -152,24 +152,49 @@ def _no_init() -> Iterator[None]:
 
 
 def load_model(path: str | Path, device: str = "auto", dtype: str | None = None) -> tuple[Transformer, Tokenizer]:
-    """Load a checkpoint directory (either layout) and its ``tokenizer.model``."""
+    """Load a checkpoint: a directory (Hugging Face or Meta layout, with ``tokenizer.model``) or a ``.gguf`` file."""
     path = Path(path).expanduser()
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a directory with a checkpoint")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if path.is_file():
+        return _load_gguf(path, dev, dt)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory with a checkpoint, nor a .gguf file")
     args = read_args(path)
     tokenizer = Tokenizer(path / "tokenizer.model")
     if tokenizer.vocab_size > args.vocab_size:
         raise CheckpointError(
             f"{path}/tokenizer.model has {tokenizer.vocab_size} pieces but the model's vocab_size is {args.vocab_size}"
         )
+    meta = (path / "params.json").is_file() and not (path / "config.json").is_file()
+    tensors = _meta_tensors(path, args) if meta else _hf_tensors(path)
+    return _assemble(path, args, ((n, t.to(device=dev, dtype=dt)) for n, t in tensors)), tokenizer
+
+
+def _load_gguf(path: Path, dev: torch.device, dt: torch.dtype) -> tuple[Transformer, Any]:
+    """A GGUF file: hyperparameters and tokenizer from its metadata, each tensor dequantized on its own."""
+    from .gguf_reader import read_gguf
+    from .gguf_tokenizer import load_gguf_tokenizer
+
+    ckpt = read_gguf(path)
+    tokenizer = load_gguf_tokenizer(ckpt.reader)
+    if tokenizer.vocab_size > ckpt.args.vocab_size:
+        raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+                              f"{ckpt.args.vocab_size} embeddings")
+    return _assemble(path, ckpt.args, ((n, t.to(dev)) for n, t in ckpt.tensors(dt))), tokenizer
+
+
+def _assemble(path: Path, args: ModelArgs, tensors: Iterator[tuple[str, torch.Tensor]]) -> Transformer:
+    """A model built on the meta device and filled one tensor at a time, each checked by name and shape.
+
+    The tensors arrive already on the target device and dtype, so loading never holds more
+    than the finished weights plus the tensor being converted.
+    """
     with torch.device("meta"), _no_init():
         model = Transformer(args)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if args.tie_word_embeddings:
         expected.pop("lm_head.weight")
-    tensors = _meta_tensors(path, args) if (path / "params.json").is_file() and not (path / "config.json").is_file() else _hf_tensors(path)
     state: dict[str, torch.Tensor] = {}
     for name, t in tensors:
         if name.endswith(_IGNORED_SUFFIXES) or (args.tie_word_embeddings and name == "lm_head.weight"):
@@ -178,7 +203,7 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | None = None)
             raise CheckpointError(f"{path}: unexpected tensor {name!r}")
         if t.shape != expected[name]:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(expected[name])}")
-        state[name] = t.to(device=dev, dtype=dt)
+        state[name] = t
         del t
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -186,7 +211,7 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | None = None)
     model.load_state_dict(state, strict=False, assign=True)
     if args.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 def save_checkpoint(model: Transformer, out_dir: str | Path, tokenizer_path: str | Path) -> Path:
