@@ -111,7 +111,8 @@ REL_RMSE = {"F32": 0.0, "F16": 1e-3, "BF16": 5e-3, "Q8_0": 0.01, "Q6_K": 0.035, 
 
 
 @pytest.fixture(scope="module")
-def k_source(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path) -> tuple[dict[str, torch.Tensor], ModelArgs]:
+def k_source(tmp_path_factory: pytest.TempPathFactory,
+             tokenizer_path: Path) -> tuple[dict[str, torch.Tensor], ModelArgs]:
     """A random GQA llama (hidden 256) in HF layout: state dict and args."""
     ckpt = make_random_checkpoint(tmp_path_factory.mktemp("k_model"), tokenizer_path, **K_ARGS)
     return load_file(ckpt / "model.safetensors"), read_args(ckpt)
@@ -187,7 +188,7 @@ def test_gguf_quantized_types_dequantize_within_tolerance(
         gguf.quants.quantize(np.zeros((1, 256), np.float32), qtype)
     except NotImplementedError:
         pytest.skip(f"gguf {version('gguf')} cannot quantize {qtype.name}; "
-                    "llama.cpp quantizes it in test_llamacpp_k_quants_dequantize_within_tolerance")
+                    "llama.cpp quantizes it in test_llamacpp_quantized_files_dequantize_within_tolerance")
     monkeypatch.setattr(gguf_reader, "_CHUNK_VALUES", 5 * args.hidden_size)
     ckpt = read_gguf(write_gguf(tmp_path / f"{qtype.name}.gguf", state, args, encode=quantizing(qtype)))
     stored = {t.name: t for t in ckpt.reader.tensors}
@@ -206,7 +207,8 @@ def f32_k_gguf(k_source: tuple[dict[str, torch.Tensor], ModelArgs], tmp_path_fac
     return write_gguf(tmp_path_factory.mktemp("f32") / "model-f32.gguf", state, args)
 
 
-@pytest.mark.parametrize("ftype", ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+@pytest.mark.parametrize("ftype", ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K",
+                                   "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
 def test_llamacpp_quantized_files_dequantize_within_tolerance(
         ftype: str, k_source: tuple[dict[str, torch.Tensor], ModelArgs], f32_k_gguf: Path, tmp_path: Path) -> None:
     """llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize), which writes every
@@ -357,6 +359,7 @@ def test_real_model_metadata(real_ckpt: GgufCheckpoint) -> None:
 
 
 def test_real_model_shapes_are_what_transformers_qwen2_expects(real_ckpt: GgufCheckpoint) -> None:
+    """transformers' Qwen2ForCausalLM built from our config on the meta device (2-5 s: the import)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = {k: v for k, v in real_ckpt.config.items() if k not in ("architectures", "model_type")}
