@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.engine import CheckpointError, ModelArgs
+from codellama_lsp.engine.config import CheckpointError, ModelArgs
 from codellama_lsp.engine import default_model, gguf_reader
 from codellama_lsp.engine.checkpoint import read_args
 from codellama_lsp.engine.gguf_reader import GgufCheckpoint, read_gguf, rotate_half_rows
-from codellama_lsp.gguf_export import export_gguf, to_interleaved
+from codellama_lsp.engine.gguf_export import export_gguf, to_interleaved
 from conftest import make_random_checkpoint
 
 Q = gguf.GGMLQuantizationType
@@ -167,7 +167,7 @@ def test_qwen2_has_biases_and_no_permutation(k_source: tuple[dict[str, torch.Ten
     ckpt = read_gguf(write_gguf(tmp_path / "qwen.gguf", state, args, arch="qwen2"))
     assert ckpt.arch == "qwen2" and ckpt.config["architectures"] == ["Qwen2ForCausalLM"]
     assert ckpt.attention_bias and ckpt.config["tie_word_embeddings"] is False
-    assert ckpt.args == args
+    assert ckpt.args == dataclasses.replace(args, attention_bias=True)
     got = dict(ckpt.tensors())
     assert got.keys() == state.keys()
     assert all(torch.equal(got[n], t) for n, t in state.items())
@@ -351,7 +351,7 @@ def test_real_model_metadata(real_ckpt: GgufCheckpoint) -> None:
     assert real_ckpt.args == ModelArgs(
         hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
         num_key_value_heads=2, vocab_size=151_936, rms_norm_eps=1e-6, rope_theta=1e6,
-        max_position_embeddings=32768, tie_word_embeddings=False,
+        max_position_embeddings=32768, tie_word_embeddings=False, attention_bias=True,
     )
     assert real_ckpt.attention_bias and real_ckpt.config["architectures"] == ["Qwen2ForCausalLM"]
     assert real_ckpt.reader.get_field("general.file_type").contents() == 15  # MOSTLY_Q4_K_M

@@ -11,11 +11,12 @@ import gguf
 import pytest
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.engine import CheckpointError, FimUnsupported, Tokenizer
+from codellama_lsp.engine.config import CheckpointError
+from codellama_lsp.engine.tokenizer import FimUnsupported, Tokenizer
 from codellama_lsp.engine import default_model
 from codellama_lsp.engine.gguf_reader import read_gguf
 from codellama_lsp.engine.gguf_tokenizer import PRE_TOKENIZERS, GgufBpeTokenizer, load_gguf_tokenizer
-from codellama_lsp.gguf_export import export_gguf
+from codellama_lsp.engine.gguf_export import export_gguf
 
 # Held-out text: code, tabs and runs of spaces, CRLF, CJK, emoji (a ZWJ sequence), accents,
 # contractions and digits, and text that looks like special tokens (which must stay text).

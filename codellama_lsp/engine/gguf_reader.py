@@ -28,7 +28,7 @@ import gguf
 import numpy as np
 import torch
 
-from .config import CheckpointError, ModelArgs
+from codellama_lsp.engine.config import CheckpointError, ModelArgs
 
 Q = gguf.GGMLQuantizationType
 # Types gguf.quants.dequantize covers that llama.cpp's common model files use.

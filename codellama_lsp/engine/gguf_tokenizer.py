@@ -27,9 +27,9 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from .config import CheckpointError
-from .gguf_reader import open_gguf
-from .tokenizer import FimUnsupported, Tokenizer
+from codellama_lsp.engine.config import CheckpointError
+from codellama_lsp.engine.gguf_reader import open_gguf
+from codellama_lsp.engine.tokenizer import FimUnsupported, Tokenizer
 
 TT = gguf.TokenType
 _K = gguf.Keys.Tokenizer
