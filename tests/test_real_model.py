@@ -134,3 +134,19 @@ async def test_the_default_server_completes_with_the_real_model(engine: Engine, 
              TokenCounter(engine.tokenizer.encode))
     want = suggestion(engine.generate(generation_request(p, settings)).text, p)
     assert got == want and "line" in got, (got, want)
+
+
+def test_remote_backends_get_the_family_prompt(engine: Engine, real_gguf: Path) -> None:
+    """Text servers get Qwen's prompt as text that llama.cpp tokenizes back into our ids; its stops as text."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from codellama_lsp.backends.text_prompt import as_text, split_infilling, stop_texts
+
+    tok, template = engine.tokenizer, detect(engine.tokenizer)
+    ids = template.prompt(tok, PREFIX, SUFFIX, "psm")
+    text = as_text(tok, ids)
+    assert text == f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>"
+    vocab = llama_cpp.Llama(str(real_gguf), vocab_only=True, verbose=False)
+    assert vocab.tokenize(text.encode(), add_bos=False, special=True) == ids
+    assert split_infilling(tok, ids) == (tok.encode(PREFIX), tok.encode(SUFFIX))
+    request = GenerationRequest(ids, stop_strings=("\n",), stop_ids=template.stop_ids)
+    assert stop_texts(tok, request) == ["\n", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
