@@ -117,7 +117,8 @@ async def test_the_default_server_completes_with_the_real_model(engine: Engine, 
     from codellama_lsp.settings import Settings
 
     demo = (Path(__file__).resolve().parent.parent / "examples" / "demo.py").read_text(encoding="utf-8")
-    client = await start(None, tmp_path / "server.log", threads=2, options={"maxNewTokens": 24})
+    # engine torch: the reference below is the torch engine (tests/test_llamacpp_engine.py serves with llama.cpp)
+    client = await start(None, tmp_path / "server.log", threads=2, options={"maxNewTokens": 24, "engine": "torch"})
     try:
         status = await client.wait_loaded(timeout=300)
         assert status["state"] == "ready", status

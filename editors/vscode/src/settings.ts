@@ -10,6 +10,7 @@ export const SERVER_KEYS = [
   "model",
   "device",
   "dtype",
+  "engine",
   "format",
   "maxNewTokens",
   "prefixTokens",

@@ -17,6 +17,7 @@ M.defaults = {
     model = nil, -- model directory; nil: the model bundled with the server
     device = nil, -- "cpu", "cuda", ...
     dtype = nil, -- "float32" | "bfloat16" | "float16"
+    engine = nil, -- "auto" | "torch" | "llamacpp" (llama.cpp on a .gguf file, CPU)
     format = nil, -- "auto" (the server's default) | "psm" | "spm"
     maxNewTokens = nil,
     prefixTokens = nil,

@@ -85,8 +85,9 @@ local function show_status(cmd)
     elseif full or type(result) ~= "table" then
       lines[#lines + 1] = "server: " .. vim.inspect(result)
     else
-      lines[#lines + 1] = ("server: %s, model %s (%s, %s)%s"):format(
+      lines[#lines + 1] = ("server: %s, model %s (%s, %s%s)%s"):format(
         tostring(result.state), tostring(result.model), tostring(result.device), tostring(result.dtype),
+        type(result.engine) == "string" and (", " .. result.engine) or "",
         type(result.error) == "string" and (", error: " .. result.error) or "")
       lines[#lines + 1] = "(:CodeLlamaStatus! shows everything)"
     end
