@@ -189,8 +189,8 @@ def test_version_and_help() -> None:
     out = subprocess.run([sys.executable, "-m", "codellama_lsp", "--version"], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == f"codellama-lsp {__version__}"
     out = subprocess.run([sys.executable, "-m", "codellama_lsp", "--help"], capture_output=True, text=True, timeout=30)
-    for flag in ("--stdio", "--tcp", "--host", "--port", "--model", "--device", "--dtype", "--log-file", "--log-level",
-                 "complete"):
+    for flag in ("--stdio", "--tcp", "--host", "--port", "--model", "--device", "--dtype", "--engine", "--log-file",
+                 "--log-level", "complete"):
         assert flag in out.stdout
 
 
