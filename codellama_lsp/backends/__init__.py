@@ -26,22 +26,25 @@ log = logging.getLogger("codellama_lsp")
 BACKENDS = ("local", *PROTOCOLS)
 # What computes for the local backend: our PyTorch model, or llama.cpp's kernels on a GGUF file.
 #
-# "auto" is llama.cpp for a .gguf file on the CPU. Measured on this project's machine (Xeon,
-# Sapphire Rapids, in a VM; scripts/engine_speed.py, `taskset -c 1`, one thread each, the
-# real default model Qwen2.5-Coder-0.5B Q4_K_M, a 120-token prompt then 32 greedy tokens,
-# best of 3 in CPU time; wall time on the shared machine was 2-3x lower for both):
+# "auto" is llama.cpp for a .gguf file on the CPU. Measured on this project's machine (2-core
+# Xeon, Sapphire Rapids, in a VM shared with other work): scripts/engine_speed.py under
+# `taskset -c 1`, one thread each, the real default model Qwen2.5-Coder-0.5B Q4_K_M, the
+# same 120-token prompt ids, then 32 greedy tokens one per pass; best of 3, tokens per
+# second of CPU time (of wall time in brackets: the core was shared, about 1/3 of it ours):
 #
-#                                prefill tok/s   decode tok/s
-#     torch, dequantized fp32        149             6.9
-#     llama.cpp, Q4_K_M               82            14.2
+#                                  prefill tok/s    decode tok/s    RSS after load (4096 ctx)
+#     torch, dequantized float32     152 (51)          8.3 (2.8)         2820 MB
+#     llama.cpp, Q4_K_M               78 (26)         16.1 (5.4)          670 MB
 #
-# Decoding is memory-bound: llama.cpp reads 4.5-bit blocks where fp32 reads 32 bits per
-# weight, and is twice as fast. Prefill is compute-bound, and PyTorch's fp32 GEMM beats
-# llama.cpp's Q4_K dot products there (its repacked-weight GEMM kernels are off on this CPU:
-# see engine.llamacpp.cpu_advertises_amx). An editor's requests reuse all but a few prompt
-# tokens and then decode tens, so decode speed is what a user waits for; llama.cpp also
-# holds the file's 0.5 GB instead of 2.5 GB of fp32 weights. A GPU, or a checkpoint that
-# is not GGUF, goes to torch; so does an explicit dtype, which only torch honours.
+# Decoding is memory-bound: llama.cpp reads 4.5-bit blocks where float32 reads 32 bits per
+# weight, and decodes twice as fast. Prefill is compute-bound, and PyTorch's float32 GEMM
+# beats llama.cpp's per-row Q4_K dot products there. (Its tiled K-quant kernel was 94 against
+# 74 tok/s in a paired run, but it rounds differently from the per-row one, so it is off for exact
+# reuse and drafts: engine.llamacpp._TILED_MM; its repacked-weight buffers are off on a CPU
+# that reports AMX: engine.llamacpp.cpu_advertises_amx.) An editor's requests reuse all but
+# a few prompt tokens and then decode tens, so decode speed is what a user waits for, and
+# llama.cpp needs a quarter of the memory. A GPU, or a checkpoint that is not GGUF, goes to
+# torch; so does an explicit dtype, which only torch honours.
 ENGINES = ("auto", "torch", "llamacpp")
 
 

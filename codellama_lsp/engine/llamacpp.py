@@ -2,15 +2,15 @@
 
 Our torch engine dequantizes a GGUF to float32 and multiplies full-size matrices; llama.cpp
 multiplies the quantized blocks directly, which on a CPU moves several times fewer bytes
-per token (see ``ENGINE_MEASUREMENTS`` in ``codellama_lsp.backends``). Everything about a
+per token (measured in the comment on ``ENGINES``, codellama_lsp.backends). Everything about a
 request (prefix reuse, chunked prefill, drafts, stops, cancellation) stays in ``Engine``;
 this runner only evaluates tokens at positions and trims the KV memory, through
 llama-cpp-python's low-level bindings (the C API one to one):
 
 * one ``llama_context`` with one sequence (id 0), whose KV memory holds the cached prefix;
-* ``forward`` fills one reusable ``llama_batch`` per ``n_batch`` tokens, asking for logits
-  where the engine needs them, and copies them out (llama.cpp overwrites its buffer on the
-  next decode);
+* ``forward`` fills one reusable ``llama_batch`` per ``n_batch`` tokens (``n_outputs`` when
+  every token's logits are wanted: drafts), asking for logits where the engine needs them,
+  and copies them out (llama.cpp overwrites its buffer on the next decode);
 * ``truncate(n)`` is ``llama_memory_seq_rm(mem, 0, n, -1)``: positions ``n..`` go, so the
   next batch's positions continue the sequence exactly where the engine thinks it ends.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,11 +96,22 @@ class _Log:
 
 _LOG = _Log()
 _BACKEND_READY = False
+# llama.cpp's CPU backend multiplies K-quant weights by a batch of 8 or more tokens with its
+# "tiled" kernel (ggml/src/ggml-cpu/tiled/tiled.cpp) and by fewer with the per-row dot
+# product; the two round differently (logits here differ by up to 0.4). Then a token's keys
+# and values depend on how it was batched: a reused prefix would hold other numbers than a
+# fresh prefill computes, and checking 8 drafts in one pass would not be a one-token decode,
+# so reuse and drafts could change a greedy suggestion at a near-tie. With the switch off,
+# every batch size gives the same bits (tested), for a fifth less prefill speed (94 -> 74
+# tok/s of CPU time in one paired run; see codellama_lsp.backends.ENGINES); decode is unchanged. The variable is read once per
+# process, at the first matrix product; a value set in the environment is left as it is.
+_TILED_MM = "GGML_CPU_TILED_MM"
 
 
 def _bindings() -> Any:
     """llama-cpp-python's ``llama_cpp`` module, with its log routed to ours and the backend initialised."""
     global _BACKEND_READY
+    os.environ.setdefault(_TILED_MM, "0")
     try:
         import llama_cpp
     except ImportError as exc:
@@ -145,12 +157,13 @@ class LlamaCppRunner:
     kind = "llamacpp"
 
     def __init__(self, gguf_path: str | Path, context_length: int, threads: int, *, n_batch: int = 512,
-                 file_type: int | None = None, extra_buffers: bool | None = None) -> None:
+                 n_outputs: int = 32, file_type: int | None = None, extra_buffers: bool | None = None) -> None:
         """Load ``gguf_path`` (weights memory-mapped) with a ``context_length``-position context on ``threads`` threads.
 
         ``file_type`` is the file's ``general.file_type`` when the caller has read its
         metadata already (it has, for the tokenizer); else it is asked of llama.cpp.
-        ``extra_buffers`` lets llama.cpp repack weights for its AMX/AVX kernels; None: unless
+        ``n_batch`` tokens go in one decode; ``n_outputs`` rows of logits come out of one
+        (the engine needs 1 + its draft tokens). ``extra_buffers`` lets llama.cpp repack weights for its AMX/AVX kernels; None: unless
         the CPU reports AMX (see ``cpu_advertises_amx``).
         """
         self._lib = lib = _bindings()
@@ -173,7 +186,7 @@ class LlamaCppRunner:
         if not self._model:
             raise CheckpointError(f"llama.cpp cannot load {path}: {said or 'no reason given'}")
         try:
-            self._open_context(path, context_length, threads, n_batch)
+            self._open_context(path, context_length, threads, n_batch, n_outputs)
             if file_type is None:
                 file_type = int(self._meta("general.file_type") or -1)
             self.dtype = quantization_name(file_type)
@@ -181,7 +194,7 @@ class LlamaCppRunner:
             self.close()
             raise
 
-    def _open_context(self, path: Path, context_length: int, threads: int, n_batch: int) -> None:
+    def _open_context(self, path: Path, context_length: int, threads: int, n_batch: int, n_outputs: int) -> None:
         lib = self._lib
         trained = lib.llama_model_n_ctx_train(self._model)
         n_ctx = max(1, min(context_length, trained) if trained > 0 else context_length)
@@ -189,6 +202,10 @@ class LlamaCppRunner:
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
         cparams.n_seq_max = 1
+        # Rows of logits one decode may return: llama.cpp reserves room for n_batch of them by
+        # default (512 x 152k floats: 300 MB here); the engine asks for 1 + its draft tokens.
+        # forward splits a longer all-logits call (llama.cpp aborts the process past this).
+        cparams.n_outputs_max = self.n_outputs = min(self.n_batch, n_outputs)
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
         cparams.no_perf = True
         _LOG.start_capture()
@@ -215,13 +232,14 @@ class LlamaCppRunner:
         if self._ctx is None:
             raise LlamaCppError("the llama.cpp runner is closed")
         rows: list[torch.Tensor] = []
-        for at in range(0, len(tokens), self.n_batch):
-            part = tokens[at:at + self.n_batch]
-            final = at + len(part) == len(tokens)
-            want_all = not last_only
-            if want_all or final:  # earlier parts of a last_only call need no logits at all
-                rows.append(self._decode(part, start + at, want_all))
-            else:
+        step = self.n_batch if last_only else self.n_outputs
+        for at in range(0, len(tokens), step):
+            part = tokens[at:at + step]
+            if not last_only:
+                rows.append(self._decode(part, start + at, True))
+            elif at + len(part) == len(tokens):
+                rows.append(self._decode(part, start + at, False))
+            else:  # earlier parts of a last_only call need no logits at all
                 self._decode(part, start + at, None)
         return torch.cat(rows) if len(rows) > 1 else rows[0]
 
