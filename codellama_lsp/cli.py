@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from pathlib import Path
 
-from codellama_lsp import BUNDLED_MODEL, __version__
+from codellama_lsp import __version__
 from codellama_lsp.settings import Settings, resolve_format
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -18,7 +19,8 @@ def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
     """Options accepted before and after ``complete``; the subcommand's must not reset the top level's."""
     default = (lambda value: argparse.SUPPRESS) if sub else (lambda value: value)
     parser.add_argument("--model", type=Path, default=default(None),
-                        help=f"checkpoint directory (default: the bundled model, {BUNDLED_MODEL})")
+                        help="a checkpoint directory or .gguf file (default: the real default model, Qwen2.5-Coder-0.5B, "
+                             "when installed, else the small demo model)")
     parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", default=default("auto"), choices=["auto", "float32", "bfloat16", "float16"],
                         help="weights' dtype (default: auto = bfloat16 on a GPU, float32 on the CPU)")
@@ -91,31 +93,32 @@ def complete(args: argparse.Namespace) -> int:
     from codellama_lsp.completion.families import UnknownFamily, detect
     from codellama_lsp.completion.context import TokenCounter
     from codellama_lsp.documents import Document
+    from codellama_lsp.backends.errors import BackendError
     from codellama_lsp.engine.config import CheckpointError
-    from codellama_lsp.engine.engine import Engine
+    from codellama_lsp.lsp.loading import default_model_path, open_for
 
     try:
         text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         print(f"codellama-lsp: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    model = args.model or BUNDLED_MODEL
+    model = args.model or default_model_path()
     _threads(args.threads)
     settings = Settings(format=args.format, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                         time_budget_ms=60_000.0)
     try:
-        engine = Engine.load(model, device=args.device, dtype=None if args.dtype == "auto" else args.dtype)
-        template = detect(engine.tokenizer)
-    except (CheckpointError, UnknownFamily, OSError) as exc:
+        backend = open_for(model, settings)
+        template = detect(backend.tokenizer)
+    except (CheckpointError, BackendError, UnknownFamily, OSError) as exc:
         print(f"codellama-lsp: cannot load the model at {model}: {exc}", file=sys.stderr)
         return 2
     doc = Document.from_text(args.file.as_uri() if args.file.is_absolute() else args.file.resolve().as_uri(), text,
                              encoding="utf-32")
     line = min(max(args.line, 1), len(doc.lines)) - 1
     cursor = doc.cursor(line, max(args.column, 1) - 1)
-    settings = resolve_format(settings, engine.preferred_format)
-    p = plan(doc, cursor, settings, template, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
-    result = engine.generate(generation_request(p, settings))
+    settings = resolve_format(settings, backend.preferred_format)
+    p = plan(doc, cursor, settings, template, backend.tokenizer, TokenCounter(backend.tokenizer.encode))
+    result = asyncio.run(backend.agenerate(generation_request(p, settings)))
     text = suggestion(result.text, p)
     if not text:
         print(f"codellama-lsp: no suggestion here (the model's text was {result.text!r})", file=sys.stderr)

@@ -5,7 +5,7 @@ model sees up to ~700 tokens of whole lines before it and ~250 after (the line's
 newline stays in the suffix), infills greedily up to 48 tokens, and scores if the first
 line of its output equals the removed line, whitespace-trimmed. Both PSM and SPM.
 
-    python model/evaluate.py --model model/default --json model/eval.json
+    python model/evaluate.py --model codellama_lsp/demo_model --json model/eval.json
     python model/evaluate.py --ckpt model/runs/default/ckpt.pt --lines 100   # mid-training
 """
 

@@ -8,7 +8,7 @@ Vocabulary 8192: the model is ~5-10 M parameters, so a 32k vocabulary would spen
 of them on embeddings; 8k still covers Python keywords, common identifiers and the
 indentation runs, keeping sequences reasonably short for a 1024-token context.
 
-    python model/train_tokenizer.py --data model/data --out model/default/tokenizer.model
+    python model/train_tokenizer.py --data model/data --out codellama_lsp/demo_model/tokenizer.model
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The shipped model/default/tokenizer.model has what Code Llama infilling needs, and round-trips text."""
+"""The shipped codellama_lsp/demo_model/tokenizer.model has what Code Llama infilling needs, and round-trips text."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.tokenizer import FIM_PIECES, SMILEY, Tokenizer
 
-TOKENIZER = Path(__file__).resolve().parent.parent / "model" / "default" / "tokenizer.model"
+TOKENIZER = BUNDLED_MODEL / "tokenizer.model"
 
 ROUND_TRIP = [
     "",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from codellama_lsp.engine import CheckpointError
+from codellama_lsp.engine.config import CheckpointError
 from codellama_lsp.engine import default_model
 from codellama_lsp.engine.default_model import Asset, DefaultModelError, default_gguf, installed
 

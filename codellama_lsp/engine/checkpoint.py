@@ -173,8 +173,8 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | None = None)
 
 def _load_gguf(path: Path, dev: torch.device, dt: torch.dtype) -> tuple[Transformer, Any]:
     """A GGUF file: hyperparameters and tokenizer from its metadata, each tensor dequantized on its own."""
-    from .gguf_reader import read_gguf
-    from .gguf_tokenizer import load_gguf_tokenizer
+    from codellama_lsp.engine.gguf_reader import read_gguf
+    from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
 
     ckpt = read_gguf(path)
     tokenizer = load_gguf_tokenizer(ckpt.reader)

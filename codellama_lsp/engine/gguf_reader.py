@@ -28,7 +28,7 @@ import gguf
 import numpy as np
 import torch
 
-from .config import CheckpointError, ModelArgs
+from codellama_lsp.engine.config import CheckpointError, ModelArgs
 
 Q = gguf.GGMLQuantizationType
 # Types gguf.quants.dequantize covers that llama.cpp's common model files use.
@@ -95,7 +95,8 @@ def expected_shapes(args: ModelArgs, attention_bias: bool) -> dict[str, tuple[in
         "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d), "mlp.down_proj.weight": (d, f),
     }
     if attention_bias:
-        per_layer.update({"self_attn.q_proj.bias": (d,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)})
+        per_layer.update({"self_attn.q_proj.bias": (d,), "self_attn.k_proj.bias": (kv,),
+                          "self_attn.v_proj.bias": (kv,)})
     for layer in range(args.num_hidden_layers):
         out.update({f"model.layers.{layer}.{k}": v for k, v in per_layer.items()})
     return out

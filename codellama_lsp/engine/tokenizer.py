@@ -28,11 +28,30 @@ class Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist")
-        self.sp = spm.SentencePieceProcessor()
+        sp = spm.SentencePieceProcessor()
         try:
-            self.sp.Load(str(path))
+            sp.Load(str(path))
         except (OSError, RuntimeError) as exc:
             raise CheckpointError(f"{path} is not a sentencepiece model: {exc}") from None
+        self._setup(sp, path)
+
+    @classmethod
+    def from_proto(cls, model: bytes, path: str | Path) -> "Tokenizer":
+        """A tokenizer from a serialized sentencepiece ``ModelProto`` (e.g. one rebuilt from a GGUF file).
+
+        ``path`` is where the model came from; it only names the source in messages.
+        """
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.LoadFromSerializedProto(model)
+        except (OSError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: the sentencepiece model it holds does not load: {exc}") from None
+        tok = cls.__new__(cls)
+        tok._setup(sp, Path(path))
+        return tok
+
+    def _setup(self, sp: spm.SentencePieceProcessor, path: Path) -> None:
+        self.sp = sp
         self.path = path
         self.vocab_size = self.sp.GetPieceSize()
         self.bos_id = self.sp.bos_id()

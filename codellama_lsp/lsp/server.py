@@ -18,7 +18,7 @@ from typing import Any, Awaitable
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
-from codellama_lsp import BUNDLED_MODEL, __version__
+from codellama_lsp import __version__
 from codellama_lsp.completion import docstring as ds
 from codellama_lsp.completion.planning import generation_request, plan, suggestion
 from codellama_lsp.completion.context import TokenCounter
@@ -26,7 +26,7 @@ from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend, GenerationRequest
 from codellama_lsp.lsp import convert
 from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
-from codellama_lsp.lsp.loading import BackendSlot, Ready, load_into
+from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
 from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
@@ -40,11 +40,11 @@ STATUS_COMMAND = "codellama.status"
 
 
 class CodeLlamaServer(LanguageServer):
-    def __init__(self, settings: Settings, default_model: Path = BUNDLED_MODEL) -> None:
+    def __init__(self, settings: Settings, default_model: Path | None = None) -> None:
         super().__init__("codellama-lsp", __version__, protocol_cls=CodeLlamaProtocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.settings = settings
-        self.default_model = default_model
+        self.default_model = default_model or default_model_path()
         self.slot = BackendSlot(self.model_path(settings))
         self.docs = OpenDocuments()
         self.lifecycle = Lifecycle()
@@ -293,7 +293,7 @@ def _status(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
     return convert.status(ls)
 
 
-def build_server(settings: Settings, default_model: Path = BUNDLED_MODEL) -> CodeLlamaServer:
+def build_server(settings: Settings, default_model: Path | None = None) -> CodeLlamaServer:
     server = CodeLlamaServer(settings, default_model)
     server.feature(types.INITIALIZE)(_initialize)
     server.feature(types.INITIALIZED)(_initialized)

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-BUNDLED_MODEL = REPO / "model" / "default"
+BUNDLED_MODEL = REPO / "codellama_lsp" / "demo_model"
 # Where scripts/setup-editors.sh puts node 24, code-server and playwright-core.
 TOOLS = Path(os.environ.get("CODELLAMA_EDITORS_HOME", Path.home() / ".cache" / "codellama-lsp-editors"))
 
