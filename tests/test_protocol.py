@@ -266,3 +266,89 @@ def test_internal_errors_keep_the_traceback_in_the_log(tmp_path: Path) -> None:
         assert "IndexError" in error["message"] and "/" not in error["message"] and len(error["message"]) < 200
         assert "Traceback" in s.log() and "IndexError" in s.log()
         assert s.alive()
+
+
+# -- 1: the docstring edit is for the version it was computed on ----------------------------------------------
+
+DOCUMENT = "".join(f"x{n} = {n}\n" for n in range(40)) + "def add(a, b):\n    return a + b\n"
+URI = "file:///versions.py"
+CAPS = {"workspace": {"workspaceEdit": {"documentChanges": True}},
+        "textDocument": {"codeAction": {"resolveSupport": {"properties": ["edit"]}}}}
+
+
+def docstring_action(s: RawServer) -> dict:
+    rng = {"start": {"line": 40, "character": 4}, "end": {"line": 40, "character": 4}}
+    (action,) = s.request("textDocument/codeAction", {"textDocument": {"uri": URI}, "range": rng,
+                                                      "context": {"diagnostics": []}})["result"]
+    return action
+
+
+def change(version: int, start: tuple[int, int], end: tuple[int, int], text: str) -> bytes:
+    rng = {"start": {"line": start[0], "character": start[1]}, "end": {"line": end[0], "character": end[1]}}
+    return frame({"jsonrpc": "2.0", "method": "textDocument/didChange",
+                  "params": {"textDocument": {"uri": URI, "version": version},
+                             "contentChanges": [{"range": rng, "text": text}]}})
+
+
+def resolve(action: dict, msg_id: str) -> bytes:
+    return frame({"jsonrpc": "2.0", "id": msg_id, "method": "codeAction/resolve", "params": action})
+
+
+def only_edit(edit: dict) -> tuple[int | None, dict]:
+    """(the version the edit is for, its one TextEdit)."""
+    if "documentChanges" in edit:
+        (doc_edit,) = edit["documentChanges"]
+        assert doc_edit["textDocument"]["uri"] == URI
+        (text_edit,) = doc_edit["edits"]
+        return doc_edit["textDocument"]["version"], text_edit
+    ((uri, (text_edit,)),) = edit["changes"].items()
+    assert uri == URI
+    return None, text_edit
+
+
+@pytest.fixture
+def versioned(tmp_path: Path, endless_model_dir: Path):
+    """A server on a model that always writes a docstring (it never ends its text), for a client that takes
+    versioned edits."""
+    with RawServer(endless_model_dir, tmp_path / "server.log") as s:
+        s.initialize(CAPS)
+        assert s.wait_loaded()["state"] == "ready"
+        s.open(URI, DOCUMENT)
+        yield s
+        assert s.violations == []
+
+
+def test_a_docstring_edit_follows_lines_inserted_while_it_is_generated(versioned: RawServer) -> None:
+    action = docstring_action(versioned)
+    # One write: the resolve starts generating for version 1, then three lines arrive at the top.
+    versioned.send(resolve(action, "res") + change(2, (0, 0), (0, 0), "a = 1\nb = 2\nc = 3\n"))
+    resolved = versioned.response("res", timeout=120)["result"]
+    version, edit = only_edit(resolved["edit"])
+    assert version == 2  # for the document the edit was computed on: the editor can refuse a stale one
+    assert edit["range"]["start"] == {"line": 44, "character": 0} == edit["range"]["end"]
+    assert edit["newText"].startswith('    """')
+
+
+def test_a_docstring_edit_for_a_deleted_definition_is_dropped(versioned: RawServer) -> None:
+    action = docstring_action(versioned)
+    versioned.send(resolve(action, "res") + change(2, (0, 0), (42, 0), ""))
+    resolved = versioned.response("res", timeout=120)
+    assert "result" in resolved and "edit" not in resolved["result"]  # no edit, and no -32603
+
+
+def test_a_resolve_sent_after_an_edit_finds_the_definition_again(versioned: RawServer) -> None:
+    action = docstring_action(versioned)
+    versioned.send(change(2, (0, 0), (0, 0), "import os\n\n"))
+    version, edit = only_edit(versioned.request("codeAction/resolve", action, timeout=120)["result"]["edit"])
+    assert (version, edit["range"]["start"]["line"]) == (2, 43)
+
+
+def test_without_document_changes_support_the_edit_is_plain_and_current(tmp_path: Path, endless_model_dir: Path) -> None:
+    with RawServer(endless_model_dir, tmp_path / "server.log") as s:
+        s.initialize({"textDocument": CAPS["textDocument"]})
+        s.wait_loaded()
+        s.open(URI, DOCUMENT)
+        action = docstring_action(s)
+        s.send(resolve(action, "res") + change(2, (0, 0), (0, 0), "a = 1\nb = 2\nc = 3\n"))
+        version, edit = only_edit(s.response("res", timeout=120)["result"]["edit"])
+        assert version is None and edit["range"]["start"]["line"] == 44
