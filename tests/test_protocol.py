@@ -352,3 +352,41 @@ def test_without_document_changes_support_the_edit_is_plain_and_current(tmp_path
         s.send(resolve(action, "res") + change(2, (0, 0), (0, 0), "a = 1\nb = 2\nc = 3\n"))
         version, edit = only_edit(s.response("res", timeout=120)["result"]["edit"])
         assert version is None and edit["range"]["start"]["line"] == 44
+
+
+# -- 9: the token-count cache is bounded in bytes and freed at didClose ---------------------------------------
+
+def test_the_token_cache_is_bounded_in_bytes_and_freed_when_the_document_closes(tmp_path: Path) -> None:
+    """Typing at the end of a 17k-character line: each keystroke's text before the cursor is a new 16k key."""
+    with RawServer(BUNDLED_MODEL, tmp_path / "server.log") as s:
+        s.initialize()
+        assert s.wait_loaded()["state"] == "ready"
+        line = "v = [" + ", ".join(str(i % 10) for i in range(5600)) + "]"  # about 17k characters
+        s.open("file:///long.py", line + "\n")
+        s.open("file:///other.py", "import os\n\n\ndef f():\n    return os.sep\n")
+        s.request("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///other.py"},
+                                                   "position": {"line": 4, "character": 17},
+                                                   "context": {"triggerKind": 2}})
+        rss = s.rss_kib()
+        keystrokes = 1000
+        chunk = []
+        for k in range(keystrokes):
+            at = {"line": 0, "character": len(line) + k}
+            chunk.append(frame({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+                "textDocument": {"uri": "file:///long.py", "version": k + 2},
+                "contentChanges": [{"range": {"start": at, "end": at}, "text": "1"}]}}))
+            chunk.append(frame({"jsonrpc": "2.0", "id": f"k{k}", "method": "textDocument/inlineCompletion",
+                                "params": {"textDocument": {"uri": "file:///long.py"},
+                                           "position": {"line": 0, "character": len(line) + k + 1},
+                                           "context": {"triggerKind": 2}}}))
+        s.send(b"".join(chunk))
+        for k in range(keystrokes):
+            s.response(f"k{k}", timeout=120)
+        cache = s.status()["token_cache"]
+        grown = s.rss_kib() - rss
+        # Unbounded, 1000 keys of 16k characters would be 16 MB; bounded, they stay within max_bytes.
+        assert cache["max_bytes"] // 2 < cache["bytes"] <= cache["max_bytes"] <= 16 * 2**20, cache
+        assert grown < 64 * 1024, f"RSS grew {grown} KiB"
+        s.notify("textDocument/didClose", {"textDocument": {"uri": "file:///long.py"}})
+        after = s.status()["token_cache"]
+        assert 0 < after["bytes"] < 64 * 1024, after  # only other.py's few lines are left

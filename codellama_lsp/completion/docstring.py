@@ -278,3 +278,8 @@ class DocstringCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def forget(self, uri: str) -> None:
+        """A closed document's entries (a header may be a whole minified file's first line)."""
+        for key in [k for k in self._entries if k[0] == uri]:
+            del self._entries[key]

@@ -136,4 +136,6 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "shared_requests": server.lifecycle.shared,
         "in_flight": server.lifecycle.running(),
         "generated_tokens": backend.generated_tokens if backend else 0,
+        "token_cache": {"entries": len(server.counter), "bytes": server.counter.bytes,
+                        "max_bytes": server.counter.max_bytes} if server.counter is not None else None,
     }

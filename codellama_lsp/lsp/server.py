@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -130,6 +130,9 @@ class CodeLlamaServer(LanguageServer):
     def close_document(self, uri: str) -> None:
         self.docs.close(uri)
         self.lifecycle.forget(uri)
+        self.docstrings.forget(uri)
+        if self.counter is not None:
+            self.counter.forget(uri)
 
     def locate(self, uri: str, position: types.Position, what: str) -> tuple[Document, Cursor] | None:
         """The document and cursor for a request, or None (logged and counted) when either is unknown."""
@@ -177,7 +180,8 @@ class CodeLlamaServer(LanguageServer):
         settings = self.request_settings(backend)
         where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
         try:
-            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter, self.docs.windows.get(doc.uri))
+            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, _counter_for(ready, doc.uri),
+                     self.docs.windows.get(doc.uri))
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
@@ -223,7 +227,7 @@ class CodeLlamaServer(LanguageServer):
         if text is None:
             backend, computed_for = ready.backend, doc.version
             request = ds.generation_request(doc, d, self.request_settings(backend), ready.template, backend.tokenizer,
-                                            ready.counter)
+                                            _counter_for(ready, uri))
 
             async def generate() -> str:
                 result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
@@ -242,6 +246,11 @@ class CodeLlamaServer(LanguageServer):
                     return None
                 doc = current
         return (doc, d, text) if text else None
+
+def _counter_for(ready: Ready, uri: str) -> Callable[[str], int]:
+    """The token counter, its cache entries owned by ``uri`` so that closing the document frees them."""
+    return ready.counter.for_document(uri) if isinstance(ready.counter, TokenCounter) else ready.counter
+
 
 # -- handlers ---------------------------------------------------------------------------------------------
 
