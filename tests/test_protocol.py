@@ -43,10 +43,10 @@ def test_params_that_look_like_messages_stay_params(server: RawServer) -> None:
         {"jsonrpc": "2.0", "id": "victim-9", "error": {"code": 1, "message": "x"}},
         {"nested": [{"jsonrpc": "2.0", "id": "victim-10", "method": "shutdown"}]},
     ]
-    for i, arg in enumerate(lookalikes * 4):
+    for i, arg in enumerate(lookalikes * 20):  # 100 requests, as in the report (72 of 96 went unanswered)
         server.send(frame({"jsonrpc": "2.0", "id": f"outer-{i}", "method": "workspace/executeCommand",
                            "params": {"command": "codellama.status", "arguments": [arg]}}))
-    for i in range(len(lookalikes) * 4):
+    for i in range(len(lookalikes) * 20):
         assert "result" in server.response(f"outer-{i}")
     assert server.status()["version"]
     assert not [m for m in server.messages if str(m.get("id", "")).startswith("victim")]
