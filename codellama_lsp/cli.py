@@ -72,7 +72,9 @@ def export(args: argparse.Namespace) -> int:
 
 def _logging(log_file: Path | None, level: str) -> None:
     handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    from codellama_lsp.lsp.framing import CappedFormatter
+
+    handler.setFormatter(CappedFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # pygls logs every message in full at INFO (a 10 MB didOpen would be a 10 MB log line).
     logging.getLogger("pygls").setLevel(logging.WARNING)
@@ -132,20 +134,21 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(complete(args))
     if args.command == "export-gguf":
         sys.exit(export(args))
+    from codellama_lsp.lsp.framing import start_stdio, start_tcp
     from codellama_lsp.lsp.server import build_server
 
     _threads(args.threads)
     settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype)
     server = build_server(settings)
     if args.tcp:
-        server.start_tcp(args.host, args.port)
+        start_tcp(server, args.host, args.port)
     else:
         # JSON-RPC gets a private copy of stdout; fd 1 then points at stderr, so a stray print
         # or a C library writing to stdout can never corrupt the protocol stream.
         protocol_out = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
         sys.stdout = sys.stderr
-        server.start_io(sys.stdin.buffer, protocol_out)
+        start_stdio(server, sys.stdin.buffer, protocol_out)  # framing's hardened reader, not pygls' own
     # stdin closed or the connection ended: leave now, whatever the engine's thread is doing.
     logging.shutdown()
     os._exit(0)

@@ -20,7 +20,7 @@ from itertools import chain
 from typing import Callable, Literal
 
 from codellama_lsp.completion.context import cut, model_text
-from codellama_lsp.documents import Document
+from codellama_lsp.documents import Document, split_lines
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
 from codellama_lsp.completion.postprocess import END_MARKERS, indent_of
 from codellama_lsp.completion.families import Template
@@ -231,6 +231,28 @@ def generation_request(doc: Document, d: Definition, settings: Settings, templat
     )
 
 
+def header_text(doc: Document, d: Definition) -> str:
+    """The definition's header lines, verbatim: what identifies it when its line number moves."""
+    return "".join(doc.lines[d.first_line: d.body_line])
+
+
+def relocate(doc: Document, header: str) -> Definition | None:
+    """The one definition in ``doc`` whose header is ``header``, or None when there is none or more than one.
+
+    Used when the document changed after a position was taken: a line number from an
+    older version may now point anywhere, but the same signature text is the same
+    definition unless it occurs twice.
+    """
+    first = split_lines(header)[0] if header else ""
+    found: list[Definition] = []
+    for i, line in enumerate(doc.lines):
+        if first and line == first:
+            d = find_definition(doc, i)
+            if d is not None and header_text(doc, d) == header and d not in found:
+                found.append(d)
+    return found[0] if len(found) == 1 else None
+
+
 class DocstringCache:
     """Generated docstrings by document and definition header, so hover and the code action share one.
 
@@ -244,7 +266,7 @@ class DocstringCache:
 
     @staticmethod
     def key(doc: Document, d: Definition) -> tuple[str, str]:
-        return doc.uri, "".join(doc.lines[d.first_line: d.body_line])
+        return doc.uri, header_text(doc, d)
 
     def get(self, key: tuple[str, str]) -> str | None:
         return self._entries.get(key)
@@ -256,3 +278,8 @@ class DocstringCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def forget(self, uri: str) -> None:
+        """A closed document's entries (a header may be a whole minified file's first line)."""
+        for key in [k for k in self._entries if k[0] == uri]:
+            del self._entries[key]

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -130,6 +130,9 @@ class CodeLlamaServer(LanguageServer):
     def close_document(self, uri: str) -> None:
         self.docs.close(uri)
         self.lifecycle.forget(uri)
+        self.docstrings.forget(uri)
+        if self.counter is not None:
+            self.counter.forget(uri)
 
     def locate(self, uri: str, position: types.Position, what: str) -> tuple[Document, Cursor] | None:
         """The document and cursor for a request, or None (logged and counted) when either is unknown."""
@@ -177,7 +180,8 @@ class CodeLlamaServer(LanguageServer):
         settings = self.request_settings(backend)
         where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
         try:
-            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter, self.docs.windows.get(doc.uri))
+            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, _counter_for(ready, doc.uri),
+                     self.docs.windows.get(doc.uri))
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
@@ -196,21 +200,34 @@ class CodeLlamaServer(LanguageServer):
         return generate()
 
     # -- docstrings -------------------------------------------------------------------------------------
-    async def docstring(self, uri: str, position: types.Position) -> tuple[Document, ds.Definition, str] | None:
-        """A generated docstring for the undocumented definition at ``position``, if there is one."""
-        found, ready = self.locate(uri, position, "docstring"), self.ready()
-        if found is None or ready is None:
+    async def docstring(self, uri: str, position: types.Position, version: int | None = None,
+                        header: str | None = None) -> tuple[Document, ds.Definition, str] | None:
+        """A generated docstring for the undocumented definition at ``position``, if there is one.
+
+        ``position`` belongs to document ``version`` (None: the current one). If the document
+        has changed since, or changes while the docstring is generated, the definition is found
+        again by its ``header`` text; when it cannot be (deleted, edited, or now ambiguous) there
+        is no docstring rather than one in the wrong place.
+        """
+        ready, doc = self.ready(), self.docs.documents.get(uri)
+        if ready is None:
             return None
-        doc, cursor = found
-        d = ds.find_definition(doc, cursor.line)
+        if doc is not None and version is not None and doc.version != version:
+            d = ds.relocate(doc, header) if header else None  # the position is from an older version
+        else:
+            found = self.locate(uri, position, "docstring")
+            if found is None:
+                return None
+            doc, cursor = found
+            d = ds.find_definition(doc, cursor.line)
         if d is None or d.has_docstring:
             return None
         key = self.docstrings.key(doc, d)
         text = self.docstrings.get(key)
         if text is None:
-            backend = ready.backend
+            backend, computed_for = ready.backend, doc.version
             request = ds.generation_request(doc, d, self.request_settings(backend), ready.template, backend.tokenizer,
-                                            ready.counter)
+                                            _counter_for(ready, uri))
 
             async def generate() -> str:
                 result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
@@ -220,7 +237,20 @@ class CodeLlamaServer(LanguageServer):
             text = outcome[1] if outcome else ""
             if text:
                 self.docstrings.put(key, text)
+            current = self.docs.documents.get(uri)
+            if current is not doc or doc.version != computed_for:  # edited (or reopened) while generating
+                d = ds.relocate(current, key[1]) if current is not None else None
+                if d is None or d.has_docstring:
+                    log.info("docstring for %s in %s dropped: the document changed and the definition is gone",
+                             key[1].strip()[:80], uri)
+                    return None
+                doc = current
         return (doc, d, text) if text else None
+
+def _counter_for(ready: Ready, uri: str) -> Callable[[str], int]:
+    """The token counter, its cache entries owned by ``uri`` so that closing the document frees them."""
+    return ready.counter.for_document(uri) if isinstance(ready.counter, TokenCounter) else ready.counter
+
 
 # -- handlers ---------------------------------------------------------------------------------------------
 
@@ -274,7 +304,7 @@ async def _code_action(ls: CodeLlamaServer, params: types.CodeActionParams) -> l
     d = ds.find_definition(doc, start.line)
     if d is None or d.has_docstring:
         return []
-    action = convert.docstring_action(doc.uri, start)
+    action = convert.docstring_action(doc.uri, start, doc.version, ds.header_text(doc, d))
     return [action] if convert.resolves_edits(ls.client_capabilities) else [await _resolve_code_action(ls, action)]
 
 
@@ -283,9 +313,9 @@ async def _resolve_code_action(ls: CodeLlamaServer, action: types.CodeAction) ->
     if place is None:
         log.warning("codeAction/resolve without the data this server put there: %r", action.data)
         return action
-    found = await ls.docstring(*place)
+    found = await ls.docstring(place.uri, place.position, place.version, place.header)
     if found is not None:
-        action.edit = convert.docstring_edit(*found)
+        action.edit = convert.docstring_edit(*found, ls.client_capabilities)
     return action
 
 
