@@ -26,9 +26,13 @@ from pathlib import Path
 import torch
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.engine import Engine, GenerationRequest, ModelArgs, Tokenizer, save_checkpoint
+from codellama_lsp.engine.engine import Engine
+from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.engine.config import ModelArgs
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.engine.checkpoint import save_checkpoint
 from codellama_lsp.engine.model import Transformer
-from codellama_lsp.prompt import Format, infilling_tokens
+from codellama_lsp.completion.templates import Format, infilling_tokens
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 REPEATS = 3  # speed figures are the median of this many runs, for ours and the peer alike (the machine is noisy)
@@ -195,7 +199,6 @@ def main() -> None:
         results["decode_speedup_vs_transformers"] = speedup
         print(f"decode tok/s vs transformers generate(): {speedup:.2f}x")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)  # benchmarks/results/ is not in git
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

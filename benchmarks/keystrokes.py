@@ -27,10 +27,10 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.completion import generation_request, plan
-from codellama_lsp.context import TokenCounter, Window
+from codellama_lsp.completion.planning import generation_request, plan
+from codellama_lsp.completion.context import TokenCounter, Window
 from codellama_lsp.documents import Document
-from codellama_lsp.metrics import percentile
+from codellama_lsp.lsp.metrics import percentile
 from codellama_lsp.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +42,9 @@ def random_model(out: Path, tokenizer: Path, shape: str) -> Path:
     import sentencepiece as spm
     import torch
 
-    from codellama_lsp.engine import ModelArgs, save_checkpoint
+    from codellama_lsp.engine.config import ModelArgs
+
+    from codellama_lsp.engine.checkpoint import save_checkpoint
     from codellama_lsp.engine.model import Transformer
 
     dims = dict(hidden=256, layers=4, heads=4, kv_heads=2, ffn=688)
@@ -162,7 +164,7 @@ def run_engine(model: Path, fmt: str, base: str, start: int, span: str, threads:
     """The same keystrokes straight into the engine: what the model costs without the server."""
     import torch
 
-    from codellama_lsp.engine import Engine
+    from codellama_lsp.engine.engine import Engine
 
     torch.set_num_threads(threads)
     engine = Engine.load(model)

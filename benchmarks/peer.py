@@ -39,8 +39,8 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from codellama_lsp import BUNDLED_MODEL  # noqa: E402
-from codellama_lsp.gguf_export import export_gguf  # noqa: E402
-from codellama_lsp.metrics import percentile  # noqa: E402
+from codellama_lsp.engine.gguf_export import export_gguf  # noqa: E402
+from codellama_lsp.lsp.metrics import percentile  # noqa: E402
 from llamacpp_support import LlamaCppServer  # noqa: E402
 from lsp_harness import Client, start, stop  # noqa: E402
 
@@ -257,7 +257,6 @@ def main() -> None:
             for frame, share in frames:
                 print(f"{share:6.1%}  {frame}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)  # benchmarks/results/ is not in git
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -1,3 +1,3 @@
-from .cli import main
+from codellama_lsp.cli import main
 
 main()

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import BUNDLED_MODEL, __version__
-from .settings import Settings, resolve_format
+from codellama_lsp import BUNDLED_MODEL, __version__
+from codellama_lsp.settings import Settings, resolve_format
 
 if TYPE_CHECKING:
     from .server import CodeLlamaServer
@@ -62,8 +62,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def export(args: argparse.Namespace) -> int:
-    from .engine import CheckpointError
-    from .gguf_export import export_gguf
+    from codellama_lsp.engine.config import CheckpointError
+    from codellama_lsp.engine.gguf_export import export_gguf
 
     try:
         out = export_gguf(args.model_dir, args.out, args.outtype)
@@ -100,10 +100,12 @@ def _threads(n: int | None) -> None:
 
 def complete(args: argparse.Namespace) -> int:
     """One completion from the terminal: the same path as the server's, printed to stdout."""
-    from .completion import generation_request, plan, suggestion
-    from .context import TokenCounter
-    from .documents import Document
-    from .engine import CheckpointError, Engine, FimUnsupported
+    from codellama_lsp.completion.planning import generation_request, plan, suggestion
+    from codellama_lsp.completion.context import TokenCounter
+    from codellama_lsp.documents import Document
+    from codellama_lsp.engine.config import CheckpointError
+    from codellama_lsp.engine.engine import Engine
+    from codellama_lsp.engine.tokenizer import FimUnsupported
 
     try:
         text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(complete(args))
     if args.command == "export-gguf":
         sys.exit(export(args))
-    from .server import build_server
+    from codellama_lsp.lsp.server import build_server
 
     _threads(args.threads)
     settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype)

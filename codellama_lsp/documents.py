@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .positions import Encoding, units_to_index
+from codellama_lsp.positions import Encoding, units_to_index
 
 _EOL = re.compile(r"(\r\n|\r|\n)")
 # Characters str.splitlines also breaks at, which the LSP does not.
@@ -102,6 +102,18 @@ class Document:
             # Not the document's end: the region ends with a terminator, so its rest is "".
             replaced.pop()
         self.lines[first: b.line + 1] = replaced
+
+    def line_ending(self, line: int) -> str:
+        """The line ending in use near ``line`` (its own, the one above, the first line's), else LF.
+
+        The model sees and writes LF; what the server inserts goes back in the document's own ending.
+        """
+        for text in (self.lines[line], self.lines[max(0, line - 1)], self.lines[0]):
+            if text.endswith("\r\n"):
+                return "\r\n"
+            if text.endswith(("\n", "\r")):
+                return text[-1]
+        return "\n"
 
     def window_before(self, cursor: Cursor) -> Iterable[str]:
         """Text before the cursor, nearest first: the cursor line's head, then whole lines upwards."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
+
+from codellama_lsp.completion.templates import Format
 
 SECTION = "codellama"
+FormatSetting = Literal["auto", "psm", "spm"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,7 @@ class Settings:
     model: str | None = None  # None: the --model flag, else the bundled model
     device: str = "auto"
     dtype: str = "auto"
-    format: str = "auto"  # "auto": the model's own preference (ModelArgs.infilling_format), else PSM
+    format: FormatSetting = "auto"  # "auto": the model's own preference (ModelArgs.infilling_format), else PSM
     max_new_tokens: int = 64
     prefix_tokens: int = 1024
     suffix_tokens: int = 256
@@ -67,10 +70,16 @@ def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, s
 
 def resolve_format(s: Settings, preferred: str | None) -> Settings:
     """``s`` with format "auto" made concrete: the model's ``preferred`` layout, else PSM (Code Llama's)."""
-    return replace(s, format=preferred or "psm") if s.format == "auto" else s
+    return replace(s, format=preferred if preferred in ("psm", "spm") else "psm") if s.format == "auto" else s
 
 
-# camelCase key -> (field, check returning an error message or None, converter)
+def prompt_format(s: Settings) -> Format:
+    """The concrete layout of settings already resolved by ``resolve_format``."""
+    if s.format == "auto":
+        raise ValueError("format 'auto' must be resolved for the model first (resolve_format)")
+    return s.format
+
+
 def _int_range(lo: int, hi: int) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -123,23 +132,32 @@ def _path(v: Any) -> str | None:
     return None if v is None or (isinstance(v, str) and v.strip()) else "expected a path"
 
 
-_KEYS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
-    "model": ("model", _model),
-    "device": ("device", _device),
-    "dtype": ("dtype", _choice("auto", "float32", "bfloat16", "float16")),
-    "format": ("format", _choice("auto", "psm", "spm")),
-    "maxNewTokens": ("max_new_tokens", _int_range(1, 1024)),
-    "prefixTokens": ("prefix_tokens", _int_range(16, 16384)),
-    "suffixTokens": ("suffix_tokens", _int_range(0, 16384)),
-    "temperature": ("temperature", _number_range(0.0, 2.0)),
-    "timeBudgetMs": ("time_budget_ms", _number_range(10, 600_000)),
-    "enabled": ("enabled", _bool),
-    "backend": ("backend", _choice("local", "openai", "vllm", "tgi", "llamacpp")),
-    "url": ("url", _url),
-    "apiKeyEnv": ("api_key_env", _env_name),
-    "tokenizer": ("tokenizer", _path),
+def _strip(v: Any) -> Any:
+    return v.strip() if isinstance(v, str) else v
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+# camelCase key -> (field, check returning an error message or None, converter of a valid value)
+_KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] = {
+    "model": ("model", _model, _strip),
+    "device": ("device", _device, _same),
+    "dtype": ("dtype", _choice("auto", "float32", "bfloat16", "float16"), _same),
+    "format": ("format", _choice("auto", "psm", "spm"), _same),
+    "maxNewTokens": ("max_new_tokens", _int_range(1, 1024), _same),
+    "prefixTokens": ("prefix_tokens", _int_range(16, 16384), _same),
+    "suffixTokens": ("suffix_tokens", _int_range(0, 16384), _same),
+    "temperature": ("temperature", _number_range(0.0, 2.0), float),
+    "timeBudgetMs": ("time_budget_ms", _number_range(10, 600_000), float),
+    "enabled": ("enabled", _bool, _same),
+    "backend": ("backend", _choice("local", "openai", "vllm", "tgi", "llamacpp"), _same),
+    "url": ("url", _url, _strip),
+    "apiKeyEnv": ("api_key_env", _env_name, _same),
+    "tokenizer": ("tokenizer", _path, _strip),
 }
-assert {f for f, _ in _KEYS.values()} == {f.name for f in fields(Settings)}
+assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)}
 
 
 def section_of(raw: Any) -> Any:
@@ -162,12 +180,10 @@ def apply(current: Settings, raw: Any) -> tuple[Settings, list[str]]:
         if key not in _KEYS:
             errors.append(f"unknown setting codellama.{key}; known settings: {', '.join(_KEYS)}")
             continue
-        name, check = _KEYS[key]
+        name, check, convert = _KEYS[key]
         problem = check(value)
         if problem:
             errors.append(f"invalid value {value!r} for codellama.{key}: {problem}; keeping {getattr(current, name)!r}")
             continue
-        if name in ("model", "url", "tokenizer") and value is not None:
-            value = value.strip()
-        changes[name] = float(value) if name in ("temperature", "time_budget_ms") else value
+        changes[name] = convert(value)
     return replace(current, **changes), errors

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from codellama_lsp.engine.checkpoint import load_model
+from codellama_lsp.engine.config import ModelArgs
+from codellama_lsp.engine.model import Transformer
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.completion.templates import infilling_tokens
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from codellama_lsp.engine.checkpoint import load_model  # noqa: E402
-from codellama_lsp.engine.config import ModelArgs  # noqa: E402
-from codellama_lsp.engine.model import Transformer  # noqa: E402
-from codellama_lsp.engine.tokenizer import Tokenizer  # noqa: E402
-from codellama_lsp.prompt import infilling_tokens  # noqa: E402
-
 PREFIX_TOKENS, SUFFIX_TOKENS, MAX_NEW = 700, 250, 48
 
 

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from itertools import accumulate
@@ -32,15 +31,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from codellama_lsp.engine.checkpoint import save_checkpoint
+from codellama_lsp.engine.config import ModelArgs
+from codellama_lsp.engine.model import Transformer
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.completion.templates import infilling_tokens
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from codellama_lsp.engine.checkpoint import save_checkpoint  # noqa: E402
-from codellama_lsp.engine.config import ModelArgs  # noqa: E402
-from codellama_lsp.engine.model import Transformer  # noqa: E402
-from codellama_lsp.engine.tokenizer import Tokenizer  # noqa: E402
-from codellama_lsp.prompt import infilling_tokens  # noqa: E402
-
 IGNORE = -100
 CHARS_PER_TOKEN = 3.0  # first guess for window sizes; examples that overflow are rebuilt smaller
 MIN_ROOM = 64  # a row with less room left than this is padded rather than filled

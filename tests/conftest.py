@@ -9,7 +9,9 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from codellama_lsp.engine import ModelArgs, save_checkpoint
+from codellama_lsp.engine.config import ModelArgs
+
+from codellama_lsp.engine.checkpoint import save_checkpoint
 from codellama_lsp.engine.model import Transformer
 from lsp_harness import endless_copy
 

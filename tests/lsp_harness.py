@@ -15,7 +15,7 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 from safetensors.torch import load_file, save_file
 
-from codellama_lsp.engine import Tokenizer
+from codellama_lsp.engine.tokenizer import Tokenizer
 
 
 # Length-limited, not time-limited, so answers do not depend on how busy the machine is; and

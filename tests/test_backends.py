@@ -24,10 +24,11 @@ from cryptography.x509.oid import NameOID
 
 from codellama_lsp import settings as settings_module
 from codellama_lsp.backends import BACKENDS, BackendError, RemoteBackend, open_backend
-from codellama_lsp.backends.prompt_text import as_text, split_infilling
+from codellama_lsp.backends.text_prompt import as_text, split_infilling
 from codellama_lsp.backends.wire import PROTOCOLS
-from codellama_lsp.engine import GenerationRequest, Tokenizer
-from codellama_lsp.prompt import infilling_tokens
+from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.completion.templates import infilling_tokens
 from http_stub import Reply, StubServer
 
 PREFIX = "def add(a, b):\n    "

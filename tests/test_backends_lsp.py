@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 
-from codellama_lsp.backends.prompt_text import as_text
-from codellama_lsp.completion import plan, suggestion
-from codellama_lsp.context import TokenCounter
+from codellama_lsp.backends.text_prompt import as_text
+from codellama_lsp.completion.planning import plan, suggestion
+from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
-from codellama_lsp.engine import Tokenizer
+from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.settings import Settings, resolve_format
 from http_stub import Reply, Seen, StubServer
 from lsp_harness import TEST_SETTINGS, start, stop
@@ -41,7 +41,7 @@ def expected(tok: Tokenizer, position: tuple[int, int], raw: str) -> tuple[str, 
     settings = Settings(time_budget_ms=TEST_SETTINGS["timeBudgetMs"], max_new_tokens=TEST_SETTINGS["maxNewTokens"])
     settings = resolve_format(settings, None)  # a served model declares no preference: PSM
     p = plan(doc, doc.cursor(*position), settings, tok, TokenCounter(tok.encode))
-    return suggestion(raw, p), p.prompt
+    return suggestion(raw, p), p.token_ids
 
 
 async def test_completions_come_from_the_server(tiny_model_dir: Path, tmp_path: Path) -> None:

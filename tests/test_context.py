@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codellama_lsp.context import TokenCounter, cut, prompt_text, sanitize, window
+from codellama_lsp.completion.context import TokenCounter, cut, model_text, sanitize, window
 from codellama_lsp.documents import Cursor, Document
 
 
@@ -75,7 +75,7 @@ def test_counter_caches_and_sanitizes() -> None:
     assert counter("a b") == counter("a b") == 2
     assert calls == ["a b"]
     assert sanitize("x\udc80y") == "x\ufffdy"
-    assert prompt_text("a\r\nb\rc") == "a\nb\nc"
+    assert model_text("a\r\nb\rc") == "a\nb\nc"
 
 
 def test_cut_with_zero_budget() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codellama_lsp import docstring as ds
+from codellama_lsp.completion import docstring as ds
 from codellama_lsp.documents import Document
 
 PY = '''import os
@@ -49,7 +49,7 @@ def test_javascript_and_fallback_definitions() -> None:
 
 def test_python_prompt_puts_the_docstring_between_quotes() -> None:
     doc = py()
-    p = ds.prompt(doc, ds.find_definition(doc, 4), 1000, 1000, lambda s: len(s.split()))
+    p = ds.sides(doc, ds.find_definition(doc, 4), 1000, 1000, lambda s: len(s.split()))
     assert p.prefix.endswith('             scale=1) -> float:\n        """')
     assert p.suffix.startswith('"""\n        return 0.0\n')
     assert p.stop == ('"""',)
@@ -57,7 +57,7 @@ def test_python_prompt_puts_the_docstring_between_quotes() -> None:
 
 def test_c_like_prompt_puts_it_in_a_block_comment_above() -> None:
     doc = Document.from_text("file:///a.js", "const a = 1;\n  function f(x) {\n  }\n")
-    p = ds.prompt(doc, ds.find_definition(doc, 1), 1000, 1000, lambda s: len(s.split()))
+    p = ds.sides(doc, ds.find_definition(doc, 1), 1000, 1000, lambda s: len(s.split()))
     assert p.prefix == "const a = 1;\n  /**\n   * "
     assert p.suffix.startswith("\n   */\n  function f(x) {")
 

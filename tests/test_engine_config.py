@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from codellama_lsp.engine import CheckpointError, ModelArgs
+from codellama_lsp.engine.config import CheckpointError, ModelArgs
 from codellama_lsp.engine.checkpoint import read_args
 from codellama_lsp.engine.model import Transformer
 

@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.engine import (
-    CheckpointError, Engine, FimUnsupported, GenerationRequest, PromptTooLong, Tokenizer, load_model,
-)
-from codellama_lsp.prompt import infilling_tokens
+from codellama_lsp.engine.checkpoint import load_model
+from codellama_lsp.engine.config import CheckpointError
+from codellama_lsp.engine.engine import Engine
+from codellama_lsp.engine.tokenizer import FimUnsupported, Tokenizer
+from codellama_lsp.generation import GenerationRequest, PromptTooLong
+from codellama_lsp.completion.templates import infilling_tokens
 from conftest import make_random_checkpoint, train_test_tokenizer
 
 PREFIX = "import os\n\ndef read_config(path):\n    with open(path) as f:\n        "
@@ -110,7 +112,7 @@ def test_prompt_longer_than_context_is_a_clear_error(engine: Engine) -> None:
 
 def test_generation_stops_at_the_end_of_the_context(tiny_model_dir: Path) -> None:
     small = Engine.load(tiny_model_dir, device="cpu", context_length=40)
-    small._stop_ids.clear()  # random weights may emit EOT; this test is about the context bound
+    small._stop_ids = frozenset()  # random weights may emit EOT; this test is about the context bound
     result = small.generate(GenerationRequest([1] + list(range(10, 40)), max_new_tokens=100, infilling=False))
     assert result.stop_reason == "length"
     assert result.prompt_tokens + result.generated_tokens <= 40
@@ -206,7 +208,7 @@ def test_async_requests_run_off_the_event_loop(engine: Engine) -> None:
 
 def test_cancelling_the_awaiting_task_cancels_the_engine(tiny_model_dir: Path) -> None:
     engine = Engine.load(tiny_model_dir, device="cpu", context_length=2048)
-    engine._stop_ids.clear()  # keep generating until cancelled, whatever the random weights say
+    engine._stop_ids = frozenset()  # keep generating until cancelled, whatever the random weights say
     req = GenerationRequest(infilling_tokens(engine.tokenizer, PREFIX, SUFFIX), max_new_tokens=10_000,
                             on_text=lambda _: time.sleep(0.005))
 
@@ -299,7 +301,7 @@ def test_sharded_safetensors(tiny_model_dir: Path, tmp_path: Path) -> None:
 PEAK_SCRIPT = """
 import sys
 import torch
-from codellama_lsp.engine import load_model
+from codellama_lsp.engine.checkpoint import load_model
 
 def kib(field):  # VmRSS: resident now; VmHWM: the peak so far
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))

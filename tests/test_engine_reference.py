@@ -8,7 +8,11 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from codellama_lsp.engine import Engine, GenerationRequest, load_model
+from codellama_lsp.engine.engine import Engine
+
+from codellama_lsp.generation import GenerationRequest
+
+from codellama_lsp.engine.checkpoint import load_model
 from codellama_lsp.engine.checkpoint import _permute_rotary
 from conftest import make_random_checkpoint
 

@@ -12,10 +12,12 @@ import pytest
 import torch
 from llama_cpp import Llama
 
-from codellama_lsp.backends.prompt_text import as_text
-from codellama_lsp.engine import Engine, GenerationRequest, load_model
-from codellama_lsp.gguf_export import export_gguf, to_interleaved
-from codellama_lsp.prompt import infilling_tokens
+from codellama_lsp.backends.text_prompt import as_text
+from codellama_lsp.engine.engine import Engine
+from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.engine.checkpoint import load_model
+from codellama_lsp.engine.gguf_export import export_gguf, to_interleaved
+from codellama_lsp.completion.templates import infilling_tokens
 from conftest import make_random_checkpoint
 from llamacpp_support import llamacpp_model_dir
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from codellama_lsp.engine import GenerationResult
-from codellama_lsp.lifecycle import Anchor, Lifecycle, Shown, rest_after_typing, typed_since
-from codellama_lsp.metrics import Metrics, percentile
+from codellama_lsp.generation import GenerationResult
+from codellama_lsp.lsp.lifecycle import Anchor, Lifecycle, Shown, rest_after_typing, typed_since
+from codellama_lsp.lsp.metrics import Metrics, percentile
 
 
 async def _slow(result: str, started: list[str], stopped: list[str]) -> str:
@@ -28,10 +28,10 @@ async def _quick(result: str) -> str:
 
 async def test_a_request_for_a_new_place_supersedes_the_running_one() -> None:
     life, started, stopped = Lifecycle(), [], []
-    first = asyncio.ensure_future(life.run("a.py", 1, lambda _: _slow("one", started, stopped)))
-    other = asyncio.ensure_future(life.run("b.py", 1, lambda _: _quick("other")))
+    first = asyncio.ensure_future(life.run(("completion", "a.py"), 1, lambda _: _slow("one", started, stopped)))
+    other = asyncio.ensure_future(life.run(("completion", "b.py"), 1, lambda _: _quick("other")))
     await asyncio.sleep(0.02)
-    second = await life.run("a.py", 2, lambda _: _quick("two"))
+    second = await life.run(("completion", "a.py"), 2, lambda _: _quick("two"))
     assert (await first, second, await other) == (None, (2, "two"), (1, "other"))
     assert stopped == ["one"]
 
@@ -43,13 +43,13 @@ async def test_a_request_for_the_same_place_shares_the_running_computation() -> 
         calls.append(1)
         return await _quick("same")
 
-    results = await asyncio.gather(*(life.run("a.py", 7, lambda _: once()) for _ in range(5)))
+    results = await asyncio.gather(*(life.run(("completion", "a.py"), 7, lambda _: once()) for _ in range(5)))
     assert results == [(7, "same")] * 5 and len(calls) == 1 and life.shared == 4
 
 
 async def test_cancelling_a_request_cancels_its_computation_unless_shared() -> None:
     life, started, stopped = Lifecycle(grace_s=0.02), [], []
-    alone = asyncio.ensure_future(life.run("a.py", 1, lambda _: _slow("x", started, stopped)))
+    alone = asyncio.ensure_future(life.run(("completion", "a.py"), 1, lambda _: _slow("x", started, stopped)))
     await asyncio.sleep(0.01)
     alone.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -58,8 +58,8 @@ async def test_cancelling_a_request_cancels_its_computation_unless_shared() -> N
     await asyncio.sleep(0.05)
     assert stopped == ["x"]
     started, stopped = [], []
-    first = asyncio.ensure_future(life.run("b.py", 1, lambda _: _slow("y", started, stopped)))
-    second = asyncio.ensure_future(life.run("b.py", 1, lambda _: _slow("y", started, stopped)))
+    first = asyncio.ensure_future(life.run(("completion", "b.py"), 1, lambda _: _slow("y", started, stopped)))
+    second = asyncio.ensure_future(life.run(("completion", "b.py"), 1, lambda _: _slow("y", started, stopped)))
     await asyncio.sleep(0.01)
     first.cancel()
     await asyncio.sleep(0.05)
@@ -94,9 +94,9 @@ async def test_a_keystroke_matching_the_running_generation_joins_it() -> None:
     def joins(flight):
         return rest_after_typing(flight.partial, typed_since(flight.ident, typed)) is not None
 
-    first = asyncio.ensure_future(life.run("a.py", at, start))
+    first = asyncio.ensure_future(life.run(("completion", "a.py"), at, start))
     await asyncio.sleep(0.01)
-    second = asyncio.ensure_future(life.run("a.py", typed, lambda f: _quick("new"), joins))
+    second = asyncio.ensure_future(life.run(("completion", "a.py"), typed, lambda f: _quick("new"), joins))
     await asyncio.sleep(0.01)
     assert started == ["foo(1)"] and not second.done() and life.shared == 1
     life.forget("a.py")

@@ -20,11 +20,11 @@ import pytest_asyncio
 import torch
 from lsprotocol import types
 
-from codellama_lsp.completion import generation_request, plan, suggestion
-from codellama_lsp.context import TokenCounter
+from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
-from codellama_lsp.engine import Engine
-from codellama_lsp.gguf_export import export_gguf
+from codellama_lsp.engine.engine import Engine
+from codellama_lsp.engine.gguf_export import export_gguf
 from codellama_lsp.settings import Settings, resolve_format
 from llamacpp_support import LlamaCppServer, llamacpp_model_dir
 from lsp_harness import TEST_SETTINGS, Client, start, stop

@@ -204,10 +204,10 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
 
     import torch
 
-    from codellama_lsp.completion import generation_request, plan, suggestion
-    from codellama_lsp.context import TokenCounter
+    from codellama_lsp.completion.planning import generation_request, plan, suggestion
+    from codellama_lsp.completion.context import TokenCounter
     from codellama_lsp.documents import Document
-    from codellama_lsp.engine import Engine
+    from codellama_lsp.engine.engine import Engine
     from codellama_lsp.settings import Settings
 
     source = tmp_path / "add.py"

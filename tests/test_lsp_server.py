@@ -15,11 +15,11 @@ import torch
 import pytest_asyncio
 from lsprotocol import types
 
-from codellama_lsp import docstring as ds
-from codellama_lsp.completion import generation_request, plan, suggestion
-from codellama_lsp.context import TokenCounter
+from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
-from codellama_lsp.engine import Engine
+from codellama_lsp.engine.engine import Engine
 from codellama_lsp.settings import Settings, resolve_format
 from lsp_harness import Client, start, stop
 
@@ -265,13 +265,13 @@ async def test_crlf_and_cr_line_endings(client: Client, engine: Engine, ending: 
 
 
 def expected_docstring(engine: Engine, text: str, line: int, language_id: str = "python") -> str:
-    from codellama_lsp.engine import GenerationRequest
-    from codellama_lsp.prompt import infilling_tokens
-    from codellama_lsp.server import DOCSTRING_MAX_TOKENS
+    from codellama_lsp.generation import GenerationRequest
+    from codellama_lsp.completion.templates import infilling_tokens
+    from codellama_lsp.completion.docstring import MAX_TOKENS as DOCSTRING_MAX_TOKENS
 
     doc = Document.from_text("file:///expected", text, language_id=language_id)
     d = ds.find_definition(doc, line)
-    p = ds.prompt(doc, d, SETTINGS.prefix_tokens, SETTINGS.suffix_tokens, TokenCounter(engine.tokenizer.encode))
+    p = ds.sides(doc, d, SETTINGS.prefix_tokens, SETTINGS.suffix_tokens, TokenCounter(engine.tokenizer.encode))
     fmt = resolve_format(SETTINGS, engine.preferred_format).format
     result = engine.generate(GenerationRequest(prompt=infilling_tokens(engine.tokenizer, p.prefix, p.suffix, fmt),
                                                max_new_tokens=DOCSTRING_MAX_TOKENS, stop_strings=p.stop))

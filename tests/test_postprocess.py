@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codellama_lsp.postprocess import (balance_brackets, block_end, choose_mode, cut_line_suffix_repeat, finish,
+from codellama_lsp.completion.postprocess import (balance_brackets, block_end, choose_mode, cut_line_suffix_repeat, finish,
                                        next_code_line, strip_special)
 
 
@@ -62,7 +62,7 @@ def test_finish_multi_line_is_trimmed_to_the_block() -> None:
 
 
 def test_multi_line_suggestions_keep_the_lines_that_parse() -> None:
-    from codellama_lsp.syntax import language_of, parser, trim_to_syntax
+    from codellama_lsp.completion.syntax import language_of, parser, trim_to_syntax
 
     py = parser("python")
     prefix, suffix = "import os\n\ndef f(x):\n    ", "\n\nprint(f(1))\n"
@@ -76,7 +76,7 @@ def test_multi_line_suggestions_keep_the_lines_that_parse() -> None:
 
 
 def test_a_model_stuck_in_a_loop_is_cut_after_the_first_round() -> None:
-    from codellama_lsp.postprocess import loop_end
+    from codellama_lsp.completion.postprocess import loop_end
 
     looping = 'x = get("a", "path", "path", "path", "path", "path"'
     assert looping[: loop_end(looping)] == 'x = get("a", "path'

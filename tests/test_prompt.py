@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import CodeLlamaTokenizer
 
-from codellama_lsp.engine import Tokenizer
-from codellama_lsp.prompt import Message, infilling_tokens, instruct_tokens
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.completion.templates import Message, infilling_tokens, instruct_tokens
 
 CASES = [
     ("def f(x):\n    ", "\n    return y\n"),

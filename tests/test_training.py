@@ -19,7 +19,7 @@ from codellama_lsp.engine.checkpoint import load_model, save_checkpoint  # noqa:
 from codellama_lsp.engine.config import ModelArgs  # noqa: E402
 from codellama_lsp.engine.model import Transformer  # noqa: E402
 from codellama_lsp.engine.tokenizer import Tokenizer  # noqa: E402
-from codellama_lsp.prompt import infilling_tokens  # noqa: E402
+from codellama_lsp.completion.templates import infilling_tokens  # noqa: E402
 import train  # noqa: E402
 from train import (  # noqa: E402
     IGNORE, PackedExamples, TrainConfig, build_example, init_weights, loss_fn, lr_at, make_optimizer, split_at_line,

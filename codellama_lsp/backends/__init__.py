@@ -10,38 +10,18 @@ large model from a GPU box to many editors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
-
-from .. import BUNDLED_MODEL
-from ..engine import Engine, GenerationRequest, GenerationResult, Tokenizer
-from .errors import BackendError
-from .remote import RemoteBackend
-from .wire import PROTOCOLS
+from codellama_lsp import BUNDLED_MODEL
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend
+from codellama_lsp.backends.errors import BackendError
+from codellama_lsp.backends.remote import RemoteBackend
+from codellama_lsp.backends.wire import PROTOCOLS
 
 # Setting value -> what serves completions. "local" is the in-process engine.
 BACKENDS = ("local", *PROTOCOLS)
 
 
-class Backend(Protocol):
-    """What the server needs from whatever generates: a tokenizer for prompts, and generation."""
-
-    tokenizer: Tokenizer
-    context_length: int | None  # tokens a prompt and its completion may span; None: the server's own limit
-    preferred_format: str | None  # the infilling layout the model does best in; None: PSM
-    generated_tokens: int  # by all requests so far, for codellama.status
-
-    @property
-    def device(self) -> object: ...  # shown in codellama.status
-
-    @property
-    def dtype(self) -> object: ...
-
-    async def agenerate(self, request: GenerationRequest) -> GenerationResult: ...
-
-    def close(self) -> None: ...
-
-
-def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str = "auto", context_length: int = 4096,
+def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str = "auto", context_length: int = DEFAULT_CONTEXT_LENGTH,
                  url: str | None = None, served_model: str | None = None, tokenizer: Path | None = None,
                  api_key_env: str | None = None) -> Backend:
     """Load the local engine from ``model``, or connect to the server at ``url``.
@@ -52,6 +32,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     model's, whose infilling pieces have the same text as Code Llama's.
     """
     if backend == "local":
+        from codellama_lsp.engine.engine import Engine  # torch: imported only when the local engine is used
+
         engine = Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
                              context_length=context_length)
         engine.tokenizer.require_fim()

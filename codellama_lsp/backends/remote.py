@@ -21,11 +21,10 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from ..engine import GenerationRequest, GenerationResult, Tokenizer
-from ..engine.engine import StopReason
-from .errors import BackendError
-from .prompt_text import eot_text
-from .wire import Chunk, Wire
+from codellama_lsp.generation import GenerationRequest, GenerationResult, StopReason, StopRule, TextTokenizer
+from codellama_lsp.backends.errors import BackendError
+from codellama_lsp.backends.text_prompt import eot_text
+from codellama_lsp.backends.wire import Chunk, Wire
 
 # httpx logs every request at INFO: one line per keystroke.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -49,10 +48,9 @@ class _Progress:
 
 @dataclass
 class _Stopper:
-    """The engine's stopping rules, applied to text as it arrives: ``<EOT>``, stop strings, ``on_text``."""
+    """The shared ``StopRule`` applied to chunks as they arrive, recording what came so far."""
 
-    request: GenerationRequest
-    eot: str | None
+    rule: StopRule
     progress: _Progress = field(default_factory=_Progress)
 
     def add(self, chunk: Chunk) -> bool:
@@ -62,16 +60,13 @@ class _Stopper:
             p.first_chunk_at = time.perf_counter()
         if chunk.computed_tokens is not None:
             p.computed_tokens = chunk.computed_tokens
-        p.text += chunk.text
-        stops = [s for s in (self.eot, *self.request.stop_strings) if s]
-        hits = [(i, s) for s in stops if (i := p.text.find(s)) >= 0]
-        if hits:
-            at, which = min(hits)
-            p.text, p.reason, p.done = p.text[:at], "eot" if which == self.eot else "stop_string", True
-        elif chunk.done:
-            p.reason, p.done = chunk.reason or "eot", True
-        elif chunk.text and self.request.on_text is not None and self.request.on_text(p.text):
-            p.reason, p.done = "callback", True
+        reason: StopReason | None = None
+        if chunk.text:
+            p.text, reason = self.rule.text(p.text + chunk.text)
+        if reason is None and chunk.done:
+            reason = chunk.reason or "eot"
+        if reason is not None:
+            p.reason, p.done = reason, True
         return p.done
 
 
@@ -81,7 +76,7 @@ class RemoteBackend:
     context_length: int | None = None  # the server enforces its own and answers an error beyond it
     preferred_format: str | None = None  # served models are Code Llama's: PSM unless set
 
-    def __init__(self, wire: Wire, url: str, tokenizer: Tokenizer, *, served_model: str | None = None,
+    def __init__(self, wire: Wire, url: str, tokenizer: TextTokenizer, *, served_model: str | None = None,
                  api_key_env: str | None = None, verify: Any = True) -> None:
         if not url.startswith(("http://", "https://")):
             raise BackendError(f"codellama.url must start with http:// or https://, got {url!r}")
@@ -120,12 +115,10 @@ class RemoteBackend:
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         """Generate, honouring ``request.cancel`` and ``time_budget_ms`` while waiting on the server."""
-        t0 = time.perf_counter()
-        stopper = _Stopper(request, self._eot)
-        progress = stopper.progress
+        stopper = _Stopper(StopRule(request, end_text=self._eot))
+        progress, t0, deadline = stopper.progress, stopper.rule.started, stopper.rule.deadline
         if request.cancel.is_set():
             return self._result(request, progress, "cancelled", t0)
-        deadline = None if request.time_budget_ms is None else t0 + request.time_budget_ms / 1000
         run = asyncio.ensure_future(self._run(request, stopper))
         reason: StopReason | None = None
         try:

@@ -12,10 +12,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..engine import GenerationRequest, Tokenizer
-from ..engine.engine import StopReason
-from .errors import BackendError
-from .prompt_text import as_text, eot_text, split_infilling
+from codellama_lsp.generation import GenerationRequest
+
+from codellama_lsp.engine.tokenizer import Tokenizer
+from codellama_lsp.generation import StopReason
+from codellama_lsp.backends.errors import BackendError
+from codellama_lsp.backends.text_prompt import as_text, eot_text, split_infilling
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit, and TGI's default max_stop_sequences
 # The engine applies no repetition penalty; llama.cpp's server and llama-cpp-python default to 1.1,

@@ -19,9 +19,9 @@ from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import CheckpointError, ModelArgs, read_json
-from .model import Transformer
-from .tokenizer import Tokenizer
+from codellama_lsp.engine.config import CheckpointError, ModelArgs, read_json
+from codellama_lsp.engine.model import Transformer
+from codellama_lsp.engine.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Older HF checkpoints store RoPE's inverse frequencies; we compute them.

@@ -14,55 +14,16 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .checkpoint import load_model
-from .lookup import LookupDrafter
-from .model import Transformer
-from .sampling import next_token
-from .tokenizer import Tokenizer
-
-StopReason = Literal["eot", "eos", "length", "stop_string", "callback", "time", "cancelled"]
-
-
-class PromptTooLong(ValueError):
-    """The prompt does not fit in the engine's preallocated context."""
-
-
-@dataclass
-class GenerationRequest:
-    prompt: Sequence[int]
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    stop_strings: tuple[str, ...] = ()
-    time_budget_ms: float | None = None
-    infilling: bool = True  # decode as a middle (no implicit leading space) rather than plain text
-    # Streaming: called with the text generated so far after every token; returning True stops.
-    on_text: Callable[[str], bool | None] | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]
-    stop_reason: StopReason
-    prompt_tokens: int
-    reused_tokens: int
-    computed_tokens: int
-    prefill_ms: float
-    decode_ms: float
-    drafted_tokens: int = 0  # proposed by lookup and checked in batches (greedy only)
-    accepted_tokens: int = 0  # of those, the ones the model agreed with
-
-    @property
-    def generated_tokens(self) -> int:
-        return len(self.token_ids)
-
+from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, GenerationRequest, GenerationResult, PromptTooLong, StopReason, StopRule
+from codellama_lsp.engine.checkpoint import load_model
+from codellama_lsp.engine.lookup import LookupDrafter
+from codellama_lsp.engine.model import Transformer
+from codellama_lsp.engine.sampling import next_token
+from codellama_lsp.engine.tokenizer import Tokenizer
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
@@ -75,7 +36,7 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, context_length: int = 4096, reuse: bool = True,
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, context_length: int = DEFAULT_CONTEXT_LENGTH, reuse: bool = True,
                  compile_decode: bool = False, draft_tokens: int = 8, prefill_chunk: int = 512) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -86,8 +47,9 @@ class Engine:
         # Greedy requests check up to this many looked-up draft tokens per forward pass (0: off).
         self.draft_tokens = draft_tokens
         self.prefill_chunk = prefill_chunk  # tokens per prefill pass; cancellation is checked between passes
+        model.fuse_for_inference()
         model.setup_cache(self.context_length)
-        self._stop_ids = {i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None}
+        self._stop_ids = frozenset(i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None)
         # GPU only (not exercised on this CPU-only project machine): compile the one-token step.
         self._forward = torch.compile(model, dynamic=True) if compile_decode else model
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache, in order
@@ -146,10 +108,77 @@ class Engine:
             self.generated_tokens += result.generated_tokens
             return result
 
-    def _logits(self, tokens: list[int], start: int, last_only: bool) -> torch.Tensor:
+
+    # -- the steps of one request ---------------------------------------------------------------------------
+    def _forward_tokens(self, tokens: list[int], start: int, last_only: bool) -> torch.Tensor:
         """Logits [T or 1, vocab] for ``tokens`` placed at ``start``, extending the KV cache."""
         x = torch.tensor([tokens], dtype=torch.long, device=self.device)
         return self._forward(x, start=start, last_only=last_only)[0]
+
+    def _prefill(self, prompt: list[int], reused: int, cancel: threading.Event) -> torch.Tensor | None:
+        """Compute the prompt past its ``reused`` tokens; the last position's logits, or None if cancelled.
+
+        Chunks of ``prefill_chunk`` tokens, with the cancel flag checked between them: a
+        superseded request on a big model stops within one chunk, and the chunks it finished
+        stay cached for the next request.
+        """
+        done, n = reused, len(prompt)
+        while True:
+            end = min(n, done + self.prefill_chunk)
+            logits = self._forward_tokens(prompt[done:end], done, last_only=True)[-1]
+            self._cached, done = prompt[:end], end
+            if done == n:
+                return logits
+            if cancel.is_set():
+                return None
+
+    def _decode_step(self, tok: int, draft: list[int]) -> torch.Tensor:
+        """Feed ``tok`` and the draft after it in one pass: the logits after each of them."""
+        rows = self._forward_tokens([tok, *draft], len(self._cached), last_only=not draft)
+        self._cached.append(tok)
+        return rows
+
+    def _accept_draft(self, draft: list[int], rows: torch.Tensor, state: "_Decoding",
+                      drafter: LookupDrafter) -> tuple[int, StopReason | None]:
+        """Keep draft tokens while they equal the model's own choice; the next token, or why it ends.
+
+        ``rows[i]`` is the model's distribution after the fed token and ``i`` draft tokens,
+        so a kept draft token's keys/values were computed on the right history.
+        """
+        choices = rows.argmax(-1).tolist()
+        state.drafted += len(draft)
+        kept = 0
+        while kept < len(draft) and draft[kept] == choices[kept]:
+            self._cached.append(draft[kept])
+            drafter.append(draft[kept])
+            kept += 1
+            if (reason := state.take(draft[kept - 1], len(self._cached))) is not None:
+                state.accepted += kept
+                return -1, reason
+        state.accepted += kept
+        return choices[kept], None
+
+    def _decode(self, first: torch.Tensor, state: "_Decoding", drafter: LookupDrafter | None,
+                generator: torch.Generator | None) -> StopReason:
+        """Generate from the prompt's last logits until a stop; drafts only when greedy."""
+        req = state.req
+        tok = next_token(first, req.temperature, req.top_p, generator)
+        while (reason := state.take(tok, len(self._cached))) is None:
+            draft: list[int] = []
+            if drafter is not None:
+                drafter.append(tok)
+                room = min(self.draft_tokens, req.max_new_tokens - len(state.out),
+                           self.context_length - len(self._cached) - 2)
+                draft = drafter.propose(room)
+            rows = self._decode_step(tok, draft)
+            if not draft:
+                tok = next_token(rows[-1], req.temperature, req.top_p, generator)
+                continue
+            assert drafter is not None
+            tok, reason = self._accept_draft(draft, rows, state, drafter)
+            if reason is not None:
+                return reason
+        return reason
 
     def _run(self, prompt: list[int], req: GenerationRequest) -> GenerationResult:
         n = len(prompt)
@@ -157,93 +186,64 @@ class Engine:
         # Always compute at least the last prompt token: its logits start the decode.
         reused = min(common_prefix_length(previous, prompt), n - 1) if self.reuse else 0
         self._cached = prompt[:reused]
-        t0 = time.perf_counter()
-        # Prefill in chunks, checking the cancel flag between them: a superseded request on a
-        # big model stops within one chunk, and the chunks it finished stay cached for the next.
-        done = reused
-        while True:
-            end = min(n, done + self.prefill_chunk)
-            logits = self._logits(prompt[done:end], done, last_only=True)[-1]
-            self._cached, done = prompt[:end], end
-            if done == n:
-                break
-            if req.cancel.is_set():
-                return GenerationResult("", [], "cancelled", n, reused, done - reused,
-                                        (time.perf_counter() - t0) * 1000, 0.0)
-        prefill_ms = (time.perf_counter() - t0) * 1000
-        deadline = None if req.time_budget_ms is None else t0 + req.time_budget_ms / 1000
+        rule = StopRule(req)
+        logits = self._prefill(prompt, reused, req.cancel)
+        prefill_ms = (time.perf_counter() - rule.started) * 1000
+        if logits is None:
+            return GenerationResult("", [], "cancelled", n, reused, len(self._cached) - reused, prefill_ms, 0.0)
         generator = None
         if req.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(req.seed)
         # Drafts only for greedy decoding, where checking them cannot change the output.
         drafter = LookupDrafter(prompt, previous[reused:]) if self.draft_tokens and generator is None else None
-        decode = self.tokenizer.decode_infilling if req.infilling else self.tokenizer.decode
-        watch_text = bool(req.stop_strings) or req.on_text is not None
-        out: list[int] = []
-        text = ""
-        drafted = accepted = 0
+        state = _Decoding(req, rule, self.tokenizer.decode_infilling if req.infilling else self.tokenizer.decode,
+                          self._stop_ids | req.stop_ids, self.tokenizer.eot_id, self.context_length)
         t1 = time.perf_counter()
-
-        def emit(tok: int) -> StopReason | None:
-            """Take ``tok`` as the next output token, or say why generation ends here."""
-            nonlocal text
-            if req.cancel.is_set():
-                return "cancelled"
-            if tok in self._stop_ids:
-                return "eot" if tok == self.tokenizer.eot_id else "eos"
-            out.append(tok)
-            if watch_text:
-                text = decode(out)
-                hit = min((i for i in (text.find(s) for s in req.stop_strings if s) if i >= 0), default=-1)
-                if hit >= 0:
-                    text = text[:hit]
-                    return "stop_string"
-                if req.on_text is not None and req.on_text(text):
-                    return "callback"
-            if len(out) >= req.max_new_tokens or len(self._cached) + 1 >= self.context_length:
-                return "length"
-            if deadline is not None and time.perf_counter() >= deadline:
-                return "time"
-            return None
-
-        tok = next_token(logits, req.temperature, req.top_p, generator)
-        while (reason := emit(tok)) is None:
-            position = len(self._cached)
-            draft: list[int] = []
-            if drafter is not None:
-                drafter.append(tok)
-                room = min(self.draft_tokens, req.max_new_tokens - len(out), self.context_length - position - 2)
-                draft = drafter.propose(room)
-            rows = self._logits([tok, *draft], position, last_only=not draft)
-            self._cached.append(tok)
-            if not draft:
-                tok = next_token(rows[-1], req.temperature, req.top_p, generator)
-                continue
-            # The model's own choice after tok and after each draft token: keep the draft while they agree.
-            choices = rows.argmax(-1).tolist()
-            drafted += len(draft)
-            kept = 0
-            while kept < len(draft) and draft[kept] == choices[kept]:
-                self._cached.append(draft[kept])  # its keys/values were computed on the right history
-                drafter.append(draft[kept])
-                kept += 1
-                if (reason := emit(draft[kept - 1])) is not None:
-                    break
-            accepted += kept
-            if reason is not None:
-                break
-            tok = choices[kept]
-        if not watch_text:
-            text = decode(out)
+        reason = self._decode(logits, state, drafter, generator)
         return GenerationResult(
-            text=text,
-            token_ids=out,
+            text=state.final_text(),
+            token_ids=state.out,
             stop_reason=reason,
             prompt_tokens=n,
             reused_tokens=reused,
             computed_tokens=n - reused,
             prefill_ms=prefill_ms,
             decode_ms=(time.perf_counter() - t1) * 1000,
-            drafted_tokens=drafted,
-            accepted_tokens=accepted,
+            drafted_tokens=state.drafted,
+            accepted_tokens=state.accepted,
         )
+
+
+@dataclass
+class _Decoding:
+    """One request's output as it grows: the tokens taken, their text, and the draft counts."""
+
+    req: GenerationRequest
+    rule: StopRule
+    decode: Callable[[list[int]], str]
+    stop_ids: frozenset[int]
+    eot_id: int | None
+    context_length: int
+    out: list[int] = field(default_factory=list)
+    text: str = ""
+    drafted: int = 0
+    accepted: int = 0
+
+    def take(self, tok: int, cached: int) -> StopReason | None:
+        """Take ``tok`` as the next output token (``cached`` tokens precede it), or say why generation ends."""
+        if self.req.cancel.is_set():
+            return "cancelled"
+        if tok in self.stop_ids:
+            return "eot" if tok == self.eot_id else "eos"
+        self.out.append(tok)
+        if self.rule.watches_text:
+            self.text, reason = self.rule.text(self.decode(self.out))
+            if reason is not None:
+                return reason
+        if cached + 1 >= self.context_length:
+            return "length"
+        return self.rule.budget(len(self.out))
+
+    def final_text(self) -> str:
+        """The text of the output: already decoded (and cut) when the stop rule watched it."""
+        return self.text if self.rule.watches_text else self.decode(self.out)

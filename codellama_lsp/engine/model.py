@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelArgs
+from codellama_lsp.engine.config import ModelArgs
 
 
 class RMSNorm(nn.Module):
@@ -194,6 +194,14 @@ class Transformer(nn.Module):
         self.cache_length = length
         for layer in self.model.layers:
             layer.self_attn.kv_cache = KVCache(self.args.num_key_value_heads, self.args.head_dim, length, p.dtype, p.device)
+
+    def fuse_for_inference(self) -> None:
+        """Store every linear input-major, q/k/v and gate/up each as one tensor (see ``fuse_linears``).
+
+        Values and parameter names are unchanged; only the storage moves, so this is done once
+        after loading, for inference, and never for training.
+        """
+        for layer in self.model.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
             fuse_linears(layer.self_attn.o_proj)

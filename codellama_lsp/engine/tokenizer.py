@@ -11,7 +11,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from .config import CheckpointError
+from codellama_lsp.engine.config import CheckpointError
 
 FIM_PIECES = {"prefix": "▁<PRE>", "suffix": "▁<SUF>", "middle": "▁<MID>", "eot": "▁<EOT>"}
 # Meta's encode_infilling prepends this character, a single piece in Llama's vocabulary,

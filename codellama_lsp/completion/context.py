@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .documents import Cursor, Document
+from codellama_lsp.documents import Cursor, Document
 
 # Python strings hold astral characters as single code points, so any surrogate is a lone one.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -55,7 +55,7 @@ def sanitize(text: str) -> str:
     return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
-def prompt_text(text: str) -> str:
+def model_text(text: str) -> str:
     """Text as the model sees it: LF line endings (as in its training data), no lone surrogates."""
     return sanitize(text.replace("\r\n", "\n").replace("\r", "\n"))
 

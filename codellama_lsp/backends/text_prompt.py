@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..engine import Tokenizer
+from codellama_lsp.engine.tokenizer import Tokenizer
 
 
 def as_text(tok: Tokenizer, ids: Sequence[int]) -> str:

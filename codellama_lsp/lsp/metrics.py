@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import Counter, deque
 
-from .engine import GenerationResult
+from codellama_lsp.generation import Backend, GenerationRequest, GenerationResult
+
+log = logging.getLogger("codellama_lsp")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -48,3 +52,19 @@ class Metrics:
             "typed_through_hits": self.counts["typed_through"],
             "draft_acceptance": self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None,
         }
+
+
+async def counted_generation(backend: Backend, request: GenerationRequest, metrics: Metrics,
+                             what: str) -> GenerationResult | None:
+    """``backend``'s result for ``request``, or None when it failed (logged); cancellation propagates."""
+    try:
+        result = await backend.agenerate(request)
+    except asyncio.CancelledError:
+        log.debug("%s stopped: superseded or cancelled", what)
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed request is logged and answered empty
+        log.warning("%s failed: %s", what, exc)
+        metrics.count("failed")
+        return None
+    metrics.generated(result)
+    return result

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import re
 import textwrap
+from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import chain
 from typing import Callable, Literal
 
-from .context import cut, prompt_text
-from .documents import Document
-from .postprocess import indent_of
-from .syntax import language_of, parser
+from codellama_lsp.completion.context import cut, model_text
+from codellama_lsp.documents import Document
+from codellama_lsp.generation import GenerationRequest, TextTokenizer
+from codellama_lsp.completion.postprocess import END_MARKERS, indent_of
+from codellama_lsp.completion.templates import infilling_tokens
+from codellama_lsp.settings import Settings, prompt_format
+from codellama_lsp.completion.syntax import language_of, parser
 
 Style = Literal["python", "jsdoc"]
 
@@ -32,6 +36,8 @@ JS_DEFS = {
     "method_definition": "method",
     "class_declaration": "class",
 }
+MAX_TOKENS = 128  # a summary line and a few lines of arguments
+TIME_BUDGET_MS = 5000.0  # hover waits longer than ghost text: the user asked for it
 # How far around the cursor the parser looks: a definition's header is near its keyword.
 LINES_ABOVE = 60
 LINES_BELOW = 200
@@ -150,13 +156,15 @@ _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
-class DocstringPrompt:
+class DocstringSides:
+    """The infilling prefix and suffix around a docstring, and where its text ends."""
+
     prefix: str
     suffix: str
     stop: tuple[str, ...]
 
 
-def prompt(doc: Document, d: Definition, prefix_tokens: int, suffix_tokens: int, count: Callable[[str], int]) -> DocstringPrompt:
+def sides(doc: Document, d: Definition, prefix_tokens: int, suffix_tokens: int, count: Callable[[str], int]) -> DocstringSides:
     """Infilling prefix and suffix whose middle is the docstring's text."""
     if d.style == "python":
         above_end, below_start = d.header_end, d.body_line
@@ -166,12 +174,12 @@ def prompt(doc: Document, d: Definition, prefix_tokens: int, suffix_tokens: int,
         open_, close, stop = f"{d.indent}/**\n{d.indent} * ", f"\n{d.indent} */\n", ("*/",)
     before = cut(chain([""], (doc.lines[i] for i in range(above_end, -1, -1))), prefix_tokens, count, before=True)
     after = cut(chain([""], (doc.lines[i] for i in range(below_start, len(doc.lines)))), suffix_tokens, count, before=False)
-    return DocstringPrompt(prompt_text(before.text) + open_, close + prompt_text(after.text), stop)
+    return DocstringSides(model_text(before.text) + open_, close + model_text(after.text), stop)
 
 
 def clean(raw: str, style: Style) -> str:
     """The docstring's text without quotes, comment stars or the body's indentation."""
-    for marker in ('"""', "*/", "<EOT>", "</s>"):
+    for marker in ('"""', "*/", *END_MARKERS):
         raw = raw.split(marker, 1)[0]
     raw = _CONTROL.sub("", _BREAKS.sub("\n", raw))
     lines = raw.split("\n")
@@ -197,7 +205,7 @@ def markdown(d: Definition, text: str) -> str:
 
 def edit(doc: Document, d: Definition, text: str) -> tuple[int, str]:
     """Where (a line number, at column 0) and what to insert for docstring ``text``."""
-    eol = next((t[len(t.rstrip("\r\n")):] for t in (doc.lines[d.header_end], doc.lines[0]) if t.endswith(("\n", "\r"))), "\n")
+    eol = doc.line_ending(d.header_end)
     lines = text.split("\n")
     if d.style == "python":
         ind = d.body_indent
@@ -209,3 +217,41 @@ def edit(doc: Document, d: Definition, text: str) -> tuple[int, str]:
         return d.body_line, block
     body = "".join(f"{d.indent} * {line}".rstrip() + eol for line in lines)
     return d.first_line, f"{d.indent}/**{eol}{body}{d.indent} */{eol}"
+
+
+def generation_request(doc: Document, d: Definition, settings: Settings, tokenizer: TextTokenizer,
+                       count: Callable[[str], int]) -> GenerationRequest:
+    """The engine request whose answer is ``d``'s docstring, built from the document as it is now."""
+    around = sides(doc, d, settings.prefix_tokens, settings.suffix_tokens, count)
+    return GenerationRequest(
+        prompt=infilling_tokens(tokenizer, around.prefix, around.suffix, prompt_format(settings)),
+        max_new_tokens=MAX_TOKENS, temperature=settings.temperature,
+        time_budget_ms=max(settings.time_budget_ms, TIME_BUDGET_MS), stop_strings=around.stop,
+    )
+
+
+class DocstringCache:
+    """Generated docstrings by document and definition header, so hover and the code action share one.
+
+    Keyed by the header's text, not its line: typing elsewhere keeps the entry, editing the
+    signature drops it. Bounded; the oldest entry goes first.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._capacity = capacity
+
+    @staticmethod
+    def key(doc: Document, d: Definition) -> tuple[str, str]:
+        return doc.uri, "".join(doc.lines[d.first_line: d.body_line])
+
+    def get(self, key: tuple[str, str]) -> str | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[str, str], text: str) -> None:
+        self._entries[key] = text
+        if len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()

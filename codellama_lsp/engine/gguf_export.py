@@ -24,7 +24,11 @@ import gguf
 import torch
 from sentencepiece import sentencepiece_model_pb2
 
-from .engine import ModelArgs, Tokenizer, load_model
+from codellama_lsp.engine.config import ModelArgs
+
+from codellama_lsp.engine.tokenizer import Tokenizer
+
+from codellama_lsp.engine.checkpoint import load_model
 
 OUT_TYPES = {"f32": (torch.float32, gguf.LlamaFileType.ALL_F32), "f16": (torch.float16, gguf.LlamaFileType.MOSTLY_F16)}
 

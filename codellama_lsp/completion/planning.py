@@ -12,20 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .context import Window, prompt_text, window
-from .documents import Cursor, Document
-from .engine import GenerationRequest, Tokenizer
-from .postprocess import Mode, block_end, choose_mode, finish, indent_of, loop_end, next_code_line
-from .prompt import infilling_tokens
-from .settings import Settings
-from .syntax import language_of, parser, trim_to_syntax
+from codellama_lsp.completion.context import Window, model_text, window
+from codellama_lsp.documents import Cursor, Document
+from codellama_lsp.generation import GenerationRequest, TextTokenizer
+
+from codellama_lsp.completion.postprocess import Mode, block_end, choose_mode, finish, indent_of, loop_end, next_code_line
+from codellama_lsp.completion.templates import infilling_tokens
+from codellama_lsp.settings import Settings, prompt_format
+from codellama_lsp.completion.syntax import language_of, parser, trim_to_syntax
 
 
 @dataclass(frozen=True)
 class Plan:
     mode: Mode
     window: Window
-    prompt: list[int]
+    token_ids: list[int]  # the model's prompt
     line_suffix: str  # the rest of the cursor's line
     block_indent: str  # lines indented less than this end a multi-line suggestion
     next_line: str  # the first code line after the cursor's line, which a suggestion must not repeat
@@ -35,28 +36,19 @@ class Plan:
     language: str
 
 
-def _line_ending(doc: Document, line: int) -> str:
-    for text in (doc.lines[line], doc.lines[max(0, line - 1)], doc.lines[0]):
-        if text.endswith("\r\n"):
-            return "\r\n"
-        if text.endswith(("\n", "\r")):
-            return text[-1]
-    return "\n"
-
-
-def plan(doc: Document, cursor: Cursor, settings: Settings, tokenizer: Tokenizer, count, previous: Window | None = None) -> Plan:
+def plan(doc: Document, cursor: Cursor, settings: Settings, tokenizer: TextTokenizer, count, previous: Window | None = None) -> Plan:
     line = doc.line_text(cursor.line)
     head = line[: cursor.index]
     win = window(doc, cursor, settings.prefix_tokens, settings.suffix_tokens, count, previous)
-    prefix, suffix = prompt_text(win.prefix.text), prompt_text(win.suffix.text)
+    prefix, suffix = model_text(win.prefix.text), model_text(win.suffix.text)
     return Plan(
         mode=choose_mode(line, cursor.index),
         window=win,
-        prompt=infilling_tokens(tokenizer, prefix, suffix, settings.format),  # type: ignore[arg-type]
+        token_ids=infilling_tokens(tokenizer, prefix, suffix, prompt_format(settings)),
         line_suffix=line[cursor.index:],
         block_indent=indent_of(head) if head.strip() else head,
         next_line=next_code_line(suffix),
-        eol=_line_ending(doc, cursor.line),
+        eol=doc.line_ending(cursor.line),
         prefix=prefix,
         suffix=suffix,
         language=language_of(doc.language_id, doc.uri),
@@ -74,7 +66,7 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
             loop_end(text) is not None
 
     return GenerationRequest(
-        prompt=p.prompt,
+        prompt=p.token_ids,
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         time_budget_ms=settings.time_budget_ms,

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Hashable, TypeVar
+from typing import Awaitable, Callable, Hashable, Literal, TypeVar
 
 T = TypeVar("T")
+
+# What a computation is for, and the document: one live computation per key.
+Key = tuple[Literal["completion", "docstring"], str]
+# How a suggestion request was answered, counted in codellama.status.
+Outcome = Literal["typed_through", "model_not_ready", "superseded", "answered", "typed_ahead", "empty"]
 
 
 @dataclass(frozen=True)
@@ -67,15 +72,46 @@ class Lifecycle:
         # computation left without requests runs this much longer, so that the next request
         # can still join it (or supersede it at once).
         self.grace_s = grace_s
-        self._flights: dict[str, Flight] = {}
-        self._shown: dict[str, Shown] = {}
+        self._flights: dict[Key, Flight] = {}
+        self._shown: dict[str, Shown] = {}  # by document
         self.shared = 0  # requests answered by a computation another request started
 
     def running(self) -> dict[str, int]:
-        """Keys with a computation under way, and the characters it has streamed so far."""
-        return {key: len(f.partial) for key, f in self._flights.items() if f.task is not None and not f.task.done()}
+        """Computations under way (a completion by its document, others as "kind uri"), and the
+        characters each has streamed so far."""
+        return {uri if kind == "completion" else f"{kind} {uri}": len(f.partial)
+                for (kind, uri), f in self._flights.items() if f.task is not None and not f.task.done()}
 
-    async def run(self, key: str, ident: Hashable, start: Callable[[Flight], Awaitable[T]],
+    async def suggest(self, uri: str, here: Anchor, version: int | None,
+                      start: Callable[[Flight], Awaitable[str]] | None) -> tuple[str, Outcome]:
+        """The whole answer policy for a suggestion at ``here``: the text to show, and how it came.
+
+        The rest of the shown suggestion when the user typed its start; else the running
+        generation when the user typed what it already wrote (``typed_ahead``), else a new
+        one from ``start`` (None: no model yet). What is computed is remembered for
+        typed-through, and cut by what was typed while it ran.
+        """
+        rest = self.typed_through(uri, here)
+        if rest is not None:
+            return rest, "typed_through"
+        if start is None:
+            return "", "model_not_ready"
+
+        def typed_ahead(flight: Flight) -> bool:
+            """The user typed what the running generation has already written: wait for it."""
+            return rest_after_typing(flight.partial, typed_since(flight.ident[0], here)) is not None
+
+        outcome = await self.run(("completion", uri), (here, version), start, typed_ahead)
+        if outcome is None:
+            return "", "superseded"
+        (anchor, _), text = outcome
+        self.remember(uri, Shown(anchor, text))
+        if anchor == here:
+            return text, "answered" if text else "empty"
+        # Answered by a generation started before the last keystrokes.
+        return rest_after_typing(text, typed_since(anchor, here)) or "", "typed_ahead"
+
+    async def run(self, key: Key, ident: Hashable, start: Callable[[Flight], Awaitable[T]],
                   joins: Callable[[Flight], bool] | None = None) -> tuple[Hashable, T] | None:
         """Answer ``ident`` under ``key``: (the ident actually computed, its result), or None if superseded.
 
@@ -124,5 +160,5 @@ class Lifecycle:
     def forget(self, uri: str) -> None:
         """A closed document: drop its suggestion and stop its computations."""
         self._shown.pop(uri, None)
-        for key in [k for k in self._flights if k == uri or k.endswith(" " + uri)]:
+        for key in [k for k in self._flights if k[1] == uri]:
             self._flights.pop(key).task.cancel()

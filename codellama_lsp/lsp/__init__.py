@@ -1,0 +1,1 @@
+"""The Language Server: LSP wiring (``server``, ``protocol``) around the request lifecycle, loading and metrics."""

@@ -1,0 +1,110 @@
+"""Plain results turned into LSP types, and LSP request data read back: no logic, no state.
+
+Handlers in ``server`` get the document, call a plain function, and hand its result to
+one of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Sequence
+
+from lsprotocol import types
+
+from codellama_lsp.completion import docstring as ds
+from codellama_lsp import __version__
+from codellama_lsp.documents import Document
+from codellama_lsp.settings import resolve_format
+
+if TYPE_CHECKING:
+    from codellama_lsp.lsp.server import CodeLlamaServer
+
+GENERATE_DOCSTRING = "Generate docstring"
+LABEL_CHARS = 60  # a completion menu shows about this much of a label
+
+
+def inline_list(text: str, position: types.Position) -> types.InlineCompletionList:
+    at = types.Range(start=position, end=position)
+    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=at)] if text else [])
+
+
+def completion_list(text: str, position: types.Position) -> types.CompletionList:
+    """The suggestion as one item, for clients without inline completion.
+
+    Incomplete, so the client asks again as the user types, which is when suggestions change.
+    """
+    if not text:
+        return types.CompletionList(is_incomplete=True, items=[])
+    first = text.strip().splitlines()[0]
+    at = types.Range(start=position, end=position)
+    item = types.CompletionItem(
+        label=first if len(first) <= LABEL_CHARS else first[: LABEL_CHARS - 3] + "...",
+        kind=types.CompletionItemKind.Text,
+        detail="codellama",
+        documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```\n{text}\n```"),
+        insert_text_format=types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(range=at, new_text=text),
+        filter_text="",
+        sort_text="0",
+        preselect=True,
+    )
+    return types.CompletionList(is_incomplete=True, items=[item])
+
+
+def hover(d: ds.Definition, text: str) -> types.Hover:
+    return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=ds.markdown(d, text)))
+
+
+def wants_rewrite(only: Sequence[str] | None) -> bool:
+    """Whether a code action request's ``only`` filter admits our refactor.rewrite actions."""
+    return not only or any(types.CodeActionKind.RefactorRewrite.value.startswith(k) for k in only)
+
+
+def resolves_edits(caps: types.ClientCapabilities) -> bool:
+    """Whether the client resolves a code action's edit lazily (so generation waits for the choice)."""
+    td = caps.text_document
+    support = td.code_action.resolve_support if td and td.code_action else None
+    return bool(support and "edit" in support.properties)
+
+
+def docstring_action(uri: str, position: types.Position) -> types.CodeAction:
+    return types.CodeAction(title=GENERATE_DOCSTRING, kind=types.CodeActionKind.RefactorRewrite,
+                            data={"uri": uri, "line": position.line, "character": position.character})
+
+
+def action_place(action: types.CodeAction) -> tuple[str, types.Position] | None:
+    """The document and position ``docstring_action`` stored in the action, or None if it is not there."""
+    data: Any = action.data if isinstance(action.data, dict) else {}
+    try:
+        return str(data["uri"]), types.Position(line=int(data["line"]), character=int(data["character"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def docstring_edit(doc: Document, d: ds.Definition, text: str) -> types.WorkspaceEdit:
+    line, insert = ds.edit(doc, d, text)
+    where = types.Position(line=line, character=0)
+    return types.WorkspaceEdit(changes={doc.uri: [types.TextEdit(range=types.Range(start=where, end=where),
+                                                                 new_text=insert)]})
+
+
+def status(server: "CodeLlamaServer") -> dict[str, Any]:
+    """What ``codellama.status`` answers: the model, its load, the settings in force, and the counters."""
+    backend = server.slot.backend
+    return {
+        "version": __version__,
+        "model": str(server.slot.path),
+        "state": server.slot.state,
+        "error": server.slot.error,
+        "device": str(backend.device) if backend else server.settings.device,
+        "dtype": str(backend.dtype).removeprefix("torch.") if backend else server.settings.dtype,
+        "load_ms": server.slot.load_ms,
+        "settings": asdict(server.settings),
+        "format": resolve_format(server.settings, backend.preferred_format).format if backend else None,
+        "position_encoding": server.encoding,
+        "open_documents": len(server.docs.documents),
+        **server.metrics.snapshot(),
+        "shared_requests": server.lifecycle.shared,
+        "in_flight": server.lifecycle.running(),
+        "generated_tokens": backend.generated_tokens if backend else 0,
+    }

@@ -1,0 +1,309 @@
+"""The pygls language server: LSP wiring around plain modules.
+
+Each handler gets the document, calls a plain function (``completion.planning``,
+``completion.docstring``, ``lifecycle``) and converts the result (``convert``). Nothing
+here raises to the client for a bad document, position or setting: those get an empty
+result and a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Awaitable
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from codellama_lsp import BUNDLED_MODEL, __version__
+from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.context import TokenCounter
+from codellama_lsp.documents import Cursor, Document
+from codellama_lsp.generation import Backend, GenerationRequest
+from codellama_lsp.lsp import convert
+from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
+from codellama_lsp.lsp.loading import BackendSlot, load_into
+from codellama_lsp.lsp.metrics import Metrics, counted_generation
+from codellama_lsp.lsp.progress import LspProgress
+from codellama_lsp.positions import negotiate
+from codellama_lsp.lsp.protocol import CodeLlamaProtocol
+from codellama_lsp.lsp.open_documents import OpenDocuments
+from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, resolve_format
+
+log = logging.getLogger("codellama_lsp")
+
+STATUS_COMMAND = "codellama.status"
+
+
+class CodeLlamaServer(LanguageServer):
+    def __init__(self, settings: Settings, default_model: Path = BUNDLED_MODEL) -> None:
+        super().__init__("codellama-lsp", __version__, protocol_cls=CodeLlamaProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.settings = settings
+        self.default_model = default_model
+        self.slot = BackendSlot(self.model_path(settings))
+        self.docs = OpenDocuments()
+        self.lifecycle = Lifecycle()
+        self.metrics = Metrics()
+        self.counter: TokenCounter | None = None
+        self.docstrings = ds.DocstringCache()
+        self.encoding = "utf-16"
+        self.shutdown_requested = False
+        self._load_task: asyncio.Task | None = None
+        self._fit_note: str | None = None  # the last budget-cut warning shown, so it is shown once
+
+    # -- errors -----------------------------------------------------------------------------------------
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """Log instead of pygls' default pop-up: bad client input is logged, not shown to the user."""
+        log.error("%s: %s", getattr(source, "__name__", source), error)
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    # -- settings and the backend -----------------------------------------------------------------------
+    def model_path(self, settings: Settings) -> Path:
+        return Path(settings.model).expanduser() if settings.model else self.default_model
+
+    def apply_settings(self, raw: Any, source: str) -> None:
+        before = self.settings
+        self.settings, errors = apply(self.settings, raw)
+        if errors:
+            message = f"codellama-lsp: {source}: " + "; ".join(errors)
+            log.warning(message)
+            self.show(types.MessageType.Warning, message)
+        if self.settings != before:
+            log.info("settings from %s: %s", source, self.settings)
+        if self.settings.load_key != before.load_key and self.slot.state != "not loaded":
+            self.start_loading()
+
+    def request_settings(self, backend: Backend) -> Settings:
+        """The settings a request uses: format "auto" resolved for ``backend``'s model, and the budgets
+        cut to fit its context, with a warning once."""
+        fitted, note = fit_to_context(resolve_format(self.settings, backend.preferred_format), backend.context_length)
+        if note is not None and note != self._fit_note:
+            log.warning(note)
+            self.show(types.MessageType.Warning, note)
+        self._fit_note = note
+        return fitted
+
+    async def pull_configuration(self) -> None:
+        caps = self.client_capabilities.workspace
+        if not (caps and caps.configuration):
+            return
+        try:
+            answer = await asyncio.wait_for(self.workspace_configuration_async(
+                types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])), 5)
+        except Exception as exc:  # noqa: BLE001 - a client that cannot answer keeps the current settings
+            log.warning("workspace/configuration failed: %s", exc)
+            return
+        if answer and answer[0] is not None:
+            self.apply_settings(answer[0], "workspace/configuration")
+
+    def start_loading(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()  # the newest settings win; the old thread's result is dropped
+        self._load_task = asyncio.ensure_future(self.load())
+
+    async def load(self) -> None:
+        old, self.slot = self.slot.backend, BackendSlot(self.model_path(self.settings))
+        try:
+            await load_into(self.slot, self.settings, LspProgress(self))
+        finally:
+            if old is not None:
+                old.close()
+        if self.slot.backend is not None:
+            self.counter = TokenCounter(self.slot.backend.tokenizer.encode)
+            self.docs.windows.clear()
+            self.docstrings.clear()
+
+    # -- documents --------------------------------------------------------------------------------------
+    def open_document(self, item: types.TextDocumentItem) -> None:
+        self.docs.open(item, self.encoding)
+
+    def change_document(self, params: types.DidChangeTextDocumentParams) -> None:
+        self.docs.change(params)
+
+    def close_document(self, uri: str) -> None:
+        self.docs.close(uri)
+        self.lifecycle.forget(uri)
+
+    def locate(self, uri: str, position: types.Position, what: str) -> tuple[Document, Cursor] | None:
+        """The document and cursor for a request, or None (logged and counted) when either is unknown."""
+        found = self.docs.locate(uri, position, what)
+        if isinstance(found, str):
+            self.metrics.count(found)
+            return None
+        return found
+
+    def ready(self) -> tuple[Backend, TokenCounter] | None:
+        backend, counter = self.slot.backend, self.counter
+        return None if backend is None or counter is None else (backend, counter)
+
+    # -- completion -------------------------------------------------------------------------------------
+    async def suggest(self, uri: str, position: types.Position) -> str:
+        """The suggestion at ``position``, or "" when there is none (the reason is logged and counted)."""
+        t0 = time.perf_counter()
+        self.metrics.count("completion")
+        if not self.settings.enabled:
+            self.metrics.count("disabled")
+            return ""
+        found = self.locate(uri, position, "completion")
+        if found is None:
+            return ""
+        doc, cursor = found
+        line = doc.line_text(cursor.line)
+        here = Anchor(cursor.line, line[: cursor.index], line[cursor.index:])
+        ready = self.ready()
+        start = None if ready is None else (lambda flight: self._complete(doc, cursor, *ready, flight))
+        try:
+            text, outcome = await self.lifecycle.suggest(uri, here, doc.version, start)
+        except asyncio.CancelledError:
+            self.metrics.count("cancelled")
+            raise
+        self.metrics.count(outcome)
+        if outcome == "model_not_ready":
+            log.info("completion before the model is ready (%s)", self.slot.state)
+        elif outcome != "superseded":
+            self.metrics.answered((time.perf_counter() - t0) * 1000)
+        return text
+
+    def _complete(self, doc: Document, cursor: Cursor, backend: Backend, counter: TokenCounter,
+                  flight: Flight) -> Awaitable[str]:
+        """Plan now, while the document is as the request saw it; generate in the returned awaitable."""
+        settings = self.request_settings(backend)
+        where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
+        try:
+            p = plan(doc, cursor, settings, backend.tokenizer, counter, self.docs.windows.get(doc.uri))
+        except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
+            log.warning("%s: no prompt: %s", where, exc)
+            return asyncio.sleep(0, "")
+        self.docs.windows[doc.uri] = p.window
+        request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text))
+
+        async def generate() -> str:
+            result = await counted_generation(backend, request, self.metrics, where)
+            if result is None:
+                return ""
+            text = suggestion(result.text, p)
+            log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s: %r", where, p.mode, result.reused_tokens,
+                      result.prompt_tokens, result.generated_tokens, result.stop_reason, text)
+            return text
+
+        return generate()
+
+    # -- docstrings -------------------------------------------------------------------------------------
+    async def docstring(self, uri: str, position: types.Position) -> tuple[Document, ds.Definition, str] | None:
+        """A generated docstring for the undocumented definition at ``position``, if there is one."""
+        found, ready = self.locate(uri, position, "docstring"), self.ready()
+        if found is None or ready is None:
+            return None
+        doc, cursor = found
+        d = ds.find_definition(doc, cursor.line)
+        if d is None or d.has_docstring:
+            return None
+        key = self.docstrings.key(doc, d)
+        text = self.docstrings.get(key)
+        if text is None:
+            backend, counter = ready
+            request = ds.generation_request(doc, d, self.request_settings(backend), backend.tokenizer, counter)
+
+            async def generate() -> str:
+                result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
+                return "" if result is None else ds.clean(result.text, d.style)
+
+            outcome = await self.lifecycle.run(("docstring", uri), key, lambda _: generate())
+            text = outcome[1] if outcome else ""
+            if text:
+                self.docstrings.put(key, text)
+        return (doc, d, text) if text else None
+
+# -- handlers ---------------------------------------------------------------------------------------------
+
+def _initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
+    ls.encoding = negotiate([str(getattr(e, "value", e)) for e in (params.capabilities.general.position_encodings or [])]
+                            if params.capabilities.general else None)
+    ls.apply_settings(params.initialization_options, "initializationOptions")
+
+
+async def _initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> None:
+    await ls.pull_configuration()
+    ls.start_loading()
+
+
+async def _did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
+    if isinstance(params.settings, dict) and params.settings:
+        ls.apply_settings(params.settings, "workspace/didChangeConfiguration")
+    else:
+        await ls.pull_configuration()
+
+
+def _shutdown(ls: CodeLlamaServer, *args: Any) -> None:
+    ls.shutdown_requested = True
+    if ls.slot.backend is not None:
+        ls.slot.backend.close()
+
+
+def _exit(ls: CodeLlamaServer, *args: Any) -> None:
+    """End at once: the engine's worker thread must not keep the process alive."""
+    logging.shutdown()
+    os._exit(0 if ls.shutdown_requested else 1)
+
+
+async def _inline_completion(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+    return convert.inline_list(await ls.suggest(params.text_document.uri, params.position), params.position)
+
+
+async def _completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
+    return convert.completion_list(await ls.suggest(params.text_document.uri, params.position), params.position)
+
+
+async def _hover(ls: CodeLlamaServer, params: types.HoverParams) -> types.Hover | None:
+    found = await ls.docstring(params.text_document.uri, params.position)
+    return None if found is None else convert.hover(found[1], found[2])
+
+
+async def _code_action(ls: CodeLlamaServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+    doc, start = ls.docs.documents.get(params.text_document.uri), params.range.start
+    if doc is None or not convert.wants_rewrite(params.context.only) or not 0 <= start.line < len(doc.lines):
+        return []
+    d = ds.find_definition(doc, start.line)
+    if d is None or d.has_docstring:
+        return []
+    action = convert.docstring_action(doc.uri, start)
+    return [action] if convert.resolves_edits(ls.client_capabilities) else [await _resolve_code_action(ls, action)]
+
+
+async def _resolve_code_action(ls: CodeLlamaServer, action: types.CodeAction) -> types.CodeAction:
+    place = convert.action_place(action)
+    if place is None:
+        log.warning("codeAction/resolve without the data this server put there: %r", action.data)
+        return action
+    found = await ls.docstring(*place)
+    if found is not None:
+        action.edit = convert.docstring_edit(*found)
+    return action
+
+
+def _status(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
+    return convert.status(ls)
+
+
+def build_server(settings: Settings, default_model: Path = BUNDLED_MODEL) -> CodeLlamaServer:
+    server = CodeLlamaServer(settings, default_model)
+    server.feature(types.INITIALIZE)(_initialize)
+    server.feature(types.INITIALIZED)(_initialized)
+    server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(_did_change_configuration)
+    server.feature(types.SHUTDOWN)(_shutdown)
+    server.feature(types.EXIT)(_exit)
+    server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())(_inline_completion)
+    server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(_completion)
+    server.feature(types.TEXT_DOCUMENT_HOVER)(_hover)
+    server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
+        code_action_kinds=[types.CodeActionKind.RefactorRewrite], resolve_provider=True))(_code_action)
+    server.feature(types.CODE_ACTION_RESOLVE)(_resolve_code_action)
+    server.command(STATUS_COMMAND)(_status)
+    return server
