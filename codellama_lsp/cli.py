@@ -13,7 +13,7 @@ from codellama_lsp import BUNDLED_MODEL, __version__
 from codellama_lsp.settings import Settings, resolve_format
 
 if TYPE_CHECKING:
-    from .server import CodeLlamaServer
+    from codellama_lsp.lsp.server import CodeLlamaServer
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -85,7 +85,7 @@ def _logging(log_file: Path | None, level: str) -> None:
 def _log_to_client(server: "CodeLlamaServer", level: str) -> None:
     """Log through the LSP (window/logMessage), not stderr: editors file a server's stderr as errors,
     so INFO lines on stderr read as failures in Neovim's :LspLog."""
-    from .lsp_log import LspLogHandler
+    from codellama_lsp.lsp_log import LspLogHandler
 
     logging.basicConfig(level=level, handlers=[LspLogHandler(server)], force=True)
     logging.captureWarnings(True)  # Python warnings too, at Warning, instead of raw stderr
