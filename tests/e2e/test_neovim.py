@@ -374,8 +374,8 @@ def test_missing_server_says_what_to_do(nvim_factory, tmp_path: Path):
     path = tmp_path / "first.py"
     path.write_text(PY_SAMPLE, encoding="utf-8")
     n.command(f"edit {path}")
-    _unblock(n)  # the message is several lines: Neovim asks for ENTER, as for any error
     messages = _wait(lambda: _messages(n) if "codellama-lsp" in _messages(n) else None, 30, "the missing-server message")
+    _unblock(n)  # the message is several lines: Neovim asks for ENTER, as for any error
     assert "cannot start the server: `codellama-lsp` is not on $PATH" in messages, messages
     assert 'cmd = { "/path/to/venv/bin/codellama-lsp", "--stdio" }' in messages, messages
     assert "activate its virtualenv" in messages and "pip install torch==2.13.0 && pip install -e ." in messages, messages
