@@ -162,7 +162,8 @@ def _messages(n) -> str:
 
 
 def _unblock(n) -> None:
-    """Answer a hit-enter prompt, as a user would, so the next RPC request is served."""
+    """Answer a hit-enter prompt, as a user would, so the next RPC request is served (only
+    nvim_get_mode and nvim_input are answered while Neovim waits at the prompt)."""
     if n.api.get_mode()["blocking"]:
         n.input("<CR>")
         _wait(lambda: not n.api.get_mode()["blocking"], 10, "the hit-enter prompt to go")
@@ -374,8 +375,11 @@ def test_missing_server_says_what_to_do(nvim_factory, tmp_path: Path):
     path = tmp_path / "first.py"
     path.write_text(PY_SAMPLE, encoding="utf-8")
     n.command(f"edit {path}")
-    messages = _wait(lambda: _messages(n) if "codellama-lsp" in _messages(n) else None, 30, "the missing-server message")
-    _unblock(n)  # the message is several lines: Neovim asks for ENTER, as for any error
+    # The message is several lines, so Neovim asks for ENTER, as for any long error; requests
+    # wait while it does (nvim_get_mode does not), so answer it first, as the user would.
+    _wait(lambda: n.api.get_mode()["blocking"], 30, "the message's hit-enter prompt")
+    _unblock(n)
+    messages = _messages(n)
     assert "cannot start the server: `codellama-lsp` is not on $PATH" in messages, messages
     assert 'cmd = { "/path/to/venv/bin/codellama-lsp", "--stdio" }' in messages, messages
     assert "activate its virtualenv" in messages and "pip install torch==2.13.0 && pip install -e ." in messages, messages
