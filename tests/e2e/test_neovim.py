@@ -413,7 +413,7 @@ def test_loading_messages_statusline_health_and_clean_log(nvim, tmp_path: Path, 
     _open_and_wait_ready(n, path)
 
     model = _lua(n, "return _G.__cl_status.res.model")
-    demo = model.rstrip("/").endswith("model/default")
+    demo = model.rstrip("/").endswith("demo_model")
     name = "the demo model" if demo else Path(model).name
     messages = _wait(lambda: _messages(n) if "codellama: ready" in _messages(n) else None, 30, "the ready message")
     assert f"codellama: loading {name}…" in messages, messages
@@ -434,7 +434,7 @@ def test_loading_messages_statusline_health_and_clean_log(nvim, tmp_path: Path, 
     if demo:
         assert "WARNING this is the small demo model" in report and "Qwen2.5-Coder-0.5B" in report, report
     else:
-        assert "OK a checkpoint directory" in report, report
+        assert "OK a real model (GGUF)" in report or "OK a checkpoint directory" in report, report
 
     # The server logged through the LSP: its INFO lines are [INFO] in :LspLog, and nothing is an error.
     log = _wait(lambda: _lsp_log(tmp_path) if "model ready" in _lsp_log(tmp_path) else None, 30, "the LSP log")

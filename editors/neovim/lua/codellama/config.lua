@@ -63,7 +63,7 @@ function M.server_settings()
 end
 
 --- How a new user installs the server: the README's command, from a clone of the repository.
-M.install_hint = "pip install torch==2.13.0 && pip install -e .   (in a clone of codellama-lsp)"
+M.install_hint = "pip install torch==2.13.0 && pip install -e '.[qwen]'   (in a clone of codellama-lsp)"
 
 --- Why the configured server cannot be started, or nil when it can (as far as we can tell).
 --- Neovim 0.11 silently skips a config whose cmd[1] is not executable, so the plugin checks

@@ -13,7 +13,7 @@ local LOAD_TIMEOUT_MS = 180000 -- the model's load, for a throwaway server
 ---@return "demo"|"gguf"|"checkpoint"
 local function model_kind(path)
   local norm = tostring(path or ""):gsub("\\", "/"):gsub("/+$", "")
-  if norm:match("/model/default$") or norm:match("/model/default/") then
+  if norm:match("/demo_model$") or norm:match("/demo_model/") then
     return "demo"
   elseif norm:lower():match("%.gguf$") then
     return "gguf"
@@ -144,7 +144,7 @@ local function throwaway_status(cmd)
     processId = vim.fn.getpid(),
     rootUri = vim.NIL,
     clientInfo = { name = "codellama checkhealth" },
-    capabilities = {},
+    capabilities = vim.empty_dict(),  -- {} would be sent as a JSON array
     initializationOptions = config.server_settings(),
   }, function(err, result)
     init = { err = err, result = result }

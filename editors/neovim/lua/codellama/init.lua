@@ -42,7 +42,7 @@ local function short_model(path)
     return "the model"
   end
   local norm = path:gsub("\\", "/"):gsub("/+$", "")
-  if norm:match("/model/default$") then
+  if norm:match("/demo_model$") then
     return "the demo model"
   end
   return vim.fn.fnamemodify(norm, ":t")
