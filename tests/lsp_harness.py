@@ -126,12 +126,14 @@ def capabilities(encodings: list[str] | None = None, resolve_edits: bool = True)
     )
 
 
-async def start(model: Path, log_file: Path, *, encodings: list[str] | None = None, options: Any = None,
-                resolve_edits: bool = True, initialize: bool = True) -> Client:
+async def start(model: Path | None, log_file: Path, *, encodings: list[str] | None = None, options: Any = None,
+                resolve_edits: bool = True, initialize: bool = True, threads: int = 1) -> Client:
+    """The server on ``model`` (None: its default model), initialized unless told otherwise."""
     client = Client()
     client.log_file = log_file
-    await client.start_io(sys.executable, "-m", "codellama_lsp", "--stdio", "--model", str(model),
-                          "--log-file", str(log_file), "--log-level", "DEBUG", "--threads", "1")
+    chosen = [] if model is None else ["--model", str(model)]
+    await client.start_io(sys.executable, "-m", "codellama_lsp", "--stdio", *chosen,
+                          "--log-file", str(log_file), "--log-level", "DEBUG", "--threads", str(threads))
     if initialize:
         client.result = await client.initialize_async(types.InitializeParams(
             capabilities=capabilities(encodings, resolve_edits),

@@ -105,3 +105,48 @@ def test_32_greedy_tokens_equal_transformers(engine: Engine, reference, prompt: 
     want = [t for t in out[0, len(prompt):].tolist() if t not in template.stop_ids]
     assert result.token_ids == want
     assert len(want) >= 8  # a real middle, not an immediate stop
+
+
+async def test_the_default_server_completes_with_the_real_model(engine: Engine, tmp_path: Path) -> None:
+    """About 30 s: ``codellama-lsp --stdio`` with no --model loads the real model and answers in its family's format."""
+    from lsp_harness import start, stop
+
+    from codellama_lsp.completion.context import TokenCounter
+    from codellama_lsp.completion.planning import generation_request, plan, suggestion
+    from codellama_lsp.documents import Document
+    from codellama_lsp.settings import Settings
+
+    demo = (Path(__file__).resolve().parent.parent / "examples" / "demo.py").read_text(encoding="utf-8")
+    client = await start(None, tmp_path / "server.log", threads=2, options={"maxNewTokens": 24})
+    try:
+        status = await client.wait_loaded(timeout=300)
+        assert status["state"] == "ready", status
+        assert status["model"].endswith(".gguf") and status["family"].startswith("qwen2.5-coder"), status
+        assert status["format"] == "psm"
+        uri = "file:///demo.py"
+        client.open(uri, demo)
+        got = await client.inline(uri, 13, 17)  # after "total += " in the loop
+    finally:
+        await stop(client)
+    settings = Settings(format="psm", max_new_tokens=24, time_budget_ms=60000)
+    doc = Document.from_text(uri, demo)
+    p = plan(doc, doc.cursor(13, 17), settings, detect(engine.tokenizer), engine.tokenizer,
+             TokenCounter(engine.tokenizer.encode))
+    want = suggestion(engine.generate(generation_request(p, settings)).text, p)
+    assert got == want and "line" in got, (got, want)
+
+
+def test_remote_backends_get_the_family_prompt(engine: Engine, real_gguf: Path) -> None:
+    """Text servers get Qwen's prompt as text that llama.cpp tokenizes back into our ids; its stops as text."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from codellama_lsp.backends.text_prompt import as_text, split_infilling, stop_texts
+
+    tok, template = engine.tokenizer, detect(engine.tokenizer)
+    ids = template.prompt(tok, PREFIX, SUFFIX, "psm")
+    text = as_text(tok, ids)
+    assert text == f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>"
+    vocab = llama_cpp.Llama(str(real_gguf), vocab_only=True, verbose=False)
+    assert vocab.tokenize(text.encode(), add_bos=False, special=True) == ids
+    assert split_infilling(tok, ids) == (tok.encode(PREFIX), tok.encode(SUFFIX))
+    request = GenerationRequest(ids, stop_strings=("\n",), stop_ids=template.stop_ids)
+    assert stop_texts(tok, request) == ["\n", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.tokenizer import Tokenizer
-from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend
+from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend, TextTokenizer
 from codellama_lsp.backends.errors import BackendError
 from codellama_lsp.backends.remote import RemoteBackend
 from codellama_lsp.backends.wire import PROTOCOLS
@@ -42,7 +42,12 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     if not url:
         raise BackendError(f"the {backend} backend needs the codellama.url setting (the server's base URL)")
     source = tokenizer or (model if (model / "tokenizer.model").is_file() else BUNDLED_MODEL)
-    tok = Tokenizer(source / "tokenizer.model" if source.is_dir() else source)
+    if source.suffix == ".gguf":  # the served model's own GGUF: its vocabulary, no weights
+        from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
+
+        tok: TextTokenizer = load_gguf_tokenizer(source)
+    else:
+        tok = Tokenizer(source / "tokenizer.model" if source.is_dir() else source)
     return RemoteBackend(PROTOCOLS[backend](tok), url, tok, served_model=served_model, api_key_env=api_key_env)
 
 

@@ -12,12 +12,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.generation import GenerationRequest, TextTokenizer
 
-from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.generation import StopReason
 from codellama_lsp.backends.errors import BackendError
-from codellama_lsp.backends.text_prompt import as_text, eot_text, split_infilling
+from codellama_lsp.backends.text_prompt import as_text, eot_text, split_infilling, stop_texts
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit, and TGI's default max_stop_sequences
 # The engine applies no repetition penalty; llama.cpp's server and llama-cpp-python default to 1.1,
@@ -36,7 +35,7 @@ class Chunk:
 class Wire(ABC):
     name: str
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tok = tokenizer
 
     @abstractmethod
@@ -49,8 +48,8 @@ class Wire(ABC):
     def parse(self, obj: Any) -> Chunk: ...
 
 
-def _stops(req: GenerationRequest) -> list[str]:
-    return [s for s in req.stop_strings if s][:MAX_STOP_STRINGS]
+def _stops(tok: TextTokenizer, req: GenerationRequest) -> list[str]:
+    return stop_texts(tok, req)[:MAX_STOP_STRINGS]
 
 
 def _object(obj: Any) -> Mapping[str, Any]:
@@ -93,8 +92,8 @@ class OpenAICompletions(Wire):
         }
         if model:
             body["model"] = model
-        if _stops(req):
-            body["stop"] = _stops(req)
+        if _stops(self.tok, req):
+            body["stop"] = _stops(self.tok, req)
         return body
 
     def parse(self, obj: Any) -> Chunk:
@@ -122,8 +121,9 @@ class VllmCompletions(OpenAICompletions):
     def payload(self, req: GenerationRequest, stream: bool, model: str | None) -> dict[str, Any]:
         body = super().payload(req, stream, model)
         del body["repeat_penalty"]  # not vLLM's parameter (its repetition_penalty defaults to 1.0)
-        if self.tok.eot_id is not None:
-            body["stop_token_ids"] = [self.tok.eot_id]
+        stop_ids = sorted(req.stop_ids) or ([self.tok.eot_id] if self.tok.eot_id is not None else [])
+        if stop_ids:
+            body["stop_token_ids"] = stop_ids
         return body
 
 
@@ -150,8 +150,8 @@ class TgiGenerate(Wire):
             params["temperature"] = req.temperature
             if 0 < req.top_p < 1:
                 params["top_p"] = req.top_p
-        if _stops(req):
-            params["stop"] = _stops(req)
+        if _stops(self.tok, req):
+            params["stop"] = _stops(self.tok, req)
         return {"inputs": as_text(self.tok, req.prompt), "parameters": params}
 
     def parse(self, obj: Any) -> Chunk:
@@ -200,8 +200,8 @@ class LlamaCppInfill(Wire):
             "cache_prompt": True,
             **NO_REPEAT_PENALTY,
         }
-        if _stops(req):
-            body["stop"] = _stops(req)
+        if _stops(self.tok, req):
+            body["stop"] = _stops(self.tok, req)
         return body
 
     def parse(self, obj: Any) -> Chunk:

@@ -20,7 +20,7 @@ from itertools import chain
 from typing import Callable, Literal
 
 from codellama_lsp.completion.context import cut, model_text
-from codellama_lsp.documents import Document
+from codellama_lsp.documents import Document, split_lines
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
 from codellama_lsp.completion.postprocess import END_MARKERS, drop_repeated_lines, indent_of, loop_end
 from codellama_lsp.completion.families import Template
@@ -249,6 +249,40 @@ def stop_at_loop(text: str) -> bool:
     return loop_end(text, prose=True) is not None
 
 
+def header_text(doc: Document, d: Definition) -> str:
+    """The definition's header lines, verbatim: what identifies it when its line number moves."""
+    return "".join(doc.lines[d.first_line: d.body_line])
+
+
+def definition_for(doc: Document, line: int, version: int | None, header: str | None) -> Definition | None:
+    """The undocumented definition a request taken at ``line`` of document ``version`` means, in ``doc`` now.
+
+    When ``doc`` is still that version, the definition at the line; when it has changed, the
+    one found again by its ``header`` text (None when it is gone, edited or now ambiguous), so
+    an edit computed for an older version never lands in the wrong place.
+    """
+    moved = version is not None and doc.version != version
+    d = (relocate(doc, header) if header else None) if moved else find_definition(doc, line)
+    return None if d is None or d.has_docstring else d
+
+
+def relocate(doc: Document, header: str) -> Definition | None:
+    """The one definition in ``doc`` whose header is ``header``, or None when there is none or more than one.
+
+    Used when the document changed after a position was taken: a line number from an
+    older version may now point anywhere, but the same signature text is the same
+    definition unless it occurs twice.
+    """
+    first = split_lines(header)[0] if header else ""
+    found: list[Definition] = []
+    for i, line in enumerate(doc.lines):
+        if first and line == first:
+            d = find_definition(doc, i)
+            if d is not None and header_text(doc, d) == header and d not in found:
+                found.append(d)
+    return found[0] if len(found) == 1 else None
+
+
 class DocstringCache:
     """Generated docstrings by document and definition header, so hover and the code action share one.
 
@@ -262,7 +296,7 @@ class DocstringCache:
 
     @staticmethod
     def key(doc: Document, d: Definition) -> tuple[str, str]:
-        return doc.uri, "".join(doc.lines[d.first_line: d.body_line])
+        return doc.uri, header_text(doc, d)
 
     def get(self, key: tuple[str, str]) -> str | None:
         return self._entries.get(key)
@@ -274,3 +308,8 @@ class DocstringCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def forget(self, uri: str) -> None:
+        """A closed document's entries (a header may be a whole minified file's first line)."""
+        for key in [k for k in self._entries if k[0] == uri]:
+            del self._entries[key]

@@ -18,12 +18,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, GenerationRequest, GenerationResult, PromptTooLong, StopReason, StopRule
+from codellama_lsp.generation import (DEFAULT_CONTEXT_LENGTH, GenerationRequest, GenerationResult, PromptTooLong,
+                                      StopReason, StopRule, TextTokenizer)
 from codellama_lsp.engine.checkpoint import load_model
 from codellama_lsp.engine.lookup import LookupDrafter
-from codellama_lsp.engine.model import Transformer
+from codellama_lsp.engine.runner import Runner, TorchRunner
 from codellama_lsp.engine.sampling import next_token
-from codellama_lsp.engine.tokenizer import Tokenizer
+
+
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
@@ -36,37 +38,38 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, context_length: int = DEFAULT_CONTEXT_LENGTH, reuse: bool = True,
-                 compile_decode: bool = False, draft_tokens: int = 8, prefill_chunk: int = 512) -> None:
-        self.model = model
+    def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = 8,
+                 prefill_chunk: int = 512) -> None:
+        self.runner = runner
         self.tokenizer = tokenizer
-        self.device = model.lm_head.weight.device
-        self.dtype = model.lm_head.weight.dtype
-        self.context_length = min(context_length, model.args.max_position_embeddings)
+        self.device, self.dtype = runner.device, runner.dtype
+        self.context_length = runner.context_length
         self.reuse = reuse
         # Greedy requests check up to this many looked-up draft tokens per forward pass (0: off).
         self.draft_tokens = draft_tokens
         self.prefill_chunk = prefill_chunk  # tokens per prefill pass; cancellation is checked between passes
-        model.fuse_for_inference()
-        model.setup_cache(self.context_length)
         self._stop_ids = frozenset(i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None)
-        # GPU only (not exercised on this CPU-only project machine): compile the one-token step.
-        self._forward = torch.compile(model, dynamic=True) if compile_decode else model
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache, in order
         self.generated_tokens = 0  # by all requests, stopped ones included: codellama.status shows it
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codellama-engine")
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", dtype: str | None = None, **options: Any) -> "Engine":
-        """Load a checkpoint directory; ``options`` are the constructor's (context_length, reuse, ...)."""
+    def load(cls, path: str | Path, device: str = "auto", dtype: str | None = None,
+             context_length: int = DEFAULT_CONTEXT_LENGTH, compile_decode: bool = False, **options: Any) -> "Engine":
+        """Our PyTorch model from a checkpoint; ``options`` are the constructor's (reuse, draft_tokens, ...)."""
         model, tokenizer = load_model(path, device=device, dtype=dtype)
-        return cls(model, tokenizer, **options)
+        return cls(TorchRunner(model, context_length, compile_decode), tokenizer, **options)
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch model, when the runner is ours (tests and benchmarks look inside it)."""
+        return getattr(self.runner, "model", None)
 
     @property
     def preferred_format(self) -> str | None:
         """The infilling layout the checkpoint declares it does best in (None: PSM), for format "auto"."""
-        return self.model.args.infilling_format
+        return self.runner.preferred_format
 
     def reset_cache(self) -> None:
         with self._lock:
@@ -86,7 +89,14 @@ class Engine:
             raise
 
     def close(self) -> None:
+        """Drop queued requests; the runner is released once the running one has stopped."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+        def release() -> None:
+            self._executor.shutdown(wait=True)
+            self.runner.close()
+
+        threading.Thread(target=release, name="codellama-engine-close", daemon=True).start()
 
     @torch.inference_mode()
     def generate(self, req: GenerationRequest) -> GenerationResult:
@@ -110,11 +120,6 @@ class Engine:
 
 
     # -- the steps of one request ---------------------------------------------------------------------------
-    def _forward_tokens(self, tokens: list[int], start: int, last_only: bool) -> torch.Tensor:
-        """Logits [T or 1, vocab] for ``tokens`` placed at ``start``, extending the KV cache."""
-        x = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        return self._forward(x, start=start, last_only=last_only)[0]
-
     def _prefill(self, prompt: list[int], reused: int, cancel: threading.Event) -> torch.Tensor | None:
         """Compute the prompt past its ``reused`` tokens; the last position's logits, or None if cancelled.
 
@@ -125,7 +130,7 @@ class Engine:
         done, n = reused, len(prompt)
         while True:
             end = min(n, done + self.prefill_chunk)
-            logits = self._forward_tokens(prompt[done:end], done, last_only=True)[-1]
+            logits = self.runner.forward(prompt[done:end], done, last_only=True)[-1]
             self._cached, done = prompt[:end], end
             if done == n:
                 return logits
@@ -134,7 +139,7 @@ class Engine:
 
     def _decode_step(self, tok: int, draft: list[int]) -> torch.Tensor:
         """Feed ``tok`` and the draft after it in one pass: the logits after each of them."""
-        rows = self._forward_tokens([tok, *draft], len(self._cached), last_only=not draft)
+        rows = self.runner.forward([tok, *draft], len(self._cached), last_only=not draft)
         self._cached.append(tok)
         return rows
 
@@ -176,6 +181,7 @@ class Engine:
                 continue
             assert drafter is not None
             tok, reason = self._accept_draft(draft, rows, state, drafter)
+            self.runner.truncate(len(self._cached))  # the rejected draft tokens' keys/values go
             if reason is not None:
                 return reason
         return reason
@@ -186,6 +192,7 @@ class Engine:
         # Always compute at least the last prompt token: its logits start the decode.
         reused = min(common_prefix_length(previous, prompt), n - 1) if self.reuse else 0
         self._cached = prompt[:reused]
+        self.runner.truncate(reused)
         rule = StopRule(req)
         logits = self._prefill(prompt, reused, req.cancel)
         prefill_ms = (time.perf_counter() - rule.started) * 1000

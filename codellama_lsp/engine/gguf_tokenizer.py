@@ -156,6 +156,10 @@ class GgufBpeTokenizer:
     def decode_infilling(self, ids: list[int]) -> str:
         return self.decode(ids)
 
+    def token_text(self, token_id: int) -> str:
+        """The token's own text (``<|fim_prefix|>`` for a special token), as servers that take text match it."""
+        return self._tok.id_to_token(token_id) or ""
+
 
 def _fim_id(meta: _Metadata, index: dict[str, int], part: str) -> int | None:
     """A FIM token's id from the GGUF's key, else by its name in the vocabulary."""

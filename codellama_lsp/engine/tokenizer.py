@@ -95,6 +95,10 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.sp.DecodeIds([i for i in ids if i not in self.special_ids])
 
+    def token_text(self, token_id: int) -> str:
+        """The piece's own text (``▁<PRE>`` for a special piece), as servers that take text match it."""
+        return self.sp.IdToPiece(token_id)
+
     def decode_infilling(self, ids: list[int]) -> str:
         """Decode generated middle text without dropping a leading space (Meta's ``decode_infilling``)."""
         if self._smiley_id is None:
