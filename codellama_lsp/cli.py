@@ -8,9 +8,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from codellama_lsp import __version__
 from codellama_lsp.settings import Settings, resolve_format
+
+if TYPE_CHECKING:
+    from codellama_lsp.lsp.server import CodeLlamaServer
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -30,7 +34,9 @@ def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
     parser.add_argument("--threads", type=int, default=default(None),
                         help="CPU threads for the model, either engine (default: PyTorch's choice; 1 is fastest "
                              "for small models on a busy machine)")
-    parser.add_argument("--log-file", type=Path, default=default(None), help="log here instead of stderr")
+    parser.add_argument("--log-file", type=Path, default=default(None),
+                        help="log here (default: the server logs to its client as window/logMessage, "
+                             "the terminal commands to stderr)")
     parser.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="default: INFO")
 
@@ -75,10 +81,21 @@ def export(args: argparse.Namespace) -> int:
 
 def _logging(log_file: Path | None, level: str) -> None:
     handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    from codellama_lsp.lsp.framing import CappedFormatter
+
+    handler.setFormatter(CappedFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # pygls logs every message in full at INFO (a 10 MB didOpen would be a 10 MB log line).
     logging.getLogger("pygls").setLevel(logging.WARNING)
+
+
+def _log_to_client(server: "CodeLlamaServer", level: str) -> None:
+    """Log through the LSP (window/logMessage), not stderr: editors file a server's stderr as errors,
+    so INFO lines on stderr read as failures in Neovim's :LspLog."""
+    from codellama_lsp.lsp.log import LspLogHandler
+
+    logging.basicConfig(level=level, handlers=[LspLogHandler(server)], force=True)
+    logging.captureWarnings(True)  # Python warnings too, at Warning, instead of raw stderr
 
 
 def _threads(n: int | None) -> None:
@@ -135,21 +152,24 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(complete(args))
     if args.command == "export-gguf":
         sys.exit(export(args))
+    from codellama_lsp.lsp.framing import start_stdio, start_tcp
     from codellama_lsp.lsp.server import build_server
 
     _threads(args.threads)
     settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype,
                         engine=args.engine)
     server = build_server(settings)
+    if args.log_file is None:
+        _log_to_client(server, args.log_level)
     if args.tcp:
-        server.start_tcp(args.host, args.port)
+        start_tcp(server, args.host, args.port)
     else:
         # JSON-RPC gets a private copy of stdout; fd 1 then points at stderr, so a stray print
         # or a C library writing to stdout can never corrupt the protocol stream.
         protocol_out = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
         sys.stdout = sys.stderr
-        server.start_io(sys.stdin.buffer, protocol_out)
+        start_stdio(server, sys.stdin.buffer, protocol_out)  # framing's hardened reader, not pygls' own
     # stdin closed or the connection ended: leave now, whatever the engine's thread is doing.
     logging.shutdown()
     os._exit(0)

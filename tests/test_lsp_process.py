@@ -170,15 +170,19 @@ def test_nothing_but_json_rpc_on_stdout(tiny_model_dir: Path, tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-m", "codellama_lsp", "--stdio", "--model", str(tiny_model_dir)],
                           input=b"".join(map(frame, messages)), capture_output=True, timeout=60)
     out = done.stdout
-    ids = []
+    received = []
     while out:
         header, _, rest = out.partition(b"\r\n\r\n")
         length = int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-        ids.append(json.loads(rest[:length]).get("id"))
+        received.append(json.loads(rest[:length]))
         out = rest[length:]
-    assert ids == [1, 2, 3]
+    assert [m["id"] for m in received if "id" in m] == [1, 2, 3]
     assert done.returncode == 0
-    assert b"codellama_lsp" in done.stderr  # the log went to stderr
+    # The log went to the client as window/logMessage, each line at its level, not to stderr
+    # (editors file a server's stderr as errors).
+    logged = [m["params"] for m in received if m.get("method") == "window/logMessage"]
+    assert any(p["type"] == 3 and p["message"].startswith("codellama_lsp: ") for p in logged), logged
+    assert b"INFO" not in done.stderr, done.stderr
 
 
 def test_version_and_help() -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Callable
+
 import pytest
 
-from codellama_lsp.completion.postprocess import (balance_brackets, block_end, choose_mode, cut_line_suffix_repeat, finish,
-                                       next_code_line, strip_special)
+from codellama_lsp.completion.postprocess import (balance_brackets, block_end, choose_mode, cut_line_suffix_repeat,
+                                                  drop_repeated_blocks, drop_repeated_lines, finish, loop_end,
+                                                  next_code_line, repeats_neighbour, strip_special, suffix_repeat)
 
 
 @pytest.mark.parametrize("line, index, mode", [
@@ -84,3 +89,162 @@ def test_a_model_stuck_in_a_loop_is_cut_after_the_first_round() -> None:
     assert finish(lines, "multi", "", "    ", "") == "1\n    # S"
     assert loop_end("x = [0, 0, 0]\nbreak\n") is None  # three times is not a loop
     assert loop_end("            ") is None  # nor is indentation
+
+
+# --- degenerate output: loops and repetition, on recorded model output ---------------------------
+#
+# tests/data/degenerate_outputs.json holds raw text that models really wrote, recorded with the
+# product's requests but without the loop stop (so each runs on to the token limit): the demo
+# model (BUNDLED_MODEL) and the real default model (Qwen2.5-Coder-0.5B Q4_K_M) writing
+# docstrings for HumanEval functions whose docstrings were removed and for CPython modules,
+# and multi-line completions at masked HumanEval lines. Each record says what it is.
+
+DEGENERATE = json.loads((Path(__file__).parent / "data" / "degenerate_outputs.json").read_text(encoding="utf-8"))
+
+
+def _records(kind: str) -> list[dict[str, str]]:
+    return [r for r in DEGENERATE if r["kind"] == kind]
+
+
+def _stream_stop(raw: str, stop: Callable[[str], bool]) -> int:
+    """How much of ``raw`` a stream shows before ``stop`` ends it (the whole text if never)."""
+    for n in range(1, len(raw) + 1):
+        if stop(raw[:n]):
+            return n
+    return len(raw)
+
+
+def test_the_fixtures_hold_both_models_and_real_loops() -> None:
+    models = {r["model"] for r in DEGENERATE}
+    assert {"demo", "qwen2.5-coder-0.5b"} <= models
+    assert sum(r["stop"] == "length" for r in DEGENERATE) >= 10  # ran to the token limit: loops
+
+
+@pytest.mark.parametrize("record", _records("docstring"), ids=lambda r: f"{r['model']} {r['where']}")
+def test_a_recorded_docstring_shows_no_loop_and_no_repeated_line(record: dict[str, str]) -> None:
+    from codellama_lsp.completion import docstring
+
+    text = docstring.clean(record["raw"], "python")
+    if "expected" in record:
+        assert text == record["expected"]
+    assert loop_end(text, prose=True) is None
+    long_lines = [" ".join(line.split()) for line in text.split("\n") if len(line.split()) >= 5]
+    assert len(long_lines) == len(set(long_lines))
+    if record["stop"] == "length" and record["model"] == "demo":
+        # The stream stops at the loop, well before the token limit the recording ran to.
+        assert _stream_stop(record["raw"], docstring.stop_at_loop) < len(record["raw"]) * 2 // 3
+        assert len(text) < len(record["raw"]) // 2
+
+
+def test_the_six_line_number_of_loop_stops_in_its_first_line() -> None:
+    from codellama_lsp.completion import docstring
+
+    record = next(r for r in DEGENERATE if r["where"] == "docstring of HumanEval/24 largest_divisor")
+    raw = record["raw"]
+    assert raw.count("the number of") > 15 and raw.count("\n") >= 3
+    shown = raw[:_stream_stop(raw, docstring.stop_at_loop)]
+    assert "\n" not in shown.strip()  # the hover never sees a second line of it
+    assert docstring.clean(raw, "python") == "Return the number of"
+
+
+@pytest.mark.parametrize("record", _records("multi"), ids=lambda r: f"{r['model']} {r['where']}")
+def test_a_recorded_multi_line_completion_keeps_one_copy(record: dict[str, str]) -> None:
+    """Recorded with the prompt's indentation healed (``healed``), at an empty line."""
+    from codellama_lsp.completion.planning import unheal
+
+    suffix = record.get("suffix", "")
+    raw = unheal(record["raw"], record["healed"])
+    text = finish(raw, "multi", "", record["healed"], next_code_line(suffix), suffix=suffix)
+    assert loop_end(text) is None and drop_repeated_blocks(text) == text
+    assert raw.startswith(text)  # only ever cut, never rewritten
+    if "expected" in record:  # the real model wrote the masked line, then the code after it again
+        assert text == record["expected"]
+
+
+def test_loops_in_code_are_cut_after_their_first_copy() -> None:
+    assert finish("x = 1\n        y = 2\n        y = 2\n        y = 2\n", "multi", "", "    ", "") == "x = 1\n        y = 2"
+    # A block of lines repeated, each copy nested deeper (a model unrolling itself):
+    nested = ("if a:\n            raise ValueError(\n                'bad value given')\n"
+              "            if a:\n                raise ValueError(\n                    'bad value given')\n")
+    assert finish(nested, "multi", "", "        ", "") == "if a:\n            raise ValueError(\n                'bad value given')"
+    # A longer cycle: the model starts writing again what it already wrote.
+    cycle = "a = load(path)\n    b = parse(a)\n    log(b)\n    a = load(path)\n    b = parse(a)\n"
+    assert finish(cycle, "multi", "", "    ", "") == "a = load(path)\n    b = parse(a)\n    log(b)"
+
+
+def test_real_repetition_in_code_is_not_a_loop() -> None:
+    assert loop_end("m = [[0, 0, 0], [0, 0, 0], [0, 0, 0]]\n") is None  # prose rules are for prose
+    assert loop_end("next(it)\nnext(it)\nx = 1\n") is None  # twice is not a loop
+    assert loop_end("            return False\n        return False\n    return False\n") is None  # three depths
+    assert drop_repeated_blocks("if a:\n    pass\nelse:\n    pass") == "if a:\n    pass\nelse:\n    pass"  # too short to count
+
+
+def test_word_loops_in_prose() -> None:
+    text = "Return the number of the number of the number of things."
+    assert text[: loop_end(text, prose=True)] == "Return the number of"
+    assert loop_end(text) is None  # a code suggestion may say "the number of" thrice
+    wrapped = "Test whether a string, a string,\n    a string is a string, a string, a string"
+    assert wrapped[: loop_end(wrapped, prose=True)] == "Test whether a string"
+    assert loop_end("Split the text into words, then join the words with spaces.", prose=True) is None
+
+
+def test_repeated_docstring_lines_are_dropped_but_short_ones_kept() -> None:
+    doc = ("Sum two numbers.\n\na : int, optional\n    The default is None.\nb : int, optional\n"
+           "    The default is None.\nThis returns the sum of both numbers.\nThis returns the sum of both numbers.")
+    assert drop_repeated_lines(doc) == doc.rsplit("\n", 1)[0]
+
+
+def test_a_single_line_that_copies_its_neighbour_is_dropped() -> None:
+    assert repeats_neighbour("    total += x", "    total += x", "    return total")
+    assert repeats_neighbour("    return total", "    total += x", "    return total")
+    assert not repeats_neighbour("    return total", "        return total", "")  # another depth: real code
+    assert not repeats_neighbour("   ", "   ", "")
+
+
+def test_healing_leaves_the_indentation_to_the_model() -> None:
+    from codellama_lsp.completion.planning import healed_head, unheal
+
+    assert healed_head("        ", True) == "        " and healed_head("    x = ", True) == ""
+    assert healed_head("        ", False) == "" and healed_head("", True) == ""
+    assert unheal("        return x\n", "        ") == "return x\n"
+    assert unheal("            return x", "        ") == "return x"  # deeper: still this line
+    assert unheal("    return x", "        ") == ""  # shallower: the model closed the block
+    assert unheal("\n        return x", "        ") == "\n        return x"  # a blank line first: left to finish
+    assert unheal("return x", "") == "return x"
+
+
+def test_the_healed_prompt_ends_at_the_line_start() -> None:
+    from codellama_lsp.completion.families import detect
+    from codellama_lsp.completion.planning import plan, suggestion
+    from codellama_lsp.documents import Document
+    from codellama_lsp.settings import Settings
+
+    class Chars:
+        bos_id, eos_id, eot_id = 1, 2, 6
+        special_tokens = {"<|fim_prefix|>": 3, "<|fim_suffix|>": 4, "<|fim_middle|>": 5}
+
+        def require_fim(self) -> None:
+            pass
+
+        def encode(self, text: str) -> list[int]:
+            return [ord(c) for c in text]
+
+        encode_infilling = encode
+
+    doc = Document.from_text("file:///a.py", "def f(xs):\n    \n    return xs\n")
+    healed = plan(doc, doc.cursor(1, 4), Settings(format="psm"), detect(Chars()), Chars(), len)
+    plain = plan(doc, doc.cursor(1, 4), Settings(format="psm"), detect(Chars()), Chars(), len, heal=False)
+    text = lambda ids: "".join(chr(i) if i >= 10 else f"<{i}>" for i in ids)  # noqa: E731
+    assert text(plain.token_ids) == "<3>def f(xs):\n    <4>\n    return xs\n<5>"
+    assert text(healed.token_ids) == "<3>def f(xs):\n<4>\n    return xs\n<5>"
+    assert suggestion("    xs.sort()\n", healed) == "xs.sort()"
+    assert suggestion("xs.sort()\n", plain) == "xs.sort()"
+    assert suggestion("return xs", healed) == ""  # at column 0: not this block's line
+
+
+def test_a_suggestion_that_copies_the_code_after_the_cursor_stops_there() -> None:
+    suffix = "\n    for x in xs:\n        total += x\n    return total\n"
+    assert suffix_repeat("total = 0\n    for x in xs:\n        total += x\n", suffix) == len("total = 0")
+    assert suffix_repeat("total = 0\n    for x in ys:\n        total += x\n", suffix) is None
+    assert suffix_repeat("total = 0\n    for x in xs:\n", suffix) is None  # one line: block_end's business
+    assert finish("total = 0\n    for x in xs:\n        total += x", "multi", "", "    ", "", suffix=suffix) == "total = 0"

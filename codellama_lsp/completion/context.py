@@ -14,6 +14,7 @@ full; a fresh cut fills only three quarters of the budget, leaving room to type 
 from __future__ import annotations
 
 import re
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -30,24 +31,78 @@ FRESH_FILL = 0.75
 MIN_STICKY_FILL = 0.5
 
 
-class TokenCounter:
-    """Token counts of lines, cached: most lines do not change between keystrokes."""
+TOKEN_CACHE_BYTES = 8 * 2**20
+ENTRY_OVERHEAD = 400  # bytes an entry costs besides its text: the dict slot, the count, its owners' set
 
-    def __init__(self, encode: Callable[[str], list[int]], capacity: int = 8192) -> None:
+
+class TokenCounter:
+    """Token counts of lines, cached: most lines do not change between keystrokes.
+
+    Bounded in bytes as well as entries: a key can be the text before the cursor on its
+    line, up to ``MAX_CHARS_PER_TOKEN`` x the prefix budget characters (16k by default), so
+    8,192 entries alone allowed ~130 MB, and typing at the end of a long line adds a new
+    one per keystroke. Counts taken through ``for_document`` remember the document, and
+    ``forget`` drops the entries that only a closed document used.
+    """
+
+    def __init__(self, encode: Callable[[str], list[int]], capacity: int = 8192,
+                 max_bytes: int = TOKEN_CACHE_BYTES) -> None:
         self._encode = encode
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the cached entries cost, estimated
+        self._owners: dict[str, set[str]] = {}  # text -> documents that counted it
+        self._texts: dict[str, set[str]] = {}  # document -> texts it counted
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def __call__(self, text: str) -> int:
+        return self.count(text)
+
+    def count(self, text: str, owner: str | None = None) -> int:
         n = self._cache.get(text)
         if n is not None:
             self._cache.move_to_end(text)
-            return n
-        n = len(self._encode(sanitize(text)))
-        self._cache[text] = n
-        if len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
+        else:
+            n = len(self._encode(sanitize(text)))
+            size = _cost(text)
+            if size > self.max_bytes // 8:  # one entry may not push out most of the others
+                return n
+            self._cache[text] = n
+            self.bytes += size
+            while len(self._cache) > self._capacity or self.bytes > self.max_bytes:
+                self._remove(next(iter(self._cache)))
+        if owner is not None:
+            self._owners.setdefault(text, set()).add(owner)
+            self._texts.setdefault(owner, set()).add(text)
         return n
+
+    def for_document(self, uri: str) -> Callable[[str], int]:
+        """A counter whose entries belong to document ``uri`` (see ``forget``)."""
+        return lambda text: self.count(text, uri)
+
+    def forget(self, uri: str) -> None:
+        """A closed document: drop the entries no other open document counted."""
+        for text in self._texts.pop(uri, ()):
+            owners = self._owners.get(text)
+            if owners is not None:
+                owners.discard(uri)
+                if not owners:
+                    self._remove(text)
+
+    def _remove(self, text: str) -> None:
+        if self._cache.pop(text, None) is not None:
+            self.bytes -= _cost(text)
+        for uri in self._owners.pop(text, ()):
+            texts = self._texts.get(uri)
+            if texts is not None:
+                texts.discard(text)
+
+
+def _cost(text: str) -> int:
+    return sys.getsizeof(text) + ENTRY_OVERHEAD
 
 
 def sanitize(text: str) -> str:

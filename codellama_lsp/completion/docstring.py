@@ -20,9 +20,9 @@ from itertools import chain
 from typing import Callable, Literal
 
 from codellama_lsp.completion.context import cut, model_text
-from codellama_lsp.documents import Document
+from codellama_lsp.documents import Document, split_lines
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
-from codellama_lsp.completion.postprocess import END_MARKERS, indent_of
+from codellama_lsp.completion.postprocess import END_MARKERS, drop_repeated_lines, indent_of, loop_end
 from codellama_lsp.completion.families import Template
 from codellama_lsp.settings import Settings, prompt_format
 from codellama_lsp.completion.syntax import language_of, parser
@@ -178,14 +178,26 @@ def sides(doc: Document, d: Definition, prefix_tokens: int, suffix_tokens: int, 
 
 
 def clean(raw: str, style: Style) -> str:
-    """The docstring's text without quotes, comment stars or the body's indentation."""
+    """The docstring's text without quotes, comment stars, the body's indentation or a loop.
+
+    Small models go round ("Return the number of the number of ..."): the text is cut where it
+    starts repeating itself, and a line it already had (the same parameter listed twice) is
+    dropped, so a hover shows at most one copy of anything. A middle that starts by closing the
+    string (Qwen2.5-Coder-0.5B does, then writes the function's body) is no docstring at all.
+    """
     for marker in ('"""', "*/", *END_MARKERS):
         raw = raw.split(marker, 1)[0]
+    if style == "python" and raw.lstrip().startswith(('""', "''")):
+        return ""  # the model closed the docstring at once ('"""' + '""') and went on with the body
     raw = _CONTROL.sub("", _BREAKS.sub("\n", raw))
+    loop = loop_end(raw, prose=True)
+    if loop is not None:
+        raw = raw[:loop]
     lines = raw.split("\n")
     if style == "jsdoc":
         lines = [re.sub(r"^\s*\*? ?", "", line) for line in lines]
     text = lines[0].strip() + "\n" + textwrap.dedent("\n".join(lines[1:]))
+    text = drop_repeated_lines(text)
     return "\n".join(line.rstrip() for line in text.strip().split("\n"))
 
 
@@ -228,7 +240,47 @@ def generation_request(doc: Document, d: Definition, settings: Settings, templat
         stop_ids=template.stop_ids,
         max_new_tokens=MAX_TOKENS, temperature=settings.temperature,
         time_budget_ms=max(settings.time_budget_ms, TIME_BUDGET_MS), stop_strings=around.stop,
+        on_text=stop_at_loop,
     )
+
+
+def stop_at_loop(text: str) -> bool:
+    """Streaming stop for a docstring: a model going round will not come out of it; ``clean`` cuts there."""
+    return loop_end(text, prose=True) is not None
+
+
+def header_text(doc: Document, d: Definition) -> str:
+    """The definition's header lines, verbatim: what identifies it when its line number moves."""
+    return "".join(doc.lines[d.first_line: d.body_line])
+
+
+def definition_for(doc: Document, line: int, version: int | None, header: str | None) -> Definition | None:
+    """The undocumented definition a request taken at ``line`` of document ``version`` means, in ``doc`` now.
+
+    When ``doc`` is still that version, the definition at the line; when it has changed, the
+    one found again by its ``header`` text (None when it is gone, edited or now ambiguous), so
+    an edit computed for an older version never lands in the wrong place.
+    """
+    moved = version is not None and doc.version != version
+    d = (relocate(doc, header) if header else None) if moved else find_definition(doc, line)
+    return None if d is None or d.has_docstring else d
+
+
+def relocate(doc: Document, header: str) -> Definition | None:
+    """The one definition in ``doc`` whose header is ``header``, or None when there is none or more than one.
+
+    Used when the document changed after a position was taken: a line number from an
+    older version may now point anywhere, but the same signature text is the same
+    definition unless it occurs twice.
+    """
+    first = split_lines(header)[0] if header else ""
+    found: list[Definition] = []
+    for i, line in enumerate(doc.lines):
+        if first and line == first:
+            d = find_definition(doc, i)
+            if d is not None and header_text(doc, d) == header and d not in found:
+                found.append(d)
+    return found[0] if len(found) == 1 else None
 
 
 class DocstringCache:
@@ -244,7 +296,7 @@ class DocstringCache:
 
     @staticmethod
     def key(doc: Document, d: Definition) -> tuple[str, str]:
-        return doc.uri, "".join(doc.lines[d.first_line: d.body_line])
+        return doc.uri, header_text(doc, d)
 
     def get(self, key: tuple[str, str]) -> str | None:
         return self._entries.get(key)
@@ -256,3 +308,8 @@ class DocstringCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def forget(self, uri: str) -> None:
+        """A closed document's entries (a header may be a whole minified file's first line)."""
+        for key in [k for k in self._entries if k[0] == uri]:
+            del self._entries[key]

@@ -10,13 +10,14 @@ what the tests check is what the editor gets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 from codellama_lsp.completion.context import Window, model_text, window
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
 
-from codellama_lsp.completion.postprocess import Mode, block_end, choose_mode, finish, indent_of, loop_end, next_code_line
+from codellama_lsp.completion.postprocess import (STEPS, Mode, Step, block_end, choose_mode, finish, indent_of, line_above,
+                                                  line_below, loop_end, next_code_line, repeats_neighbour, suffix_repeat)
 from codellama_lsp.completion.families import Template
 from codellama_lsp.settings import Settings, prompt_format
 from codellama_lsp.completion.syntax import language_of, parser, trim_to_syntax
@@ -32,21 +33,40 @@ class Plan:
     block_indent: str  # lines indented less than this end a multi-line suggestion
     next_line: str  # the first code line after the cursor's line, which a suggestion must not repeat
     eol: str  # the document's line ending; the model sees and writes "\n"
-    prefix: str  # the prompt's prefix and suffix text (LF line endings)
+    prefix: str  # the text before and after the cursor (LF line endings)
     suffix: str
     language: str
+    healed: str = ""  # the cursor line's indentation, left out of the prompt for the model to write
+    head: str = ""  # the cursor line before the cursor
+    above: str = ""  # the nearest non-blank lines above and below the cursor's line, as written
+    below: str = ""
+
+
+def healed_head(head: str, heal: bool) -> str:
+    """The part of the cursor line before the cursor that the prompt leaves for the model to write.
+
+    Byte-level BPE vocabularies (Qwen, DeepSeek, StarCoder) tokenize "        return" as seven
+    spaces and " return": a prompt that ends in the eight spaces of an indented empty line is
+    tokenized as no training text was, and small models answer it with a wrongly indented or a
+    worse line. Ending the prompt at the line start instead, the model writes the indentation
+    itself, and ``suggestion`` takes it off again (token healing, for the one case that needs no
+    constrained decoding: whitespace). Text after the indentation stays in the prompt.
+    """
+    return head if heal and head and not head.strip(" \t") else ""
 
 
 def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, tokenizer: TextTokenizer,
-         count: Callable[[str], int], previous: Window | None = None) -> Plan:
+         count: Callable[[str], int], previous: Window | None = None, *, heal: bool = True) -> Plan:
+    """The completion at ``cursor``; ``heal=False`` prompts with the text up to the cursor as it is."""
     line = doc.line_text(cursor.line)
     head = line[: cursor.index]
     win = window(doc, cursor, settings.prefix_tokens, settings.suffix_tokens, count, previous)
     prefix, suffix = model_text(win.prefix.text), model_text(win.suffix.text)
+    healed = healed_head(model_text(head), heal)
     return Plan(
         mode=choose_mode(line, cursor.index),
         window=win,
-        token_ids=template.prompt(tokenizer, prefix, suffix, prompt_format(settings)),
+        token_ids=template.prompt(tokenizer, prefix[: len(prefix) - len(healed)], suffix, prompt_format(settings)),
         stop_ids=template.stop_ids,
         line_suffix=line[cursor.index:],
         block_indent=indent_of(head) if head.strip() else head,
@@ -55,6 +75,10 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
         prefix=prefix,
         suffix=suffix,
         language=language_of(doc.language_id, doc.uri),
+        healed=healed,
+        head=model_text(head),
+        above=line_above(prefix),
+        below=line_below(suffix),
     )
 
 
@@ -64,9 +88,12 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
     def stream(text: str) -> bool:
         if on_text is not None:
             on_text(text)
-        # Stop as soon as the suggestion is complete: the block has ended, or the model loops.
-        return (p.mode == "multi" and block_end(text, p.block_indent, p.next_line) is not None) or \
-            loop_end(text) is not None
+        # Stop as soon as the suggestion is complete: the block has ended, the model copies
+        # the code after the cursor, or it loops.
+        if p.mode == "multi" and (block_end(text, p.block_indent, p.next_line) is not None or
+                                  suffix_repeat(text, p.suffix) is not None):
+            return True
+        return loop_end(text) is not None
 
     return GenerationRequest(
         prompt=p.token_ids,
@@ -80,8 +107,30 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
     )
 
 
-def suggestion(raw: str, p: Plan) -> str:
-    text = finish(raw, p.mode, p.line_suffix, p.block_indent, p.next_line)
+def unheal(raw: str, healed: str) -> str:
+    """The model's text from the cursor on, when the prompt left the indentation ``healed`` to it.
+
+    The first line written at the cursor's depth or deeper is the suggestion, its leading
+    whitespace dropped (the cursor stays where the user put it). Written shallower, the model
+    has closed the cursor's block and the line belongs elsewhere: nothing is suggested. A blank
+    first line is left to ``finish``.
+    """
+    if not healed:
+        return raw
+    first, sep, rest = raw.partition("\n")
+    if not first.strip():
+        return raw
+    if not first.startswith(healed):
+        return ""
+    return first.lstrip(" \t") + sep + rest
+
+
+def suggestion(raw: str, p: Plan, steps: Collection[Step] = STEPS) -> str:
+    """The text to show for the model's text ``raw``; ``steps`` as ``finish`` (for the ablation)."""
+    text = finish(unheal(raw, p.healed), p.mode, p.line_suffix, p.block_indent, p.next_line, steps, p.suffix)
+    if "repetition" in steps and p.mode == "single" and repeats_neighbour(p.head + text + p.line_suffix, p.above,
+                                                                          p.below):
+        text = ""  # a copy of the line above or below: the model repeating the context, not completing it
     grammar = parser(p.language) if p.mode == "multi" and text else None
     if grammar is not None:
         text = trim_to_syntax(text, p.prefix, p.suffix, grammar)

@@ -8,7 +8,7 @@ is complete, and afterwards it trims the text at the same place.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Collection, Literal, Sequence
 
 Mode = Literal["single", "multi"]
 
@@ -18,6 +18,13 @@ STRAY_MARKERS = ("<PRE>", "<SUF>", "<MID>", "<s>")
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 # A unit of 3 to 40 characters written four times in a row: a small model stuck in a loop.
 _LOOP = re.compile(r"(.{3,40}?)\1{3,}", re.DOTALL)
+_WORD = re.compile(r"\w+")
+MAX_LOOP_LINES = 8  # longest block of lines checked for repetition
+MAX_LOOP_WORDS = 12  # longest run of words checked for repetition (prose)
+MIN_REPEATED_BLOCK_CHARS = 24  # a repeated block shorter than this may be chance
+MIN_REPEATED_LINE_WORDS = 5  # a repeated docstring line shorter than this may be real
+SUFFIX_CODE_LINES = 24  # how far into the suffix a multi-line suggestion is checked for a copy
+MIN_SUFFIX_COPY_CHARS = 12  # two lines equal to the document's own next lines are rarely chance
 CLOSERS = {v: k for k, v in OPENERS.items()}
 
 
@@ -41,13 +48,183 @@ def strip_special(text: str) -> str:
     return text
 
 
-def loop_end(text: str) -> int | None:
-    """Where a degenerate repetition starts repeating (after its first occurrence), if there is one."""
+def _char_loop(text: str) -> int | None:
+    """A short unit (3 to 40 characters, not all whitespace) written four times in a row.
+
+    The cut keeps the first copy; when the unit spans a line break, it keeps the whole line the
+    cut falls in (the rest of that line is the start of the next copy), so a repeated short line
+    is kept once, not cut mid-line.
+    """
     for match in _LOOP.finditer(text):
         unit = match.group(1)
         if unit.strip():
-            return match.start() + len(unit)
+            at = match.start() + len(unit)
+            if "\n" in unit:
+                at = text.find("\n", at)
+            return at
     return None
+
+
+def _complete_lines(text: str) -> list[tuple[int, str]]:
+    """(offset just past its newline, text without trailing whitespace) of each complete line."""
+    out, start = [], 0
+    while (end := text.find("\n", start)) >= 0:
+        out.append((end + 1, text[start:end].rstrip()))
+        start = end + 1
+    return out
+
+
+def _substantial(block: Sequence[str], min_chars: int = MIN_REPEATED_BLOCK_CHARS) -> bool:
+    """Enough text that a second copy of it cannot be chance (``else:`` / ``pass`` can)."""
+    return sum(len(line.strip()) for line in block) >= min_chars
+
+
+def _same_block(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Blocks of two or more lines match whatever their indentation: a loop often nests each
+    copy one level deeper. A single line must match with its indentation: ``return False`` at
+    three depths in a row is real code."""
+    if len(a) == 1:
+        return list(a) == list(b)
+    return [line.strip() for line in a] == [line.strip() for line in b]
+
+
+def _line_loop(text: str) -> int | None:
+    """A block of complete lines repeated right after itself: the end of its first copy.
+
+    One line must come three times (two equal lines in a row happen in real code: ``next(it)``
+    twice); a block of two or more lines with some substance, twice.
+    """
+    lines = _complete_lines(text)
+    rows = [line for _, line in lines]
+    best: int | None = None
+    for size in range(1, MAX_LOOP_LINES + 1):
+        copies = 3 if size == 1 else 2
+        for i in range(len(rows) - size * copies + 1):
+            block = rows[i:i + size]
+            if not (block[0].strip() if size == 1 else _substantial(block)):
+                continue
+            if all(_same_block(block, rows[i + k * size: i + (k + 1) * size]) for k in range(1, copies)):
+                at = lines[i + size - 1][0] - 1  # before the newline that ends the first copy
+                best = at if best is None else min(best, at)
+                break
+    return best
+
+
+def _word_loop(text: str) -> int | None:
+    """Prose going round: a run of words repeated right after itself, or a 4-gram said a third time.
+
+    Words compare lowercased and without punctuation, so a loop that wraps its line still counts.
+    A run of one word must come four times, of two or three words three times, of four or more
+    twice ("the number of a heap and the number of a heap and"); the cut keeps the first copy
+    (to its line's end when a line break separates the copies).
+    A 4-gram's third use, anywhere, catches the loops that vary a little ("a heap, and a heap
+    are a heap, and a heap"): the cut is at the start of the line it is on (of the word, on the
+    first line).
+    """
+    found = list(_WORD.finditer(text))
+    words = [m.group(0).lower() for m in found]
+    best: int | None = None
+    for size in range(1, MAX_LOOP_WORDS + 1):
+        copies = 4 if size == 1 else 3 if size <= 3 else 2
+        for i in range(len(words) - size * copies + 1):
+            unit = words[i:i + size]
+            if all(words[i + k * size: i + (k + 1) * size] == unit for k in range(1, copies)):
+                at = found[i + size - 1].end()
+                if "\n" in text[at: found[i + size].start()]:
+                    at = text.find("\n", at)  # copies end at a line break: keep the first copy's line whole
+                best = at if best is None else min(best, at)
+                break
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - 3):
+        gram = tuple(words[i:i + 4])
+        seen[gram] = seen.get(gram, 0) + 1
+        if seen[gram] == 3:
+            start = found[i].start()
+            line_start = text.rfind("\n", 0, start) + 1
+            at = line_start if text[:line_start].strip() else start
+            best = at if best is None else min(best, at)
+            break
+    return best
+
+
+def loop_end(text: str, prose: bool = False) -> int | None:
+    """Where a degenerate repetition starts repeating (after its first occurrence), if there is one.
+
+    Checked after every token (``generation_request``'s streaming callback), so generation stops
+    as soon as a loop is complete, and again on the final text. Code loops are short units and
+    repeated lines or blocks; ``prose`` (docstrings) adds word-level loops, which in code would
+    cut real repetition such as ``[0, 0, 0], [0, 0, 0], [0, 0, 0]``.
+    """
+    found = [at for at in (_char_loop(text), _line_loop(text), _word_loop(text) if prose else None) if at is not None]
+    return min(found) if found else None
+
+
+def drop_repeated_blocks(text: str) -> str:
+    """Cut a multi-line suggestion where it starts writing again a block of lines it already wrote.
+
+    Consecutive copies are ``loop_end``'s; this finds a block of two or more lines that comes
+    back later (the model went round a longer cycle), and keeps what came before the copy.
+    """
+    lines = text.split("\n")
+    for j in range(2, len(lines)):
+        for size in range(min(MAX_LOOP_LINES, len(lines) - j), 1, -1):
+            block = lines[j:j + size]
+            if not _substantial(block):
+                continue
+            if any(_same_block(block, lines[i:i + size]) for i in range(0, j - size + 1)):
+                return "\n".join(lines[:j]).rstrip()
+    return text
+
+
+def drop_repeated_lines(text: str) -> str:
+    """Prose (a docstring) without a sentence-long line it already had, nor a block it wrote again.
+
+    Short lines may repeat ("The default is None." under two parameters), and so may lines
+    without letters (blank lines, ``----------`` underlines); a line of five words or more said
+    twice is the model going round. A repeated block of lines ends the text (``drop_repeated_blocks``).
+    """
+    seen: set[str] = set()
+    kept: list[str] = []
+    for line in drop_repeated_blocks(text).split("\n"):
+        words = _WORD.findall(line.lower())
+        key = " ".join(words)
+        if len(words) >= MIN_REPEATED_LINE_WORDS:
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def suffix_repeat(text: str, suffix: str) -> int | None:
+    """Where a multi-line suggestion starts writing again the code that follows the cursor.
+
+    Models that infill an empty line often write the rest of the function, which the suffix
+    already holds. Two consecutive complete lines that equal two consecutive code lines among
+    the suffix's next ``SUFFIX_CODE_LINES`` (stripped, with some substance) mark the copy; the
+    suggestion ends before it. ``block_end`` catches a copy of the first code line alone.
+    """
+    code = [line.strip() for line in suffix.split("\n")[1:] if line.strip()][:SUFFIX_CODE_LINES]
+    pairs = {(a, b) for a, b in zip(code, code[1:]) if _substantial((a, b), MIN_SUFFIX_COPY_CHARS)}
+    if not pairs:
+        return None
+    lines = _complete_lines(text)
+    starts = [0] + [end for end, _ in lines]
+    rows = [line.strip() for _, line in lines]
+    for j in range(len(rows) - 1):
+        if (rows[j], rows[j + 1]) in pairs:
+            return max(0, starts[j] - 1)  # before the newline that ends the line above the copy
+    return None
+
+
+def repeats_neighbour(text: str, before: str, after: str) -> bool:
+    """Whether a single-line suggestion is a copy of the code line above or below it.
+
+    ``before`` and ``after`` are those lines as the document has them, indentation included,
+    compared with the suggestion at the cursor's indentation (``indent + text``).
+    """
+    line = text.rstrip()
+    return bool(line.strip()) and line in (before.rstrip(), after.rstrip())
 
 
 def _scan_brackets(text: str) -> list[tuple[int, str]]:
@@ -97,9 +274,22 @@ def cut_line_suffix_repeat(text: str, line_suffix: str) -> str:
 
 def next_code_line(suffix: str) -> str:
     """The first non-blank line after the cursor's line, stripped."""
+    return line_below(suffix).strip()
+
+
+def line_below(suffix: str) -> str:
+    """The first non-blank line after the cursor's line, as written."""
     for line in suffix.splitlines()[1:]:
         if line.strip():
-            return line.strip()
+            return line
+    return ""
+
+
+def line_above(prefix: str) -> str:
+    """The last non-blank line before the cursor's line, as written."""
+    for line in reversed(prefix.split("\n")[:-1]):
+        if line.strip():
+            return line
     return ""
 
 
@@ -122,21 +312,44 @@ def block_end(text: str, block_indent: str, next_line: str) -> int | None:
     return None
 
 
-def finish(raw: str, mode: Mode, line_suffix: str, block_indent: str, next_line: str) -> str:
-    """The suggestion to show for raw middle text ``raw``; "" when nothing is worth showing."""
-    text = strip_special(raw)
-    loop = loop_end(text)
-    if loop is not None:
-        text = text[:loop]
+# The post-processing steps, in the order ``finish`` applies them. The quality benchmark's
+# ablation turns them on one at a time to measure what each adds over a model's raw text.
+Step = Literal["stop", "brackets", "repetition"]
+STEPS: tuple[Step, ...] = ("stop", "brackets", "repetition")
+
+
+def finish(raw: str, mode: Mode, line_suffix: str, block_indent: str, next_line: str,
+           steps: Collection[Step] = STEPS, suffix: str = "") -> str:
+    """The suggestion to show for raw middle text ``raw``; "" when nothing is worth showing.
+
+    ``steps`` exists for the ablation: "stop" cuts at end markers and at a loop, "brackets"
+    fits a single line to the rest of its line (closers and text it already has), "repetition"
+    cuts a multi-line suggestion where it starts over or starts copying ``suffix`` (the text
+    after the cursor). With none, a single line is just its first line. (``suggestion`` adds
+    the single-line check against the neighbouring lines.)
+    """
+    text = raw
+    if "stop" in steps:
+        text = strip_special(text)
+        loop = loop_end(text)
+        if loop is not None:
+            text = text[:loop]
     if mode == "single":
         text = text.split("\n", 1)[0].split("\r", 1)[0]
-        text = cut_line_suffix_repeat(text, line_suffix)
-        text = balance_brackets(text, line_suffix).rstrip()
+        if "brackets" in steps:
+            text = cut_line_suffix_repeat(text, line_suffix)
+            text = balance_brackets(text, line_suffix)
+        text = text.rstrip()
     else:
         cut = block_end(text + "\n", block_indent, next_line)
         if cut is not None:
             text = text[:cut]
         if next_line and text.strip() == next_line:
             text = ""
+        if "repetition" in steps:
+            copy = suffix_repeat(text + "\n", suffix)
+            if copy is not None:
+                text = text[:copy]
+            text = drop_repeated_blocks(text)
         text = text.rstrip()
     return text if text.strip() else ""

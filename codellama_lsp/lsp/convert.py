@@ -6,7 +6,7 @@ one of these.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from lsprotocol import types
@@ -67,25 +67,53 @@ def resolves_edits(caps: types.ClientCapabilities) -> bool:
     return bool(support and "edit" in support.properties)
 
 
-def docstring_action(uri: str, position: types.Position) -> types.CodeAction:
-    return types.CodeAction(title=GENERATE_DOCSTRING, kind=types.CodeActionKind.RefactorRewrite,
-                            data={"uri": uri, "line": position.line, "character": position.character})
+MAX_HEADER_DATA = 2000  # characters of a definition's header kept in a code action's data
 
 
-def action_place(action: types.CodeAction) -> tuple[str, types.Position] | None:
-    """The document and position ``docstring_action`` stored in the action, or None if it is not there."""
+def docstring_action(uri: str, position: types.Position, version: int | None = None,
+                     header: str | None = None) -> types.CodeAction:
+    """The action, with what resolving it needs: the place, and the document version and header it was found
+    in, so a resolve after an edit can find the definition again (or give up) instead of using a stale line."""
+    data: dict[str, Any] = {"uri": uri, "line": position.line, "character": position.character, "version": version}
+    if header is not None and len(header) <= MAX_HEADER_DATA:
+        data["header"] = header
+    return types.CodeAction(title=GENERATE_DOCSTRING, kind=types.CodeActionKind.RefactorRewrite, data=data)
+
+
+@dataclass(frozen=True)
+class ActionPlace:
+    uri: str
+    position: types.Position
+    version: int | None  # the document version the position belongs to (None: unknown)
+    header: str | None
+
+
+def action_place(action: types.CodeAction) -> ActionPlace | None:
+    """What ``docstring_action`` stored in the action, or None if it is not there."""
     data: Any = action.data if isinstance(action.data, dict) else {}
     try:
-        return str(data["uri"]), types.Position(line=int(data["line"]), character=int(data["character"]))
-    except (KeyError, TypeError, ValueError):
+        position = types.Position(line=int(data["line"]), character=int(data["character"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
+    version, header = data.get("version"), data.get("header")
+    return ActionPlace(str(data.get("uri")), position, version if isinstance(version, int) else None,
+                       header if isinstance(header, str) else None)
 
 
-def docstring_edit(doc: Document, d: ds.Definition, text: str) -> types.WorkspaceEdit:
+def workspace_edit(caps: types.ClientCapabilities, doc: Document, edits: list[types.TextEdit]) -> types.WorkspaceEdit:
+    """Edits to ``doc`` as of its current version: a versioned ``documentChanges`` edit, which the editor
+    rejects if the document has changed since, when the client supports one; else plain ``changes``."""
+    ws = caps.workspace
+    if ws is not None and ws.workspace_edit is not None and ws.workspace_edit.document_changes:
+        target = types.OptionalVersionedTextDocumentIdentifier(uri=doc.uri, version=doc.version)
+        return types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(text_document=target, edits=edits)])
+    return types.WorkspaceEdit(changes={doc.uri: edits})
+
+
+def docstring_edit(doc: Document, d: ds.Definition, text: str, caps: types.ClientCapabilities) -> types.WorkspaceEdit:
     line, insert = ds.edit(doc, d, text)
     where = types.Position(line=line, character=0)
-    return types.WorkspaceEdit(changes={doc.uri: [types.TextEdit(range=types.Range(start=where, end=where),
-                                                                 new_text=insert)]})
+    return workspace_edit(caps, doc, [types.TextEdit(range=types.Range(start=where, end=where), new_text=insert)])
 
 
 def status(server: "CodeLlamaServer") -> dict[str, Any]:
@@ -110,4 +138,6 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "shared_requests": server.lifecycle.shared,
         "in_flight": server.lifecycle.running(),
         "generated_tokens": backend.generated_tokens if backend else 0,
+        "token_cache": {"entries": len(server.counter), "bytes": server.counter.bytes,
+                        "max_bytes": server.counter.max_bytes} if server.counter is not None else None,
     }

@@ -25,6 +25,7 @@ from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend, GenerationRequest
 from codellama_lsp.lsp import convert
+from codellama_lsp.lsp.docstrings import Docstrings
 from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
 from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
@@ -50,7 +51,7 @@ class CodeLlamaServer(LanguageServer):
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.counter: TokenCounter | None = None
-        self.docstrings = ds.DocstringCache()
+        self.docstrings = Docstrings(self.lifecycle, self.metrics)
         self.encoding = "utf-16"
         self.shutdown_requested = False
         self._load_task: asyncio.Task | None = None
@@ -130,6 +131,9 @@ class CodeLlamaServer(LanguageServer):
     def close_document(self, uri: str) -> None:
         self.docs.close(uri)
         self.lifecycle.forget(uri)
+        self.docstrings.forget(uri)
+        if self.counter is not None:
+            self.counter.forget(uri)
 
     def locate(self, uri: str, position: types.Position, what: str) -> tuple[Document, Cursor] | None:
         """The document and cursor for a request, or None (logged and counted) when either is unknown."""
@@ -177,7 +181,8 @@ class CodeLlamaServer(LanguageServer):
         settings = self.request_settings(backend)
         where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
         try:
-            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter, self.docs.windows.get(doc.uri))
+            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
+                     self.docs.windows.get(doc.uri))
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
@@ -196,31 +201,20 @@ class CodeLlamaServer(LanguageServer):
         return generate()
 
     # -- docstrings -------------------------------------------------------------------------------------
-    async def docstring(self, uri: str, position: types.Position) -> tuple[Document, ds.Definition, str] | None:
-        """A generated docstring for the undocumented definition at ``position``, if there is one."""
-        found, ready = self.locate(uri, position, "docstring"), self.ready()
-        if found is None or ready is None:
+    async def docstring(self, uri: str, position: types.Position, version: int | None = None,
+                        header: str | None = None) -> tuple[Document, ds.Definition, str] | None:
+        """A generated docstring for the undocumented definition at ``position`` of document ``version``."""
+        ready, doc = self.ready(), self.docs.documents.get(uri)
+        if ready is None:
             return None
-        doc, cursor = found
-        d = ds.find_definition(doc, cursor.line)
-        if d is None or d.has_docstring:
-            return None
-        key = self.docstrings.key(doc, d)
-        text = self.docstrings.get(key)
-        if text is None:
-            backend = ready.backend
-            request = ds.generation_request(doc, d, self.request_settings(backend), ready.template, backend.tokenizer,
-                                            ready.counter)
+        if doc is None or version is None or doc.version == version:
+            found = self.locate(uri, position, "docstring")
+            if found is None:
+                return None
+            doc = found[0]
+        return await self.docstrings.generate(doc, position.line, version, header, ready,
+                                              self.request_settings(ready.backend), self.docs.documents.get)
 
-            async def generate() -> str:
-                result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
-                return "" if result is None else ds.clean(result.text, d.style)
-
-            outcome = await self.lifecycle.run(("docstring", uri), key, lambda _: generate())
-            text = outcome[1] if outcome else ""
-            if text:
-                self.docstrings.put(key, text)
-        return (doc, d, text) if text else None
 
 # -- handlers ---------------------------------------------------------------------------------------------
 
@@ -274,7 +268,7 @@ async def _code_action(ls: CodeLlamaServer, params: types.CodeActionParams) -> l
     d = ds.find_definition(doc, start.line)
     if d is None or d.has_docstring:
         return []
-    action = convert.docstring_action(doc.uri, start)
+    action = convert.docstring_action(doc.uri, start, doc.version, ds.header_text(doc, d))
     return [action] if convert.resolves_edits(ls.client_capabilities) else [await _resolve_code_action(ls, action)]
 
 
@@ -283,9 +277,9 @@ async def _resolve_code_action(ls: CodeLlamaServer, action: types.CodeAction) ->
     if place is None:
         log.warning("codeAction/resolve without the data this server put there: %r", action.data)
         return action
-    found = await ls.docstring(*place)
+    found = await ls.docstring(place.uri, place.position, place.version, place.header)
     if found is not None:
-        action.edit = convert.docstring_edit(*found)
+        action.edit = convert.docstring_edit(*found, ls.client_capabilities)
     return action
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -43,46 +44,71 @@ def _wait(fn, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
-@pytest.fixture
-def nvim(tmp_path: Path, server_command: list[str], monkeypatch: pytest.MonkeyPatch):
+def _start_nvim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setup_opts: dict | None,
+                plugin: Path = PLUGIN, env: dict[str, str] | None = None):
+    """Headless Neovim with a fresh config: the plugin on 'runtimepath' and ``setup(setup_opts)``."""
     try:
         import pynvim
     except ImportError:  # a missing dependency fails, never skips
         pytest.fail("pynvim is not installed (run scripts/setup-editors.sh)", pytrace=False)
     exe = _nvim_binary()
-    log = tmp_path / "lsp.log"
-    # A generous time budget makes each answer depend on the text alone (greedy decoding),
-    # so asking again at the same place must give the same suggestion.
-    # No format: the server's "auto" picks SPM, which the bundled model declares (in PSM it often
-    # answers a docstring with EOT).
-    opts = {"cmd": server_command, "debounce_ms": 30, "settings": {"timeBudgetMs": 60000}}
     init = tmp_path / "init.lua"
     init.write_text(
         f"""
-vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})
+vim.opt.runtimepath:prepend({json.dumps(str(plugin))})
 vim.opt.swapfile = false
 vim.opt.shadafile = "NONE"
 vim.lsp.log.set_level("debug")
-require("codellama").setup(vim.json.decode([==[{json.dumps(opts)}]==]))
+require("codellama").setup(vim.json.decode([==[{json.dumps(setup_opts or {})}]==]))
 """,
         encoding="utf-8",
     )
     # Keep the user's config, plugins and state out (the child inherits os.environ).
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
     n = pynvim.attach("child", argv=[exe, "--embed", "--headless", "-n", "-i", "NONE", "-u", str(init)])
     n.ui_attach(100, 30, ext_linegrid=True)  # a UI, so floating windows (hover) are laid out
+    return n
+
+
+def _lsp_log(tmp_path: Path) -> str:
+    """Neovim's LSP log (:LspLog) of this test's session."""
+    path = tmp_path / "xdg_state_home" / "nvim" / "lsp.log"
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def nvim_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    started = []
+
+    def start(setup_opts: dict | None, **kw):
+        n = _start_nvim(tmp_path, monkeypatch, setup_opts, **kw)
+        started.append(n)
+        return n
+
     try:
-        yield n
+        yield start
     finally:
-        state_log = tmp_path / "xdg_state_home" / "nvim" / "lsp.log"
-        if state_log.exists():
-            shutil.copy(state_log, log)
-        try:
-            n.command("qa!")
-        except Exception:
-            pass
-        n.close()
+        log = _lsp_log(tmp_path)
+        if log:
+            (tmp_path / "lsp.log").write_text(log, encoding="utf-8")
+        for n in started:
+            try:
+                n.command("qa!")
+            except Exception:
+                pass
+            n.close()
+
+
+@pytest.fixture
+def nvim(nvim_factory, server_command: list[str]):
+    # A generous time budget makes each answer depend on the text alone (greedy decoding),
+    # so asking again at the same place must give the same suggestion.
+    # No format: the server's "auto" picks SPM, which the bundled model declares (in PSM it often
+    # answers a docstring with EOT).
+    return nvim_factory({"cmd": server_command, "debounce_ms": 30, "settings": {"timeBudgetMs": 60000}})
 
 
 def _lua(n, code: str, *args):
@@ -115,6 +141,32 @@ def _open_and_wait_ready(n, path: Path) -> None:
         return False
 
     _wait(ready, LOAD_TIMEOUT, "codellama.status to report the model loaded", interval=0.25)
+
+
+def _floats(n) -> list[tuple[int, str]]:
+    """(window, text) of every floating window."""
+    out = []
+    for w in n.api.list_wins():
+        if n.api.win_get_config(w).get("relative"):
+            out.append((w.handle, "\n".join(n.api.buf_get_lines(n.api.win_get_buf(w), 0, -1, False))))
+    return out
+
+
+def _float_with(n, text: str) -> tuple[int, str] | None:
+    return next(((w, t) for w, t in _floats(n) if text in t), None)
+
+
+def _messages(n) -> str:
+    """What :messages shows (vim.notify's default writes there)."""
+    return _lua(n, "return vim.api.nvim_exec2('messages', {output = true}).output")
+
+
+def _unblock(n) -> None:
+    """Answer a hit-enter prompt, as a user would, so the next RPC request is served (only
+    nvim_get_mode and nvim_input are answered while Neovim waits at the prompt)."""
+    if n.api.get_mode()["blocking"]:
+        n.input("<CR>")
+        _wait(lambda: not n.api.get_mode()["blocking"], 10, "the hit-enter prompt to go")
 
 
 def _ghost(n) -> str | None:
@@ -223,13 +275,22 @@ def test_accept_word_fallthrough_and_dismiss(nvim, tmp_path: Path):
     path.write_text(PY_SAMPLE, encoding="utf-8")
     _open_and_wait_ready(n, path)
 
-    # :CodeLlamaStatus reports the server's state.
-    # (vim.notify is captured: a multi-line message would wait at a hit-enter prompt)
-    _lua(n, "_G.__notes = {}; vim.notify = function(msg) table.insert(_G.__notes, msg) end")
+    # :CodeLlamaStatus reports the server's state in a floating window: no "Press ENTER".
+    source = n.current.window
     n.command("CodeLlamaStatus")
-    status = _wait(lambda: "\n".join(_lua(n, "return _G.__notes"))
-                   if "server: ready" in "\n".join(_lua(n, "return _G.__notes")) else None, 30, ":CodeLlamaStatus output")
+    win, status = _wait(lambda: _float_with(n, "server: ready"), 30, ":CodeLlamaStatus's floating window")
     assert "suggestions: on" in status, status
+    assert not n.api.get_mode()["blocking"], "a hit-enter prompt is waiting"
+    assert n.current.window.handle == win  # focused, so it can be scrolled and closed with q
+    n.input("q")
+    _wait(lambda: not _floats(n), 5, "q to close the status window")
+    assert n.current.window == source
+    # With !, the whole codellama.status answer, still in a window and still without a prompt.
+    n.command("CodeLlamaStatus!")
+    _, full = _wait(lambda: _float_with(n, "load_ms"), 30, ":CodeLlamaStatus!'s floating window")
+    assert "position_encoding" in full and not n.api.get_mode()["blocking"], full
+    n.input("q")
+    _wait(lambda: not _floats(n), 5, "q to close the status window")
 
     # <Tab> with no suggestion shown falls through to a normal <Tab>.
     n.input("Go")
@@ -287,3 +348,124 @@ def test_accept_word_fallthrough_and_dismiss(nvim, tmp_path: Path):
     n.input("y = 1")
     time.sleep(1.0)
     assert _ghost(n) is None
+
+
+def _checkhealth(n, timeout: float = LOAD_TIMEOUT) -> str:
+    """Run :checkhealth codellama and return its report (it may start a server: generous bound)."""
+    n.command("checkhealth codellama")  # synchronous: returns once every check has run
+    _unblock(n)
+    text = _wait(lambda: "\n".join(n.current.buffer[:]) if n.current.buffer.name.startswith("health://") else None,
+                 timeout, "the health report")
+    assert "Failed to run healthcheck" not in text, text
+    return text
+
+
+def _path_without_server() -> str:
+    """$PATH as with the virtualenv not active: no directory that holds a codellama-lsp."""
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and not (Path(d) / "codellama-lsp").exists()]
+    path = os.pathsep.join(dirs)
+    assert shutil.which("codellama-lsp", path=path) is None
+    return path
+
+
+def test_missing_server_says_what_to_do(nvim_factory, tmp_path: Path):
+    """A new user's first run without the venv active: setup({}) must say what is wrong, once."""
+    n = nvim_factory({}, env={"PATH": _path_without_server()})
+    path = tmp_path / "first.py"
+    path.write_text(PY_SAMPLE, encoding="utf-8")
+    n.command(f"edit {path}")
+    # The message is several lines, so Neovim asks for ENTER, as for any long error; requests
+    # wait while it does (nvim_get_mode does not), so answer it first, as the user would.
+    _wait(lambda: n.api.get_mode()["blocking"], 30, "the message's hit-enter prompt")
+    _unblock(n)
+    messages = _messages(n)
+    assert "cannot start the server: `codellama-lsp` is not on $PATH" in messages, messages
+    assert 'cmd = { "/path/to/venv/bin/codellama-lsp", "--stdio" }' in messages, messages
+    assert "activate its virtualenv" in messages and "pip install torch==2.13.0 && pip install -e ." in messages, messages
+    assert _lua(n, "return #require('codellama').clients()") == 0
+    assert _lua(n, "return require('codellama').status()") == "CodeLlama: no server"
+
+    # Once: a second Python buffer does not repeat it.
+    other = tmp_path / "second.py"
+    other.write_text("x = 1\n", encoding="utf-8")
+    n.command(f"edit {other}")
+    _unblock(n)
+    assert _messages(n).count("cannot start the server") == 1, _messages(n)
+
+    # :CodeLlamaStatus and :checkhealth say the same, with the fix.
+    n.command("CodeLlamaStatus")
+    _, status = _wait(lambda: _float_with(n, "server: cannot start"), 30, "the status window")
+    assert "cmd = {" in status, status
+    n.input("q")
+    _wait(lambda: not _floats(n), 5, "q to close the status window")
+    report = _checkhealth(n, timeout=60)
+    assert "ERROR cannot start the server: `codellama-lsp` is not on $PATH" in report, report
+
+
+def test_loading_messages_statusline_health_and_clean_log(nvim, tmp_path: Path, server_command: list[str]):
+    """A healthy session: loading/ready messages, the statusline component, :checkhealth
+    passing with the model reported, and no [ERROR] in :LspLog."""
+    n = nvim
+    assert _lua(n, "return require('codellama').status()") == ""  # nothing wanted yet
+    path = tmp_path / "ready.py"
+    path.write_text(PY_SAMPLE, encoding="utf-8")
+    _open_and_wait_ready(n, path)
+
+    model = _lua(n, "return _G.__cl_status.res.model")
+    demo = model.rstrip("/").endswith("demo_model")
+    name = "the demo model" if demo else Path(model).name
+    messages = _wait(lambda: _messages(n) if "codellama: ready" in _messages(n) else None, 30, "the ready message")
+    assert f"codellama: loading {name}…" in messages, messages
+    assert f"codellama: ready: {name} on cpu" in messages, messages
+    assert messages.index("codellama: loading") < messages.index("codellama: ready")
+    assert _lua(n, "return require('codellama').status()") == "CodeLlama: ready"
+    # A statusline that uses it renders.
+    n.command("set laststatus=2 statusline=%f\\ %=%{v:lua.require'codellama'.status()}")
+    n.command("redrawstatus")
+    assert _lua(n, "return vim.api.nvim_eval_statusline(vim.o.statusline, {}).str").endswith("CodeLlama: ready")
+
+    # :checkhealth codellama with the client running: no errors, the model and its kind.
+    report = _checkhealth(n)
+    assert "ERROR" not in report, report
+    for line in ("OK Neovim 0.11", f"OK `{server_command[0]} --version`: codellama-lsp ", "OK running (client ",
+                 f"model path: {model}", "OK loaded on cpu", "OK <Tab>: accept", "OK <C-]>: dismiss"):
+        assert line in report, (line, report)
+    if demo:
+        assert "WARNING this is the small demo model" in report and "Qwen2.5-Coder-0.5B" in report, report
+    else:
+        assert "OK a real model (GGUF)" in report or "OK a checkpoint directory" in report, report
+
+    # The server logged through the LSP: its INFO lines are [INFO] in :LspLog, and nothing is an error.
+    log = _wait(lambda: _lsp_log(tmp_path) if "model ready" in _lsp_log(tmp_path) else None, 30, "the LSP log")
+    assert any("[INFO]" in line and "codellama_lsp: model ready" in line for line in log.splitlines()), log[-3000:]
+    errors = [line for line in log.splitlines() if "[ERROR]" in line]
+    assert not errors, "\n".join(errors)
+
+
+def test_checkhealth_starts_a_test_server(nvim, tmp_path: Path):
+    """No buffer open, so no client: :checkhealth starts a throwaway server, which loads the model."""
+    report = _checkhealth(nvim)
+    assert "ERROR" not in report, report
+    for line in ("OK a test server started and answered initialize: codellama-lsp", "model path: ", "OK loaded on cpu"):
+        assert line in report, (line, report)
+    assert _lua(nvim, "return #require('codellama').clients()") == 0  # it left nothing running
+
+
+def test_help_tags_after_a_fresh_install(nvim_factory, tmp_path: Path):
+    """`:help codellama` lands on the *codellama* tag in a fresh copy of the plugin (no tags
+    file, as after a git clone or a lazy.nvim install), and every |link| in it resolves."""
+    plugin = tmp_path / "clone" / "editors" / "neovim"
+    shutil.copytree(PLUGIN, plugin, ignore=shutil.ignore_patterns("tags"))
+    assert not (plugin / "doc" / "tags").exists()
+    n = nvim_factory({}, plugin=plugin)
+    n.command("help codellama")
+    assert n.current.buffer.options["buftype"] == "help"
+    assert Path(n.current.buffer.name) == plugin / "doc" / "codellama.txt"
+    row, _ = n.current.window.cursor
+    assert "*codellama*" in n.current.buffer[row - 1], n.current.buffer[row - 1]
+    text = (plugin / "doc" / "codellama.txt").read_text(encoding="utf-8")
+    links = sorted(set(re.findall(r"\|([^|\s]+)\|", text)))
+    assert links
+    broken = [t for t in links if t not in _lua(n, "return vim.fn.getcompletion(..., 'help')", t)]
+    assert not broken, broken

@@ -10,6 +10,7 @@ generated docstring. Screenshots land in tests/e2e/artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,7 +50,23 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture
-def code_server(tmp_path: Path, server_command: list[str]):
+def code_server(code_server_factory, server_command: list[str]):
+    return code_server_factory({
+        "codellamaLsp.server.command": server_command[0],
+        "codellamaLsp.server.args": server_command[1:],
+    })
+
+
+@pytest.fixture
+def code_server_factory(tmp_path: Path):
+    """Start code-server with the .vsix installed and these extension settings."""
+    stack = contextlib.ExitStack()
+    with stack:
+        yield lambda extension_settings: stack.enter_context(_code_server(tmp_path, extension_settings))
+
+
+@contextlib.contextmanager
+def _code_server(tmp_path: Path, extension_settings: dict):
     _check_tools()
     ext_dir = tmp_path / "extensions"
     data_dir = tmp_path / "data"
@@ -59,8 +76,7 @@ def code_server(tmp_path: Path, server_command: list[str]):
     user = data_dir / "User"
     user.mkdir(parents=True)
     settings = {
-        "codellamaLsp.server.command": server_command[0],
-        "codellamaLsp.server.args": server_command[1:],
+        **extension_settings,
         "codellamaLsp.trace.server": "verbose",
         "security.workspace.trust.enabled": False,
         "telemetry.telemetryLevel": "off",
@@ -148,8 +164,51 @@ def _server_suggestions(data_dir: Path) -> list[str]:
     return texts
 
 
-def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
+def _drive(cfg: dict, tmp_path: Path, code_server: dict) -> tuple[dict, str]:
+    """Run the Playwright driver; its result and, for failure messages, what happened."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    cfg_path = tmp_path / "driver.json"
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    proc = subprocess.run(
+        [str(NODE24), str(DRIVER), str(cfg_path)],
+        env=_env(), capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S,
+    )
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {}
+    context = f"driver stderr:\n{proc.stderr[-4000:]}\ncode-server log:\n{code_server['log'].read_text()[-3000:]}"
+    assert proc.returncode == 0 and not result.get("error"), f"{result.get('error')}\n{context}"
+    return result, context
+
+
+def _extension_log(data_dir: Path) -> str:
+    """The extension's "Code Llama LSP" output channel (the LSP trace has a channel of its own)."""
+    return "".join(p.read_text(encoding="utf-8", errors="replace")
+                   for p in sorted(data_dir.glob("logs/**/*Code Llama LSP.log")))
+
+
+def test_vscode_bad_server_command(code_server_factory, tmp_path: Path):
+    """A server command that is not there: a notification names it and the setting to change,
+    its button opens that setting, and the status item shows the error."""
+    missing = "codellama-lsp-not-installed"
+    server = code_server_factory({"codellamaLsp.server.command": missing})
+    result, context = _drive({
+        "playwrightCore": str(PLAYWRIGHT_CORE),
+        "chromium": str(CHROMIUM),
+        "url": server["url"],
+        "file": "sample.py",
+        "mode": "startFailure",
+        "artifacts": str(ARTIFACTS),
+        "timeoutMs": 300000,
+    }, tmp_path, server)
+    note = result["notificationText"]
+    assert f"cannot start the server: `{missing}` is not on PATH" in note, note
+    assert "codellamaLsp.server.command" in note and "pip install torch==2.13.0" in note, note
+    assert f"Code Llama error: cannot start the server: `{missing}`" in result["statusLabel"], result["statusLabel"]
+    assert result.get("settingsOpened")
+    assert f"cannot start the server: `{missing}`" in _extension_log(server["data"]), context
+
+
+def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
     cfg = {
         "playwrightCore": str(PLAYWRIGHT_CORE),
         "chromium": str(CHROMIUM),
@@ -162,16 +221,7 @@ def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
         "artifacts": str(ARTIFACTS),
         "timeoutMs": 300000,
     }
-    cfg_path = tmp_path / "driver.json"
-    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
-    proc = subprocess.run(
-        [str(NODE24), str(DRIVER), str(cfg_path)],
-        env=_env(), capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S,
-    )
-    lines = proc.stdout.strip().splitlines()
-    result = json.loads(lines[-1]) if lines else {}
-    context = f"driver stderr:\n{proc.stderr[-4000:]}\ncode-server log:\n{code_server['log'].read_text()[-3000:]}"
-    assert proc.returncode == 0 and not result.get("error"), f"{result.get('error')}\n{context}"
+    result, context = _drive(cfg, tmp_path, code_server)
 
     saved = (code_server["workspace"] / "sample.py").read_text(encoding="utf-8")
     assert saved.startswith(PY_SAMPLE), saved
@@ -214,3 +264,10 @@ def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
 
     # The status bar item opens the status: the model is loaded, suggestions are off.
     assert "Code Llama: ready" in result["statusText"] and "suggestions off" in result["statusText"], result["statusText"]
+
+    # The server logged through the LSP: its lines are at their own level in the output
+    # channel, and a healthy session has no error among them.
+    log = _extension_log(code_server["data"])
+    assert re.search(r"\[info\] codellama_lsp: model ready", log), log[-3000:]
+    errors = [line for line in log.splitlines() if "[error]" in line]
+    assert not errors, "\n".join(errors)

@@ -53,131 +53,151 @@ try {
   // Wait for the extension: its status bar item turns "ready" once the model is loaded.
   log("waiting for the server to be ready");
   await page.locator('[id="codellama-lsp.codellama-lsp.codellamaLsp.status"], .statusbar-item:has-text("Code Llama")').first().waitFor();
-  const serverState = await page.waitForFunction(
-    () => {
-      const item = [...document.querySelectorAll(".statusbar-item")].find((e) => /Code Llama/.test(e.textContent));
-      if (!item) return null;
-      if (item.querySelector(".codicon-check, .codicon-sparkle")) return "ready";
-      if (item.querySelector(".codicon-error")) return `error: ${item.getAttribute("aria-label") ?? item.textContent}`;
-      return null;
-    },
-    null,
-    { timeout },
-  );
-  const state = await serverState.jsonValue();
-  log("server", state);
-  if (state !== "ready") {
-    throw new Error(`the extension reports a server ${state}`);
-  }
+  if (cfg.mode === "startFailure") {
+    // The server command cannot be run: an error notification and a red status item say so.
+    const toast = page.locator(".notification-toast-container", { hasText: "Code Llama:" }).first();
+    await toast.waitFor({ state: "visible" });
+    result.notificationText = await toast.innerText();
+    log("notification", JSON.stringify(result.notificationText));
+    const item = page.locator(".statusbar-item:has(.codicon-error)", { hasText: "Code Llama" }).first();
+    await item.waitFor({ state: "visible" });
+    result.statusLabel = (await item.getAttribute("aria-label")) ?? (await item.innerText());
+    log("status item", JSON.stringify(result.statusLabel));
+    const shot = path.join(cfg.artifacts, "vscode-start-failure.png");
+    await page.screenshot({ path: shot });
+    result.screenshots.push(shot);
+    // Its "Open Settings" button opens the setting to change.
+    await toast.locator(".monaco-button", { hasText: "Open Settings" }).first().click();
+    await page.locator(".settings-editor").first().waitFor({ state: "visible" });
+    await page.locator(".setting-item-contents", { hasText: "Server: Command" }).first().waitFor({ state: "visible" });
+    result.settingsOpened = true;
+  } else {
+    const serverState = await page.waitForFunction(
+      () => {
+        const item = [...document.querySelectorAll(".statusbar-item")].find((e) => /Code Llama/.test(e.textContent));
+        if (!item) return null;
+        if (item.querySelector(".codicon-check, .codicon-sparkle")) return "ready";
+        if (item.querySelector(".codicon-error")) return `error: ${item.getAttribute("aria-label") ?? item.textContent}`;
+        return null;
+      },
+      null,
+      { timeout },
+    );
+    const state = await serverState.jsonValue();
+    log("server", state);
+    if (state !== "ready") {
+      throw new Error(`the extension reports a server ${state}`);
+    }
 
-  // Type at the end of the file.
-  await editor.locator(".view-lines").click();
-  await page.keyboard.press("Control+End");
-  const ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first();
-  let shown = false;
-  result.chunksTyped = 0;
-  for (const chunk of cfg.typeChunks) {
-    result.chunksTyped += 1;
-    // Before `waitFrom` chunks are typed, keep typing: VS Code's Tab indents rather than
-    // accepts while the cursor is still in a line's leading whitespace.
-    const wait = result.chunksTyped >= (cfg.waitFrom ?? 1);
-    log("type", JSON.stringify(chunk));
-    if (chunk === "\n") {
-      await page.keyboard.press("Enter");
-    } else {
-      await page.keyboard.type(chunk, { delay: 40 });
+    // Type at the end of the file.
+    await editor.locator(".view-lines").click();
+    await page.keyboard.press("Control+End");
+    const ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first();
+    let shown = false;
+    result.chunksTyped = 0;
+    for (const chunk of cfg.typeChunks) {
+      result.chunksTyped += 1;
+      // Before `waitFrom` chunks are typed, keep typing: VS Code's Tab indents rather than
+      // accepts while the cursor is still in a line's leading whitespace.
+      const wait = result.chunksTyped >= (cfg.waitFrom ?? 1);
+      log("type", JSON.stringify(chunk));
+      if (chunk === "\n") {
+        await page.keyboard.press("Enter");
+      } else {
+        await page.keyboard.type(chunk, { delay: 40 });
+      }
+      if (!wait) {
+        continue;
+      }
+      try {
+        await ghost.waitFor({ state: "visible", timeout: timeout / cfg.typeChunks.length });
+        shown = true;
+        break;
+      } catch {
+        log("no ghost text yet");
+      }
     }
-    if (!wait) {
-      continue;
+    if (!shown) {
+      throw new Error("no inline suggestion (ghost text) appeared");
     }
-    try {
-      await ghost.waitFor({ state: "visible", timeout: timeout / cfg.typeChunks.length });
-      shown = true;
-      break;
-    } catch {
-      log("no ghost text yet");
-    }
-  }
-  if (!shown) {
-    throw new Error("no inline suggestion (ghost text) appeared");
-  }
-  await page.waitForTimeout(300); // let the view zone for further lines render
-  result.ghostText = await page.evaluate(() => {
-    const ed = [...document.querySelectorAll(".part.editor .monaco-editor")].find((e) =>
-      e.querySelector(".ghost-text-decoration, .ghost-text"));
-    const inline = [...ed.querySelectorAll(".ghost-text-decoration")].map((e) => e.textContent).join("");
-    // Further lines live in a view zone; each line is a .view-line inside it.
-    const zones = [...ed.querySelectorAll(".ghost-text")].filter((e) => !e.classList.contains("ghost-text-decoration"));
-    const lines = zones.flatMap((z) => {
-      const ls = [...z.querySelectorAll(".view-line")];
-      return ls.length ? ls.map((l) => l.textContent) : [z.textContent];
+    await page.waitForTimeout(300); // let the view zone for further lines render
+    result.ghostText = await page.evaluate(() => {
+      const ed = [...document.querySelectorAll(".part.editor .monaco-editor")].find((e) =>
+        e.querySelector(".ghost-text-decoration, .ghost-text"));
+      const inline = [...ed.querySelectorAll(".ghost-text-decoration")].map((e) => e.textContent).join("");
+      // Further lines live in a view zone; each line is a .view-line inside it.
+      const zones = [...ed.querySelectorAll(".ghost-text")].filter((e) => !e.classList.contains("ghost-text-decoration"));
+      const lines = zones.flatMap((z) => {
+        const ls = [...z.querySelectorAll(".view-line")];
+        return ls.length ? ls.map((l) => l.textContent) : [z.textContent];
+      });
+      return { inline, lines };
     });
-    return { inline, lines };
-  });
-  log("ghost text", JSON.stringify(result.ghostText));
-  const shot1 = path.join(cfg.artifacts, "vscode-ghost.png");
-  await page.screenshot({ path: shot1 });
-  result.screenshots.push(shot1);
+    log("ghost text", JSON.stringify(result.ghostText));
+    const shot1 = path.join(cfg.artifacts, "vscode-ghost.png");
+    await page.screenshot({ path: shot1 });
+    result.screenshots.push(shot1);
 
-  // Accept with Tab, then save.
-  await page.keyboard.press("Tab");
-  await ghost.waitFor({ state: "hidden", timeout: 10000 }).catch(() => log("ghost text still shown after Tab"));
-  await page.keyboard.press("Escape");
-  await page.keyboard.press("Control+S");
-  await page.locator(".tab.active.dirty").waitFor({ state: "detached", timeout: 15000 });
-  log("saved");
+    // Accept with Tab, then save.
+    await page.keyboard.press("Tab");
+    await ghost.waitFor({ state: "hidden", timeout: 10000 }).catch(() => log("ghost text still shown after Tab"));
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Control+S");
+    await page.locator(".tab.active.dirty").waitFor({ state: "detached", timeout: 15000 });
+    log("saved");
 
-  // Hover the function name: the hover shows the generated docstring.
-  const word = editor.locator(".view-line span", { hasText: new RegExp(`^${cfg.hoverWord}$`) }).first();
-  await page.keyboard.press("Control+Home");
-  await word.waitFor({ state: "visible" });
-  const hover = page.locator(".monaco-hover:not(.hidden) .hover-contents, .monaco-hover:not(.hidden) .monaco-hover-content").first();
-  for (let attempt = 0; attempt < 3; attempt++) {
-    await page.mouse.move(5, 5);
-    await word.hover();
-    try {
-      await page.waitForFunction(
-        () => [...document.querySelectorAll(".monaco-hover")].some((h) => /generated docstring/.test(h.textContent)),
-        null,
-        { timeout: timeout / 3 },
-      );
-      break;
-    } catch {
-      log("no docstring hover yet");
+    // Hover the function name: the hover shows the generated docstring.
+    const word = editor.locator(".view-line span", { hasText: new RegExp(`^${cfg.hoverWord}$`) }).first();
+    await page.keyboard.press("Control+Home");
+    await word.waitFor({ state: "visible" });
+    const hover = page.locator(".monaco-hover:not(.hidden) .hover-contents, .monaco-hover:not(.hidden) .monaco-hover-content").first();
+    for (let attempt = 0; attempt < 3; attempt++) {
+      await page.mouse.move(5, 5);
+      await word.hover();
+      try {
+        await page.waitForFunction(
+          () => [...document.querySelectorAll(".monaco-hover")].some((h) => /generated docstring/.test(h.textContent)),
+          null,
+          { timeout: timeout / 3 },
+        );
+        break;
+      } catch {
+        log("no docstring hover yet");
+      }
     }
+    result.hoverText = await page.evaluate(() =>
+      [...document.querySelectorAll(".monaco-hover")].map((h) => h.innerText).filter((t) => /generated docstring/.test(t)).join("\n"),
+    );
+    void hover;
+    log("hover", JSON.stringify(result.hoverText));
+    const shot2 = path.join(cfg.artifacts, "vscode.png");
+    await page.screenshot({ path: shot2 });
+    result.screenshots.push(shot2);
+
+    // Toggle Suggestions from the Command Palette: the setting flips, live.
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Control+Shift+P");
+    await quickInput.waitFor({ state: "visible" });
+    await quickInput.fill(">Code Llama: Toggle Suggestions");
+    await page.locator(".quick-input-list .monaco-list-row", { hasText: "Toggle Suggestions" }).first().waitFor({ state: "visible" });
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(
+      () => [...document.querySelectorAll(".statusbar-item")].some((e) => /Code Llama.*\(off\)/.test(e.textContent)),
+      null,
+      { timeout: 20000 },
+    );
+    result.toggledOff = true;
+    log("suggestions toggled off");
+
+    // Clicking the status bar item shows the server's status.
+    await page.keyboard.press("Escape");
+    // (the item with an icon: the left-hand "suggestions disabled" message has the same words)
+    await page.locator(".statusbar-item:has(.codicon)", { hasText: "Code Llama" }).locator(".statusbar-item-label").first().click();
+    const toast = page.locator(".notification-toast-container", { hasText: "Code Llama:" }).first();
+    await toast.waitFor({ state: "visible", timeout: 20000 });
+    result.statusText = await toast.innerText();
+    log("status", JSON.stringify(result.statusText));
   }
-  result.hoverText = await page.evaluate(() =>
-    [...document.querySelectorAll(".monaco-hover")].map((h) => h.innerText).filter((t) => /generated docstring/.test(t)).join("\n"),
-  );
-  void hover;
-  log("hover", JSON.stringify(result.hoverText));
-  const shot2 = path.join(cfg.artifacts, "vscode.png");
-  await page.screenshot({ path: shot2 });
-  result.screenshots.push(shot2);
-
-  // Toggle Suggestions from the Command Palette: the setting flips, live.
-  await page.keyboard.press("Escape");
-  await page.keyboard.press("Control+Shift+P");
-  await quickInput.waitFor({ state: "visible" });
-  await quickInput.fill(">Code Llama: Toggle Suggestions");
-  await page.locator(".quick-input-list .monaco-list-row", { hasText: "Toggle Suggestions" }).first().waitFor({ state: "visible" });
-  await page.keyboard.press("Enter");
-  await page.waitForFunction(
-    () => [...document.querySelectorAll(".statusbar-item")].some((e) => /Code Llama.*\(off\)/.test(e.textContent)),
-    null,
-    { timeout: 20000 },
-  );
-  result.toggledOff = true;
-  log("suggestions toggled off");
-
-  // Clicking the status bar item shows the server's status.
-  await page.keyboard.press("Escape");
-  // (the item with an icon: the left-hand "suggestions disabled" message has the same words)
-  await page.locator(".statusbar-item:has(.codicon)", { hasText: "Code Llama" }).locator(".statusbar-item-label").first().click();
-  const toast = page.locator(".notification-toast-container", { hasText: "Code Llama:" }).first();
-  await toast.waitFor({ state: "visible", timeout: 20000 });
-  result.statusText = await toast.innerText();
-  log("status", JSON.stringify(result.statusText));
 } catch (err) {
   result.error = String(err && err.stack || err);
   if (page) {

@@ -15,6 +15,7 @@ import {
 } from "vscode-languageclient/node";
 import { StatusItem, describeStatus } from "./status";
 import { SECTION, SERVER_SECTION, serverSettings, serverSettingsChanged, restartSettingsChanged } from "./settings";
+import { INSTALL_HINT, expandHome, findExecutable, missingCommand } from "./command";
 
 let client: LanguageClient | undefined;
 let log: vscode.LogOutputChannel;
@@ -24,6 +25,8 @@ let status: StatusItem;
 let ready = false;
 /** We are stopping the server on purpose (restart, deactivate): not an error. */
 let stopping = false;
+/** Why the server could not be started, for Show Status; undefined once it runs. */
+let startProblem: string | undefined;
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   log = vscode.window.createOutputChannel("Code Llama LSP", { log: true });
@@ -56,12 +59,41 @@ function enabled(): boolean {
   return config().get<boolean>("enabled", true);
 }
 
+/**
+ * Say that the server cannot be started: the status item turns red, and a notification
+ * names the command tried and the setting to change, with a button to open it.
+ */
+function reportStartProblem(problem: string): void {
+  startProblem = problem;
+  status.error(problem);
+  log.error(problem);
+  const message =
+    `Code Llama: ${problem}. Install it (${INSTALL_HINT}), start VS Code from its activated ` +
+    `virtualenv, or set "codellamaLsp.server.command" to its full path.`;
+  void vscode.window.showErrorMessage(message, "Open Settings", "Show Log").then((choice) => {
+    if (choice === "Open Settings") {
+      void vscode.commands.executeCommand("workbench.action.openSettings", `${SECTION}.server.command`);
+    } else if (choice === "Show Log") {
+      log.show(true);
+    }
+  });
+}
+
 async function start(): Promise<void> {
   const cfg = config();
-  const command = cfg.get<string>("server.command", "codellama-lsp");
+  const configured = cfg.get<string>("server.command", "codellama-lsp");
   const args = cfg.get<string[]>("server.args", ["--stdio"]);
   const env = { ...process.env, ...cfg.get<Record<string, string>>("server.env", {}) };
   const languages = cfg.get<string[]>("languages", ["python"]);
+
+  // A missing command would fail as a bare "spawn ENOENT" in the log: check it first.
+  const command = expandHome(configured);
+  startProblem = undefined;
+  if (!findExecutable(command, env)) {
+    reportStartProblem(missingCommand(configured));
+    log.info(`PATH searched: ${env.PATH ?? ""}`);
+    return;
+  }
 
   // `--stdio` is in `args`; TransportKind.stdio would add a second one.
   const serverOptions: ServerOptions = {
@@ -128,8 +160,8 @@ async function start(): Promise<void> {
   try {
     await client.start();
   } catch (err) {
-    status.error(`failed to start \`${command}\`: ${err}`);
     log.error(`Failed to start ${command} ${args.join(" ")}: ${err}`);
+    reportStartProblem(`the server \`${[configured, ...args].join(" ")}\` did not start (${err})`);
     return;
   }
   status.setEnabled(enabled());
@@ -189,7 +221,7 @@ async function showStatus(): Promise<void> {
   log.info("Show Status");
   let summary: string;
   if (!client || client.state !== State.Running) {
-    summary = "the server is not running";
+    summary = startProblem ?? "the server is not running";
   } else {
     try {
       const raw = await fetchStatus(client);

@@ -28,6 +28,10 @@ M.defaults = {
   -- Set 'omnifunc' to vim.lsp.omnifunc in attached buffers (<C-x><C-o> completes the
   -- suggestion as a popup item); false leaves 'omnifunc' alone.
   omnifunc = true,
+  -- vim.notify when the model starts loading and when it is ready (or failed); false if
+  -- another plugin (fidget.nvim) shows LSP progress, or you use require("codellama").status()
+  -- in the statusline. A missing server is reported either way.
+  notify = true,
   -- Ghost text.
   enabled = true, -- show suggestions while typing (:CodeLlamaToggle)
   debounce_ms = 75, -- wait this long after the last keystroke before asking
@@ -57,6 +61,34 @@ function M.server_settings()
   end
   out.enabled = M.options.enabled
   return out
+end
+
+--- How a new user installs the server: the README's command, from a clone of the repository.
+M.install_hint = "pip install torch==2.13.0 && pip install -e '.[qwen]'   (in a clone of codellama-lsp)"
+
+--- Why the configured server cannot be started, or nil when it can (as far as we can tell).
+--- Neovim 0.11 silently skips a config whose cmd[1] is not executable, so the plugin checks
+--- first and can say which command it tried and how to fix it.
+---@return string? problem one line
+---@return string[]? advice
+function M.server_problem()
+  local cmd = M.options.cmd
+  if type(cmd) ~= "table" then
+    return nil -- a function (an RPC client factory): nothing to check
+  end
+  local exe = cmd[1]
+  if type(exe) ~= "string" or exe == "" then
+    return "`cmd` is empty", { 'setup({ cmd = { "codellama-lsp", "--stdio" } })' }
+  end
+  if vim.fn.executable(exe) == 1 then
+    return nil
+  end
+  local where = exe:find("[/\\]") and "is not an executable file" or "is not on $PATH"
+  return ("cannot start the server: `%s` %s"):format(exe, where), {
+    "install it: " .. M.install_hint,
+    "activate its virtualenv before starting Neovim (`source .venv/bin/activate`), or",
+    'give the full path: require("codellama").setup({ cmd = { "/path/to/venv/bin/codellama-lsp", "--stdio" } })',
+  }
 end
 
 return M

