@@ -84,7 +84,7 @@ def test_the_runner_reports_what_status_shows(engine: Engine) -> None:
 
 
 def test_every_batch_size_gives_the_same_logits(engine: Engine, real_gguf: Path) -> None:
-    """18 tokens in one decode, split into decodes of 4 (all logits) or 16 (the last's), or one at a time: the same bits.
+    """18 tokens in one decode, in decodes of 4 (all logits) or 16 (the last's), or one at a time: the same bits.
 
     This is what makes reuse and drafts exact on llama.cpp (see engine.llamacpp._TILED_MM):
     a token's logits, keys and values do not depend on the batch it was computed in.
@@ -339,7 +339,8 @@ def test_auto_is_llamacpp_for_a_gguf_on_the_cpu_else_torch(monkeypatch: pytest.M
 
 def test_auto_without_llama_cpp_python_is_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real_find_spec(name, *a))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert choose_engine("auto", tmp_path / "m.gguf", "cpu") == "torch"
 

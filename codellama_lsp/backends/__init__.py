@@ -49,13 +49,14 @@ ENGINES = ("auto", "torch", "llamacpp")
 
 
 def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "auto") -> str:
-    """The engine ``engine`` means for ``model`` on ``device``: "torch" or "llamacpp" (BackendError if it cannot run)."""
+    """What ``engine`` means for ``model`` on ``device``: "torch" or "llamacpp"; a BackendError if it cannot run."""
     gguf = model.suffix.lower() == ".gguf"
     if engine == "torch":
         return "torch"
     if engine == "llamacpp":
         if not gguf:
-            raise BackendError(f"the llamacpp engine runs .gguf files, and {model} is not one; use engine torch or auto")
+            raise BackendError(f"the llamacpp engine runs .gguf files, and {model} is not one; "
+                               "use engine torch or auto")
         if device not in ("auto", "cpu"):
             raise BackendError(f"the llamacpp engine runs on the CPU, not device {device}; use engine torch for a GPU")
         if dtype != "auto":
@@ -101,7 +102,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
             return open_llamacpp(model, context_length, threads or torch.get_num_threads())
         from codellama_lsp.engine.engine import Engine
 
-        return Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype, context_length=context_length)
+        return Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
+                           context_length=context_length)
     if backend not in PROTOCOLS:
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not url:

@@ -52,11 +52,12 @@ class LlamaCppError(RuntimeError):
 
 
 class _Log:
-    """llama.cpp's log, quiet: its lines go to our logger at DEBUG (warnings and errors at their levels).
+    """llama.cpp's log, quiet: its lines go to our logger at DEBUG, its errors at ERROR.
 
-    It prints a few hundred lines per load to stderr by default; in the server stderr is the
-    log, so they would bury ours. Error lines are also kept while ``capture`` is on, so a
-    failed load can say what llama.cpp said (llama_model_load_from_file only returns NULL).
+    It prints a few hundred lines per load to stderr by default, which would bury the
+    server's own log. Error lines are also kept between ``start_capture`` and
+    ``stop_capture``, so a failed load can say what llama.cpp said (its load functions only
+    return NULL).
     """
 
     def __init__(self) -> None:
@@ -103,8 +104,9 @@ _BACKEND_READY = False
 # fresh prefill computes, and checking 8 drafts in one pass would not be a one-token decode,
 # so reuse and drafts could change a greedy suggestion at a near-tie. With the switch off,
 # every batch size gives the same bits (tested), for a fifth less prefill speed (94 -> 74
-# tok/s of CPU time in one paired run; see codellama_lsp.backends.ENGINES); decode is unchanged. The variable is read once per
-# process, at the first matrix product; a value set in the environment is left as it is.
+# tok/s of CPU time in one paired run; see codellama_lsp.backends.ENGINES); decode is
+# unchanged. llama.cpp reads the variable once per process, at the first matrix product; a
+# value already in the environment is left as it is.
 _TILED_MM = "GGML_CPU_TILED_MM"
 
 
@@ -115,7 +117,8 @@ def _bindings() -> Any:
     try:
         import llama_cpp
     except ImportError as exc:
-        raise CheckpointError(f"the llamacpp engine needs llama-cpp-python (pip install llama-cpp-python): {exc}") from None
+        raise CheckpointError("the llamacpp engine needs llama-cpp-python (pip install llama-cpp-python): "
+                              f"{exc}") from None
     _LOG.install(llama_cpp)
     if not _BACKEND_READY:
         llama_cpp.llama_backend_init()
@@ -126,11 +129,12 @@ def _bindings() -> Any:
 def cpu_advertises_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether the CPU reports Intel AMX (``amx_int8``), whose llama.cpp kernels may be unusable.
 
-    llama.cpp puts Q4_K/Q6_K/Q8_0 weights in its AMX buffer when the CPU reports AMX; in a
-    VM that reports it without giving the guest the tile state (this project's machines:
-    Firecracker on Sapphire Rapids), the first decode dies of SIGILL at ``tilezero``, taking
-    the server with it. Its other extra buffer (weights repacked for AVX2/AVX-512 tiles) is
-    chosen with AMX in one switch, ``use_extra_bufts``, so on such a CPU both are off.
+    llama.cpp puts Q4_K/Q6_K/Q8_0 weights in its AMX buffer when the CPU reports AMX; on
+    this project's machines (Sapphire Rapids VM guests) the first decode then dies of
+    SIGILL at ``tilezero`` (the kernel's log: "trap invalid opcode ... in libggml-cpu"),
+    taking the server with it, although the CPU flags and arch_prctl say AMX is there. The
+    other extra buffer (weights repacked for AVX2/AVX-512 kernels) shares its switch,
+    ``use_extra_bufts``, so on such a CPU both are off.
     """
     try:
         text = cpuinfo.read_text(encoding="ascii", errors="replace")
@@ -163,8 +167,9 @@ class LlamaCppRunner:
         ``file_type`` is the file's ``general.file_type`` when the caller has read its
         metadata already (it has, for the tokenizer); else it is asked of llama.cpp.
         ``n_batch`` tokens go in one decode; ``n_outputs`` rows of logits come out of one
-        (the engine needs 1 + its draft tokens). ``extra_buffers`` lets llama.cpp repack weights for its AMX/AVX kernels; None: unless
-        the CPU reports AMX (see ``cpu_advertises_amx``).
+        (the engine needs 1 + its draft tokens). ``extra_buffers`` lets llama.cpp repack
+        weights for its AMX/AVX kernels; None: unless the CPU reports AMX (see
+        ``cpu_advertises_amx``).
         """
         self._lib = lib = _bindings()
         path = Path(gguf_path)
@@ -188,7 +193,8 @@ class LlamaCppRunner:
         try:
             self._open_context(path, context_length, threads, n_batch, n_outputs)
             if file_type is None:
-                file_type = int(self._meta("general.file_type") or -1)
+                meta = self._meta("general.file_type")
+                file_type = int(meta) if meta and meta.isdigit() else None
             self.dtype = quantization_name(file_type)
         except BaseException:
             self.close()
@@ -214,7 +220,8 @@ class LlamaCppRunner:
         finally:
             said = _LOG.stop_capture()
         if not self._ctx:
-            raise CheckpointError(f"llama.cpp cannot make a {n_ctx}-token context for {path}: {said or 'no reason given'}")
+            raise CheckpointError(f"llama.cpp cannot make a {n_ctx}-token context for {path}: "
+                                  f"{said or 'no reason given'}")
         self.context_length = min(n_ctx, lib.llama_n_ctx(self._ctx))
         self._memory = lib.llama_get_memory(self._ctx)
         self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self._model))
@@ -277,7 +284,8 @@ class LlamaCppRunner:
         if status == 2:
             return f"{where}: aborted"
         if status == -1:
-            return f"{where}: invalid batch (positions must continue the cached sequence; token ids below {self.n_vocab})"
+            return (f"{where}: invalid batch (positions must continue the cached sequence; "
+                    f"token ids below {self.n_vocab})")
         return f"{where}: fatal error in llama.cpp"
 
     def truncate(self, n: int) -> None:
