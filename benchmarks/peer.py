@@ -26,7 +26,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import time

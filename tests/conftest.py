@@ -77,3 +77,13 @@ def endless_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: 
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path) -> Path:
     """A random GQA model (4 heads, 2 KV heads, rope_theta 1e6) with the test tokenizer."""
     return make_random_checkpoint(tmp_path_factory.mktemp("tiny_model"), tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def real_gguf() -> Path:
+    """The real default model's GGUF (assembled on first use), or a visible skip when its packages are missing."""
+    from codellama_lsp.engine import default_model
+
+    if not default_model.installed():
+        pytest.skip(f"the real default model is not installed ({default_model.DEFAULT.requirement()})")
+    return default_model.default_gguf()

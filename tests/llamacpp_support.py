@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.devtools.llamacpp_server import LlamaCppServer, free_port  # noqa: F401 - the tests' peer
 from conftest import make_random_checkpoint
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from codellama_lsp.devtools import lsp_client
-from codellama_lsp.devtools.lsp_client import Client, capabilities, stop  # noqa: F401 - the tests' client
+from codellama_lsp.devtools.lsp_client import Client
 from codellama_lsp.engine.tokenizer import Tokenizer
 
 

@@ -19,7 +19,6 @@ import torch
 
 from codellama_lsp.backends import BackendError, choose_engine, open_backend
 from codellama_lsp.completion.families import QWEN_CODER, Template, detect
-from codellama_lsp.engine import default_model
 from codellama_lsp.engine.config import CheckpointError
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.generation import GenerationRequest, GenerationResult
@@ -31,16 +30,9 @@ HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 
 
 @pytest.fixture(scope="module")
-def real_gguf() -> Path:
-    if not default_model.installed():
-        pytest.skip(f"the real default model is not installed ({default_model.DEFAULT.requirement()})")
-    pytest.importorskip("llama_cpp", reason="the llamacpp engine needs llama-cpp-python")
-    return default_model.default_gguf()
-
-
-@pytest.fixture(scope="module")
 def engine(real_gguf: Path) -> Iterator[Engine]:
     """Reuse and drafts on, as the server runs it."""
+    pytest.importorskip("llama_cpp", reason="the llamacpp engine needs llama-cpp-python")
     from codellama_lsp.engine.llamacpp import open_llamacpp
 
     e = open_llamacpp(real_gguf, CONTEXT, threads=1)
@@ -295,7 +287,8 @@ def test_stop_strings_and_stop_ids_end_generation(engine: Engine, template: Temp
 async def test_the_server_completes_with_engine_llamacpp(engine: Engine, template: Template, real_gguf: Path,
                                                          tmp_path: Path) -> None:
     """``codellama-lsp --stdio --model <gguf>`` with engine llamacpp answers as this engine does; status says so."""
-    from lsp_harness import TEST_SETTINGS, start, stop
+    from codellama_lsp.devtools.lsp_client import stop
+    from lsp_harness import TEST_SETTINGS, start
 
     from codellama_lsp.completion.context import TokenCounter
     from codellama_lsp.completion.planning import generation_request, plan, suggestion

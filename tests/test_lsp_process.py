@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from lsprotocol import types
 
-from lsp_harness import start, stop
+from codellama_lsp.devtools.lsp_client import stop
+from lsp_harness import start
 
 LINE = 'name = "😀 日本語 😀" + suffix\n'
 
@@ -230,7 +230,7 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
 async def test_tcp_binds_localhost(tiny_model_dir: Path, tmp_path: Path) -> None:
     import socket
 
-    from lsp_harness import Client
+    from codellama_lsp.devtools.lsp_client import Client
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ from codellama_lsp.completion import docstring as ds
 from codellama_lsp.completion.planning import generation_request, plan, suggestion
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Cursor, Document
-from codellama_lsp.generation import Backend, GenerationRequest
+from codellama_lsp.generation import Backend
 from codellama_lsp.lsp import convert
 from codellama_lsp.lsp.docstrings import Docstrings
 from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
