@@ -236,6 +236,18 @@ def header_text(doc: Document, d: Definition) -> str:
     return "".join(doc.lines[d.first_line: d.body_line])
 
 
+def definition_for(doc: Document, line: int, version: int | None, header: str | None) -> Definition | None:
+    """The undocumented definition a request taken at ``line`` of document ``version`` means, in ``doc`` now.
+
+    When ``doc`` is still that version, the definition at the line; when it has changed, the
+    one found again by its ``header`` text (None when it is gone, edited or now ambiguous), so
+    an edit computed for an older version never lands in the wrong place.
+    """
+    moved = version is not None and doc.version != version
+    d = (relocate(doc, header) if header else None) if moved else find_definition(doc, line)
+    return None if d is None or d.has_docstring else d
+
+
 def relocate(doc: Document, header: str) -> Definition | None:
     """The one definition in ``doc`` whose header is ``header``, or None when there is none or more than one.
 

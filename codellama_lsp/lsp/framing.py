@@ -424,7 +424,7 @@ def start_stdio(server: "JsonRPCServer", stdin: IO[bytes], stdout: IO[bytes]) ->
     async def read() -> bytes:
         return await asyncio.get_running_loop().run_in_executor(reader, os.read, fd, READ_CHUNK)
 
-    log.info("serving LSP on stdio (frames up to %d bytes)", MAX_FRAME_BYTES)
+    log.debug("serving LSP on stdio (frames up to %d bytes)", MAX_FRAME_BYTES)
     try:
         asyncio.run(serve(server, read))
     except BrokenPipeError:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, NamedTuple, Protocol, TypeVar
 
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.backends import open_backend
+from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.completion.families import Template, detect
 from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend
 from codellama_lsp.settings import Settings
@@ -43,7 +44,11 @@ class Ready(NamedTuple):
 
     backend: Backend
     template: Template
-    counter: Callable[[str], int]
+    counter: TokenCounter
+
+    def counter_for(self, uri: str) -> Callable[[str], int]:
+        """The token counter, its cache entries owned by ``uri`` so that closing the document frees them."""
+        return self.counter.for_document(uri)
 
 
 class Progress(Protocol):

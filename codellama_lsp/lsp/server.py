@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -25,6 +25,7 @@ from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend, GenerationRequest
 from codellama_lsp.lsp import convert
+from codellama_lsp.lsp.docstrings import Docstrings
 from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
 from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into
 from codellama_lsp.lsp.log import attach_to_running_loop as attach_log_to_client
@@ -51,7 +52,7 @@ class CodeLlamaServer(LanguageServer):
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.counter: TokenCounter | None = None
-        self.docstrings = ds.DocstringCache()
+        self.docstrings = Docstrings(self.lifecycle, self.metrics)
         self.encoding = "utf-16"
         self.shutdown_requested = False
         self._load_task: asyncio.Task | None = None
@@ -181,7 +182,7 @@ class CodeLlamaServer(LanguageServer):
         settings = self.request_settings(backend)
         where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
         try:
-            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, _counter_for(ready, doc.uri),
+            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
                      self.docs.windows.get(doc.uri))
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
@@ -203,54 +204,17 @@ class CodeLlamaServer(LanguageServer):
     # -- docstrings -------------------------------------------------------------------------------------
     async def docstring(self, uri: str, position: types.Position, version: int | None = None,
                         header: str | None = None) -> tuple[Document, ds.Definition, str] | None:
-        """A generated docstring for the undocumented definition at ``position``, if there is one.
-
-        ``position`` belongs to document ``version`` (None: the current one). If the document
-        has changed since, or changes while the docstring is generated, the definition is found
-        again by its ``header`` text; when it cannot be (deleted, edited, or now ambiguous) there
-        is no docstring rather than one in the wrong place.
-        """
+        """A generated docstring for the undocumented definition at ``position`` of document ``version``."""
         ready, doc = self.ready(), self.docs.documents.get(uri)
         if ready is None:
             return None
-        if doc is not None and version is not None and doc.version != version:
-            d = ds.relocate(doc, header) if header else None  # the position is from an older version
-        else:
+        if doc is None or version is None or doc.version == version:
             found = self.locate(uri, position, "docstring")
             if found is None:
                 return None
-            doc, cursor = found
-            d = ds.find_definition(doc, cursor.line)
-        if d is None or d.has_docstring:
-            return None
-        key = self.docstrings.key(doc, d)
-        text = self.docstrings.get(key)
-        if text is None:
-            backend, computed_for = ready.backend, doc.version
-            request = ds.generation_request(doc, d, self.request_settings(backend), ready.template, backend.tokenizer,
-                                            _counter_for(ready, uri))
-
-            async def generate() -> str:
-                result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {uri}")
-                return "" if result is None else ds.clean(result.text, d.style)
-
-            outcome = await self.lifecycle.run(("docstring", uri), key, lambda _: generate())
-            text = outcome[1] if outcome else ""
-            if text:
-                self.docstrings.put(key, text)
-            current = self.docs.documents.get(uri)
-            if current is not doc or doc.version != computed_for:  # edited (or reopened) while generating
-                d = ds.relocate(current, key[1]) if current is not None else None
-                if d is None or d.has_docstring:
-                    log.info("docstring for %s in %s dropped: the document changed and the definition is gone",
-                             key[1].strip()[:80], uri)
-                    return None
-                doc = current
-        return (doc, d, text) if text else None
-
-def _counter_for(ready: Ready, uri: str) -> Callable[[str], int]:
-    """The token counter, its cache entries owned by ``uri`` so that closing the document frees them."""
-    return ready.counter.for_document(uri) if isinstance(ready.counter, TokenCounter) else ready.counter
+            doc = found[0]
+        return await self.docstrings.generate(doc, position.line, version, header, ready,
+                                              self.request_settings(ready.backend), self.docs.documents.get)
 
 
 # -- handlers ---------------------------------------------------------------------------------------------

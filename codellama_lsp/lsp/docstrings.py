@@ -1,0 +1,69 @@
+"""Docstrings for hover and the "Generate docstring" action: cached, generated once per definition, never misplaced.
+
+A docstring is asked for at a position of one version of a document; the document may
+change before or while the model writes it. The definition is then found again by its
+header text (``docstring.definition_for``/``relocate``), and dropped when it cannot be, so
+the edit the server returns never lands in the wrong place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from codellama_lsp.completion import docstring as ds
+from codellama_lsp.documents import Document
+from codellama_lsp.lsp.lifecycle import Lifecycle
+from codellama_lsp.lsp.loading import Ready
+from codellama_lsp.lsp.metrics import Metrics, counted_generation
+from codellama_lsp.settings import Settings
+
+log = logging.getLogger("codellama_lsp")
+
+
+class Docstrings:
+    def __init__(self, lifecycle: Lifecycle, metrics: Metrics) -> None:
+        self.cache = ds.DocstringCache()
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def forget(self, uri: str) -> None:
+        self.cache.forget(uri)
+
+    async def generate(self, doc: Document, line: int, version: int | None, header: str | None, ready: Ready,
+                       settings: Settings, current: Callable[[str], Document | None]
+                       ) -> tuple[Document, ds.Definition, str] | None:
+        """The docstring for the definition at ``line`` of ``doc`` as of ``version``, and where it now is.
+
+        ``current(uri)`` gives the document as it is after generation, which may have changed.
+        """
+        d = ds.definition_for(doc, line, version, header)
+        if d is None:
+            return None
+        key = self.cache.key(doc, d)
+        text = self.cache.get(key)
+        if text is None:
+            backend, computed_for = ready.backend, doc.version
+            request = ds.generation_request(doc, d, settings, ready.template, backend.tokenizer,
+                                            ready.counter_for(doc.uri))
+
+            async def run() -> str:
+                result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {doc.uri}")
+                return "" if result is None else ds.clean(result.text, d.style)
+
+            outcome = await self.lifecycle.run(("docstring", doc.uri), key, lambda _: run())
+            text = outcome[1] if outcome else ""
+            if text:
+                self.cache.put(key, text)
+            now = current(doc.uri)
+            if now is not doc or doc.version != computed_for:  # edited (or reopened) while generating
+                d = ds.relocate(now, key[1]) if now is not None else None
+                if d is None or d.has_docstring:
+                    log.info("docstring for %s in %s dropped: the document changed and the definition is gone",
+                             key[1].strip()[:80], doc.uri)
+                    return None
+                doc = now
+        return (doc, d, text) if text else None
