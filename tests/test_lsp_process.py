@@ -183,6 +183,10 @@ def test_nothing_but_json_rpc_on_stdout(tiny_model_dir: Path, tmp_path: Path) ->
     logged = [m["params"] for m in received if m.get("method") == "window/logMessage"]
     assert any(p["type"] == 3 and p["message"].startswith("codellama_lsp: ") for p in logged), logged
     assert b"INFO" not in done.stderr, done.stderr
+    # Nothing is sent before initialize has been answered (the log before it waits; LSP allows
+    # no notification before the InitializeResult but during the request).
+    first_log = next(i for i, m in enumerate(received) if m.get("method") == "window/logMessage")
+    assert received.index(next(m for m in received if m.get("id") == 1)) < first_log
 
 
 def test_version_and_help() -> None:

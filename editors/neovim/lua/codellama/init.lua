@@ -41,11 +41,10 @@ local function short_model(path)
   if type(path) ~= "string" or path == "" then
     return "the model"
   end
-  local norm = path:gsub("\\", "/"):gsub("/+$", "")
-  if norm:match("/demo_model$") then
+  if config.is_demo_model(path) then
     return "the demo model"
   end
-  return vim.fn.fnamemodify(norm, ":t")
+  return vim.fn.fnamemodify((path:gsub("[/\\]+$", "")), ":t")
 end
 M._short_model = short_model
 
@@ -208,9 +207,8 @@ local function show_status(cmd)
       vim.list_extend(lines, vim.split(vim.inspect(result), "\n", { plain = true }))
       filetype = "lua"
     else
-      lines[#lines + 1] = ("server: %s, model %s (%s, %s%s)%s"):format(
+      lines[#lines + 1] = ("server: %s, model %s (%s, %s)%s"):format(
         tostring(result.state), tostring(result.model), tostring(result.device), tostring(result.dtype),
-        type(result.engine) == "string" and (", " .. result.engine) or "",
         type(result.error) == "string" and (", error: " .. result.error) or "")
       lines[#lines + 1] = "(:CodeLlamaStatus! shows everything; q closes)"
     end
