@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from codellama_lsp.engine.config import ModelArgs
 from codellama_lsp.engine.checkpoint import save_checkpoint
 from codellama_lsp.engine.model import Transformer
 from lsp_harness import endless_copy
+
+# llama.cpp reads this once per process, at its first matrix product; the llamacpp engine sets it
+# before loading (engine/llamacpp.py: every batch size then gives the same logits). Tests that use
+# llama.cpp directly (quantizing, tokenizing) may run first in this process, so it is set here too.
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 TINY_ARGS = dict(
     hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
