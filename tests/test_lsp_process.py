@@ -6,7 +6,6 @@ import asyncio
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from lsprotocol import types
@@ -28,10 +27,9 @@ async def test_settings_from_initialization_options_and_workspace_configuration(
     try:
         # Asked before the model has loaded: answered empty, at once.
         client.open("file:///early.py", "def f(x):\n    return x\n")
-        t0 = time.perf_counter()
         early = await client.inline("file:///early.py", 1, 11)
         if (await client.status())["state"] != "ready":
-            assert early == "" and time.perf_counter() - t0 < 5.0  # answered before the load finished
+            assert early == ""  # answered while the model was still loading, not after it
         status = await client.wait_loaded()
         settings = status["settings"]
         assert (settings["format"], settings["prefix_tokens"], settings["suffix_tokens"], settings["temperature"]) == \
@@ -115,10 +113,16 @@ async def test_corrupt_model_is_reported_and_the_server_stays_up(tiny_model_dir:
         await stop(client)
 
 
-async def _exits_within(client, seconds: float) -> int:
-    t0 = time.perf_counter()
-    code = await asyncio.wait_for(client.process.wait(), 10)
-    assert time.perf_counter() - t0 < seconds
+async def _exits_mid_request(client) -> int:
+    """The exit code, once the process has ended without finishing the request ``_busy`` started.
+
+    The server logs every finished completion ("N generated, stop ..."); none for busy.py
+    means the process ended while the engine was still writing, rather than waiting for it.
+    The wait is a no-hang bound only.
+    """
+    code = await asyncio.wait_for(client.process.wait(), 30)
+    log = client.log_file.read_text(encoding="utf-8", errors="replace")
+    assert not any("busy.py" in line and " generated, stop " in line for line in log.splitlines()), log[-2000:]
     return code
 
 
@@ -131,7 +135,7 @@ async def _busy(client) -> None:
     await client.wait_writing("file:///busy.py")
 
 
-async def test_exit_paths_end_the_process_within_a_second(endless_model_dir: Path, tmp_path: Path) -> None:
+async def test_exit_paths_end_the_process_while_a_request_runs(endless_model_dir: Path, tmp_path: Path) -> None:
     """shutdown + exit (code 0), exit alone (code 1), stdin closed (code 0): each while a request runs."""
     clients = await asyncio.gather(*(start(endless_model_dir, tmp_path / f"server{i}.log") for i in range(3)))
     await asyncio.gather(*(c.wait_loaded() for c in clients))
@@ -140,13 +144,13 @@ async def test_exit_paths_end_the_process_within_a_second(endless_model_dir: Pat
     await _busy(with_shutdown)
     assert await with_shutdown.shutdown_async(None) is None
     with_shutdown.exit(None)
-    assert await _exits_within(with_shutdown, 1.0) == 0
+    assert await _exits_mid_request(with_shutdown) == 0
     await _busy(without)
     without.exit(None)
-    assert await _exits_within(without, 1.0) == 1
+    assert await _exits_mid_request(without) == 1
     await _busy(closed)
     closed.process.stdin.close()
-    assert await _exits_within(closed, 1.0) == 0
+    assert await _exits_mid_request(closed) == 0
     for c in clients:
         await c.stop()
 
