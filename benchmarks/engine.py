@@ -36,14 +36,10 @@ from codellama_lsp.completion.families import Template, detect
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.generation import GenerationRequest
 from codellama_lsp.lsp.loading import default_model_path
+from codellama_lsp.lsp.metrics import percentile
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 REPEATS = 3  # speed figures are the median of this many runs (the machine is noisy)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def memory_bandwidth() -> dict[str, float]:
@@ -76,25 +72,20 @@ def keystroke_trace(template: Template, tok: Any, typed: int, prefix_chars: int 
     return [template.prompt(tok, text[:cursor] + target[:i], suffix, fmt) for i in range(1, typed + 1)]
 
 
-def weight_bytes(engine: Engine, model: Path) -> int:
-    """Bytes of weights a decode step reads: every tensor but the embedding table, as the engine stores it."""
+def bytes_per_step(engine: Engine, model: Path, position: int) -> int:
+    """Bytes a decode step at ``position`` reads: every weight but the embedding table, as the engine stores
+    them, plus the keys and values attention reads (float32 in ours; llama.cpp's default f16)."""
     if engine.model is not None:
-        return sum(p.numel() * p.element_size() for n, p in engine.model.named_parameters() if "embed_tokens" not in n)
-    from gguf import GGUFReader
-
-    return sum(int(t.n_bytes) for t in GGUFReader(model).tensors if t.name != "token_embd.weight")
-
-
-def kv_bytes(engine: Engine, model: Path, position: int) -> int:
-    """Bytes of keys and values attention reads at ``position`` (float32 in ours; llama.cpp's default f16)."""
-    if engine.model is not None:
-        args = engine.model.args
+        args, kv_item = engine.model.args, 4
+        weights = sum(p.numel() * p.element_size() for n, p in engine.model.named_parameters()
+                      if "embed_tokens" not in n)
     else:
         from codellama_lsp.engine.gguf_reader import read_gguf
 
-        args = read_gguf(model).args
-    per_token = 2 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim
-    return per_token * position * (4 if engine.model is not None else 2)
+        ckpt, kv_item = read_gguf(model), 2  # one read: the file's tensors as stored, and its shape
+        args = ckpt.args
+        weights = sum(int(t.n_bytes) for t in ckpt.reader.tensors if t.name != "token_embd.weight")
+    return weights + 2 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim * position * kv_item
 
 
 def speed(engine: Engine, prompt: list[int], new_tokens: int) -> tuple[float, float]:
@@ -145,7 +136,7 @@ def measure(kind: str, model: Path, threads: int, keystrokes: int, bandwidth: fl
     long_prompt = trace[-1]
     speed(engine, long_prompt[:64], new_tokens=4)  # warm-up: first calls pay one-off allocations
     prefill, decode = speed(engine, long_prompt, new_tokens=64)
-    step_bytes = weight_bytes(engine, model) + kv_bytes(engine, model, len(long_prompt) + 32)
+    step_bytes = bytes_per_step(engine, model, len(long_prompt) + 32)
     out: dict[str, Any] = {
         "prompt_tokens": len(long_prompt),
         "prefill_tok_s": prefill,

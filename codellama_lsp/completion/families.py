@@ -98,9 +98,10 @@ def _token_ids(tok: Any) -> dict[str, int]:
     return specials
 
 
-def bind(family: Family, tok: Any) -> Template:
-    """``family`` with ``tok``'s ids; UnknownFamily if the vocabulary lacks the family's markers."""
-    ids = _token_ids(tok)
+def bind(family: Family, tok: Any, ids: dict[str, int] | None = None) -> Template:
+    """``family`` with ``tok``'s ids (``ids``: its special tokens, when already looked up); UnknownFamily
+    if the vocabulary lacks the family's markers."""
+    ids = _token_ids(tok) if ids is None else ids
     markers = None
     if family.markers is not None:
         missing = [m for m in family.markers if m not in ids]
@@ -122,5 +123,5 @@ def detect(tok: Any, setting: str = "auto") -> Template:
     ids = _token_ids(tok)
     for family in (CODE_LLAMA, QWEN_CODER, DEEPSEEK_CODER, STARCODER2):
         if family.markers is not None and all(m in ids for m in family.markers):
-            return bind(family, tok)
-    return bind(PLAIN, tok)
+            return bind(family, tok, ids)
+    return bind(PLAIN, tok, ids)

@@ -13,6 +13,7 @@ from lsprotocol import types
 
 from codellama_lsp.completion import docstring as ds
 from codellama_lsp import __version__
+from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.settings import resolve_format
 
@@ -138,6 +139,9 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "shared_requests": server.lifecycle.shared,
         "in_flight": server.lifecycle.running(),
         "generated_tokens": backend.generated_tokens if backend else 0,
-        "token_cache": {"entries": len(server.counter), "bytes": server.counter.bytes,
-                        "max_bytes": server.counter.max_bytes} if server.counter is not None else None,
+        "token_cache": _token_cache(server.slot.ready.counter) if server.slot.ready is not None else None,
     }
+
+
+def _token_cache(counter: TokenCounter) -> dict[str, int]:
+    return {"entries": len(counter), "bytes": counter.bytes, "max_bytes": counter.max_bytes}

@@ -27,18 +27,6 @@ T = TypeVar("T")
 LoadState = Literal["not loaded", "loading", "ready", "failed"]
 
 
-@dataclass
-class BackendSlot:
-    """The backend the server generates with, and how its loading went (shown in codellama.status)."""
-
-    path: Path
-    state: LoadState = "not loaded"
-    error: str | None = None
-    backend: Backend | None = None
-    template: Template | None = None  # how the backend's model is prompted (its family)
-    load_ms: float | None = None
-
-
 class Ready(NamedTuple):
     """What a request needs once loading is done: the backend, its family's template, a token counter."""
 
@@ -49,6 +37,25 @@ class Ready(NamedTuple):
     def counter_for(self, uri: str) -> Callable[[str], int]:
         """The token counter, its cache entries owned by ``uri`` so that closing the document frees them."""
         return self.counter.for_document(uri)
+
+
+@dataclass
+class BackendSlot:
+    """What the server generates with once loaded, and how its loading went (shown in codellama.status)."""
+
+    path: Path
+    state: LoadState = "not loaded"
+    error: str | None = None
+    ready: Ready | None = None  # the backend, its template and counter, all set together by a load
+    load_ms: float | None = None
+
+    @property
+    def backend(self) -> Backend | None:
+        return None if self.ready is None else self.ready.backend
+
+    @property
+    def template(self) -> Template | None:
+        return None if self.ready is None else self.ready.template
 
 
 class Progress(Protocol):
@@ -126,7 +133,7 @@ async def load_into(slot: BackendSlot, settings: Settings, progress: Progress) -
         progress.failed(f"codellama-lsp: cannot load the model at {slot.path}: {exc}. Suggestions stay empty "
                         "until the codellama.model setting (or --model) points at a valid checkpoint.")
     else:
-        slot.backend, slot.template, slot.state = backend, template, "ready"
+        slot.ready, slot.state = Ready(backend, template, TokenCounter(backend.tokenizer.encode)), "ready"
         slot.load_ms = (time.perf_counter() - t0) * 1000
         log.info("model ready: %s on %s (%s, engine %s) in %.0f ms; %s", slot.path, backend.device, backend.dtype,
                  getattr(backend, "kind", settings.backend), slot.load_ms, template.describe())

@@ -21,7 +21,6 @@ from pygls.lsp.server import LanguageServer
 from codellama_lsp import __version__
 from codellama_lsp.completion import docstring as ds
 from codellama_lsp.completion.planning import generation_request, plan, suggestion
-from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend
 from codellama_lsp.lsp import convert
@@ -51,7 +50,6 @@ class CodeLlamaServer(LanguageServer):
         self.docs = OpenDocuments()
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
-        self.counter: TokenCounter | None = None
         self.docstrings = Docstrings(self.lifecycle, self.metrics)
         self.encoding = "utf-16"
         self.shutdown_requested = False
@@ -117,8 +115,7 @@ class CodeLlamaServer(LanguageServer):
         finally:
             if old is not None:
                 old.close()
-        if self.slot.backend is not None:
-            self.counter = TokenCounter(self.slot.backend.tokenizer.encode)
+        if self.slot.ready is not None:
             self.docs.windows.clear()
             self.docstrings.clear()
 
@@ -133,8 +130,8 @@ class CodeLlamaServer(LanguageServer):
         self.docs.close(uri)
         self.lifecycle.forget(uri)
         self.docstrings.forget(uri)
-        if self.counter is not None:
-            self.counter.forget(uri)
+        if self.slot.ready is not None:
+            self.slot.ready.counter.forget(uri)
 
     def locate(self, uri: str, position: types.Position, what: str) -> tuple[Document, Cursor] | None:
         """The document and cursor for a request, or None (logged and counted) when either is unknown."""
@@ -143,10 +140,6 @@ class CodeLlamaServer(LanguageServer):
             self.metrics.count(found)
             return None
         return found
-
-    def ready(self) -> Ready | None:
-        backend, template, counter = self.slot.backend, self.slot.template, self.counter
-        return None if backend is None or template is None or counter is None else Ready(backend, template, counter)
 
     # -- completion -------------------------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position) -> str:
@@ -162,7 +155,7 @@ class CodeLlamaServer(LanguageServer):
         doc, cursor = found
         line = doc.line_text(cursor.line)
         here = Anchor(cursor.line, line[: cursor.index], line[cursor.index:])
-        ready = self.ready()
+        ready = self.slot.ready
         start = None if ready is None else (lambda flight: self._complete(doc, cursor, ready, flight))
         try:
             text, outcome = await self.lifecycle.suggest(uri, here, doc.version, start)
@@ -205,7 +198,7 @@ class CodeLlamaServer(LanguageServer):
     async def docstring(self, uri: str, position: types.Position, version: int | None = None,
                         header: str | None = None) -> tuple[Document, ds.Definition, str] | None:
         """A generated docstring for the undocumented definition at ``position`` of document ``version``."""
-        ready, doc = self.ready(), self.docs.documents.get(uri)
+        ready, doc = self.slot.ready, self.docs.documents.get(uri)
         if ready is None:
             return None
         if doc is None or version is None or doc.version == version:

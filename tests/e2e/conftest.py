@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,12 +36,6 @@ def require(condition: bool, message: str) -> None:
 def bundled_model_ready() -> bool:
     has_weights = any(BUNDLED_MODEL.glob("*.safetensors")) or any(BUNDLED_MODEL.glob("*.pth"))
     return (BUNDLED_MODEL / "config.json").is_file() and has_weights
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ARTIFACTS, PY_SAMPLE, REPO, TOOLS, free_port, require
+from codellama_lsp.devtools.llamacpp_server import free_port
+
+from .conftest import ARTIFACTS, PY_SAMPLE, REPO, TOOLS, require
 
 VSIX = REPO / "editors" / "vscode" / "codellama-lsp.vsix"
 DRIVER = Path(__file__).resolve().parent / "vscode_driver.mjs"
