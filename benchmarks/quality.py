@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=",".join(SYSTEMS), help=f"comma-separated systems (default: {','.join(SYSTEMS)})")
     ap.add_argument("--heldout", action="store_true", help="also single-line EM on the held-out files")
     ap.add_argument("--heldout-lines", type=int, default=500, help="held-out lines to sample (default: 500; "
-                    "--limit caps it too)")
+                    "--limit caps it too; a held-out prompt is ~1,300 tokens, several times a HumanEval one)")
     ap.add_argument("--no-humaneval", action="store_true", help="only the held-out set")
     ap.add_argument("--model", type=Path, help="the real model's GGUF (default: default_model_path())")
     ap.add_argument("--json", type=Path, help="write the results here (parent directories are created)")
@@ -524,50 +524,52 @@ def main(argv: list[str] | None = None) -> None:
         runners["bundled"] = lambda t, s=bundled: {"bundled": s.run(t)}
 
     log: list[dict[str, object]] = []
-    results: dict[str, dict[str, object]] = {}
     t_all = time.perf_counter()
     scores: dict[str, Score] = {}
     stages: dict[str, Score] = {}
-    he_tasks: list[Task] = []
+    held: dict[str, Score] = {}
+
+    def report() -> None:
+        """Print the tables and write the files; called after each task set, so a run stopped
+        during the held-out set still leaves its HumanEval results."""
+        seconds = time.perf_counter() - t_all
+        results: dict[str, dict[str, object]] = {}
+        for name in (n for n in SYSTEMS if n in wanted):
+            entry: dict[str, object] = dict(scores[name].summary()) if name in scores else {}
+            if name in held:
+                h = held[name].summary()
+                entry.update(heldout_em=h["em"], heldout_n=h["n"], heldout_p50_ms=h["p50_ms"])
+            results[name] = entry
+        if stages:
+            results["ablation"] = {name: s.summary() for name, s in stages.items()}
+        results["meta"] = {"limit": ns.limit, "threads": ns.threads, "seconds": round(seconds, 1),
+                           "load_s": {k: round(v, 1) for k, v in load_s.items()}, "model": str(real)}
+        rows = [(name, scores[name].summary() if name in scores else {}) for name in SYSTEMS if name in wanted]
+        print(table(rows, {name: held[name].summary() for name in held}))
+        if stages:
+            print()
+            print(ablation_table(stages))
+        print(f"\n{seconds:.0f} s for {len(log)} tasks; loading: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in load_s.items()), flush=True)
+        if ns.json:
+            ns.json.parent.mkdir(parents=True, exist_ok=True)
+            ns.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        if ns.log:
+            ns.log.parent.mkdir(parents=True, exist_ok=True)
+            ns.log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in log), encoding="utf-8")
+
     if not ns.no_humaneval:
         he_tasks = spread(humaneval_tasks())[: ns.limit]
         print(f"HumanEval single-line infilling: {len(he_tasks)} tasks over "
               f"{len({t.problem for t in he_tasks})} problems", file=sys.stderr)
         scores, stages = run_tasks(he_tasks, runners, Tests(), log, "humaneval")
-    held: dict[str, Score] = {}
+        report()
     if ns.heldout or ns.no_humaneval:
         h_tasks = heldout_tasks(ns.heldout_lines)[: ns.limit]
         print(f"held-out single-line: {len(h_tasks)} lines", file=sys.stderr)
         held, _ = run_tasks(h_tasks, runners, None, log, "heldout")
-    seconds = time.perf_counter() - t_all
-
-    for name in SYSTEMS:
-        if name not in wanted:
-            continue
-        entry: dict[str, object] = dict(scores[name].summary()) if name in scores else {}
-        if name in held:
-            h = held[name].summary()
-            entry.update(heldout_em=h["em"], heldout_n=h["n"], heldout_p50_ms=h["p50_ms"])
-        results[name] = entry
-    if stages:
-        results["ablation"] = {name: s.summary() for name, s in stages.items()}
-    results["meta"] = {"limit": ns.limit, "threads": ns.threads, "seconds": round(seconds, 1),
-                       "load_s": {k: round(v, 1) for k, v in load_s.items()}, "model": str(real)}
-
-    rows = [(name, scores[name].summary() if name in scores else {}) for name in SYSTEMS if name in wanted]
-    extra = {name: held[name].summary() for name in held}
-    print(table(rows, extra))
-    if stages:
         print()
-        print(ablation_table(stages))
-    print(f"\n{seconds:.0f} s for {len(log)} tasks; loading: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in load_s.items()))
-    if ns.json:
-        ns.json.parent.mkdir(parents=True, exist_ok=True)
-        ns.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    if ns.log:
-        ns.log.parent.mkdir(parents=True, exist_ok=True)
-        ns.log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in log), encoding="utf-8")
+        report()
     loop.close()
     os._exit(0)  # the engines' threads and llama.cpp's context need no orderly teardown
 
