@@ -26,7 +26,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import time
@@ -36,13 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from codellama_lsp import BUNDLED_MODEL  # noqa: E402
-from codellama_lsp.engine.gguf_export import export_gguf  # noqa: E402
-from codellama_lsp.lsp.metrics import percentile  # noqa: E402
-from llamacpp_support import LlamaCppServer  # noqa: E402
-from lsp_harness import Client, start, stop  # noqa: E402
+from codellama_lsp import BUNDLED_MODEL
+from codellama_lsp.devtools.llamacpp_server import LlamaCppServer
+from codellama_lsp.devtools.lsp_client import Client, start, stop
+from codellama_lsp.engine.gguf_export import export_gguf
+from codellama_lsp.lsp.metrics import percentile
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
 START_LINE = 300  # 0-based; about 2,500 prefix tokens of textwrap.py before it

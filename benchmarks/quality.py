@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(max(1, ns.threads))
-    from codellama_lsp.lsp.loading import default_model_path, open_for
+    from codellama_lsp.lsp.loading import default_model_path
 
     loop = asyncio.new_event_loop()
     runners: dict[str, Callable[[Task], dict[str, Outcome]]] = {}

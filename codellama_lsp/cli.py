@@ -28,9 +28,12 @@ def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
     parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", default=default("auto"), choices=["auto", "float32", "bfloat16", "float16"],
                         help="weights' dtype (default: auto = bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--engine", default=default("auto"), choices=["auto", "torch", "llamacpp"],
+                        help="what computes: torch (our PyTorch model), llamacpp (llama.cpp on a .gguf file, "
+                             "CPU), or auto = llamacpp for a .gguf on the CPU, else torch (default: auto)")
     parser.add_argument("--threads", type=int, default=default(None),
-                        help="CPU threads for the model (default: PyTorch's choice; 1 is fastest for small "
-                             "models on a busy machine)")
+                        help="CPU threads for the model, either engine (default: PyTorch's choice; 1 is fastest "
+                             "for small models on a busy machine)")
     parser.add_argument("--log-file", type=Path, default=default(None),
                         help="log here (default: the server logs to its client as window/logMessage, "
                              "the terminal commands to stderr)")
@@ -120,7 +123,7 @@ def complete(args: argparse.Namespace) -> int:
     model = args.model or default_model_path()
     _threads(args.threads)
     settings = Settings(format=args.format, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
-                        time_budget_ms=60_000.0)
+                        engine=args.engine, time_budget_ms=60_000.0)
     try:
         backend = open_for(model, settings)
         template = detect(backend.tokenizer)
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     from codellama_lsp.lsp.server import build_server
 
     _threads(args.threads)
-    settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype)
+    settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype,
+                        engine=args.engine)
     server = build_server(settings)
     if args.log_file is None:
         _log_to_client(server, args.log_level)

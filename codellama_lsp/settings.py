@@ -39,11 +39,15 @@ class Settings:
     tokenizer: str | None = None
     # How the model is prompted (codellama_lsp.completion.families): "auto" recognises it by its tokens.
     family: str = "auto"
+    # What computes for the local backend (codellama_lsp.backends.ENGINES): our PyTorch model, or
+    # llama.cpp on a .gguf file; "auto" is llama.cpp for a .gguf on the CPU (see choose_engine).
+    engine: str = "auto"
 
     @property
     def load_key(self) -> tuple[str | None, ...]:
         """What the loaded engine (or server connection) depends on: a change reloads it."""
-        return self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer, self.family
+        return (self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer,
+                self.family, self.engine)
 
 
 # Tokens a prompt holds beyond its prefix and suffix budgets: BOS, <PRE>, <SUF>, <MID>, and the
@@ -160,6 +164,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "apiKeyEnv": ("api_key_env", _env_name, _same),
     "tokenizer": ("tokenizer", _path, _strip),
     "family": ("family", _choice(*FAMILY_SETTINGS), _same),
+    "engine": ("engine", _choice("auto", "torch", "llamacpp"), _same),
 }
 assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)}
 

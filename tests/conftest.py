@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from codellama_lsp.engine.config import ModelArgs
 from codellama_lsp.engine.checkpoint import save_checkpoint
 from codellama_lsp.engine.model import Transformer
 from lsp_harness import endless_copy
+
+# llama.cpp reads this once per process, at its first matrix product; the llamacpp engine sets it
+# before loading (engine/llamacpp.py: every batch size then gives the same logits). Tests that use
+# llama.cpp directly (quantizing, tokenizing) may run first in this process, so it is set here too.
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 TINY_ARGS = dict(
     hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -77,3 +83,13 @@ def endless_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: 
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path) -> Path:
     """A random GQA model (4 heads, 2 KV heads, rope_theta 1e6) with the test tokenizer."""
     return make_random_checkpoint(tmp_path_factory.mktemp("tiny_model"), tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def real_gguf() -> Path:
+    """The real default model's GGUF (assembled on first use), or a visible skip when its packages are missing."""
+    from codellama_lsp.engine import default_model
+
+    if not default_model.installed():
+        pytest.skip(f"the real default model is not installed ({default_model.DEFAULT.requirement()})")
+    return default_model.default_gguf()

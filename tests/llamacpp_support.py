@@ -1,4 +1,4 @@
-"""llama.cpp on 127.0.0.1 for tests and the peer benchmark: the weights to export, and llama-cpp-python's server.
+"""llama.cpp for the tests: the weights to export (its server is ``codellama_lsp.devtools.llamacpp_server``).
 
 The weights are the bundled model when it is there, else random weights with the bundled
 tokenizer (a real Code Llama-shaped vocabulary, which llama.cpp takes as it is).
@@ -6,15 +6,7 @@ tokenizer (a real Code Llama-shaped vocabulary, which llama.cpp takes as it is).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
-
-import httpx
 
 from codellama_lsp import BUNDLED_MODEL
 from conftest import make_random_checkpoint
@@ -28,57 +20,3 @@ def llamacpp_model_dir(scratch: Path) -> Path:
     if not (out / "config.json").is_file():
         make_random_checkpoint(out, BUNDLED_MODEL / "tokenizer.model", hidden_size=128, intermediate_size=352)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LlamaCppServer:
-    """``python -m llama_cpp.server`` (OpenAI-compatible) serving one GGUF file, logging to ``log``."""
-
-    def __init__(self, gguf: Path, log: Path, *, api_key: str | None = None, n_ctx: int = 4096, threads: int = 1) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.api_key = api_key
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-               "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-               "--n_threads_batch", str(threads), "--logits_all", "false", "--verbose", "true"]
-        if api_key:
-            cmd += ["--api_key", api_key]
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 120.0) -> None:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}:\n{self.read_log()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/v1/models", headers=headers, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"llama_cpp.server did not answer within {timeout:g} s:\n{self.read_log()[-3000:]}")
-
-    def read_log(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def pause(self) -> None:
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        """Kill it at once (a paused server too): whatever it was doing, its connections drop."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)

@@ -18,7 +18,8 @@ from codellama_lsp.documents import Document
 from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.settings import Settings, resolve_format
 from http_stub import Reply, Seen, StubServer
-from lsp_harness import TEST_SETTINGS, start, stop
+from codellama_lsp.devtools.lsp_client import stop
+from lsp_harness import TEST_SETTINGS, start
 
 SOURCE = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
 SINGLE = (4, 6)  # inside "print(|add(1, 2))": text follows the cursor, so one line, stopped by the server

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.config import CheckpointError, ModelArgs
-from codellama_lsp.engine import default_model, gguf_reader
+from codellama_lsp.engine import gguf_reader
 from codellama_lsp.engine.checkpoint import read_args
 from codellama_lsp.engine.gguf_reader import GgufCheckpoint, read_gguf, rotate_half_rows
 from codellama_lsp.engine.gguf_export import export_gguf, to_interleaved
@@ -331,13 +331,6 @@ def test_unsupported_rope_scaling_names_the_file(
 
 
 # --- the real default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_gguf() -> Path:
-    if not default_model.installed():
-        pytest.skip(f"the default model's packages ({', '.join(default_model.PACKAGES)}) are not installed")
-    return default_model.default_gguf()
 
 
 @pytest.fixture(scope="module")

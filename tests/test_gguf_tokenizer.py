@@ -13,7 +13,6 @@ import pytest
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.config import CheckpointError
 from codellama_lsp.engine.tokenizer import FimUnsupported, Tokenizer
-from codellama_lsp.engine import default_model
 from codellama_lsp.engine.gguf_reader import read_gguf
 from codellama_lsp.engine.gguf_tokenizer import PRE_TOKENIZERS, GgufBpeTokenizer, load_gguf_tokenizer
 from codellama_lsp.engine.gguf_export import export_gguf
@@ -203,13 +202,6 @@ def test_unsupported_pre_tokenizer_and_model(bpe_vocab: tuple[list[str], list[st
 
 
 # --- the real default model (Qwen2.5-Coder-0.5B-Instruct) -----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_gguf() -> Path:
-    if not default_model.installed():
-        pytest.skip(f"the default model's packages ({', '.join(default_model.PACKAGES)}) are not installed")
-    return default_model.default_gguf()
 
 
 @pytest.fixture(scope="module")

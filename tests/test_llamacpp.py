@@ -28,8 +28,10 @@ from codellama_lsp.documents import Document
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.engine.gguf_export import export_gguf
 from codellama_lsp.settings import Settings, resolve_format
-from llamacpp_support import LlamaCppServer, llamacpp_model_dir
-from lsp_harness import TEST_SETTINGS, Client, start, stop
+from codellama_lsp.devtools.llamacpp_server import LlamaCppServer
+from codellama_lsp.devtools.lsp_client import Client, stop
+from llamacpp_support import llamacpp_model_dir
+from lsp_harness import TEST_SETTINGS, start
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -48,17 +48,21 @@ def _logger(handler: logging.Handler) -> logging.Logger:
     return log
 
 
-def test_levels_and_other_threads() -> None:
+def test_held_until_initialize_then_levels_and_other_threads() -> None:
     server = LanguageServer("t", "0")
     writer = Capture()
     fallback = io.StringIO()
     handler = LspLogHandler(server, fallback=fallback)
     log = _logger(handler)
 
-    log.info("before the loop")  # no loop known yet: not lost, it goes to the fallback
+    log.info("before initialize")  # the server may not notify the client yet: held, not written
 
     async def main() -> None:
         server.protocol.set_writer(writer)
+        log.debug("still before")
+        await asyncio.sleep(0)
+        assert writer.data == b""
+        handler.attach(asyncio.get_running_loop())  # what the initialize handler does
         log.debug("d")
         log.info("i")
         log.warning("w")
@@ -69,13 +73,24 @@ def test_levels_and_other_threads() -> None:
         await asyncio.sleep(0)  # the loop runs the sends the thread handed it
 
     asyncio.run(main())
-    sent = [m for m in writer.messages() if m.get("method") == "window/logMessage"]
-    first = [(m["params"]["type"], m["params"]["message"]) for m in sent[:4]]
+    sent = [(m["params"]["type"], m["params"]["message"]) for m in writer.messages() if m.get("method") == "window/logMessage"]
     prefix = f"{log.name}: "
-    assert first == [(5, prefix + "d"), (3, prefix + "i"), (2, prefix + "w"), (1, prefix + "e x")]
+    assert sent[:6] == [(3, prefix + "before initialize"), (5, prefix + "still before"), (5, prefix + "d"),
+                        (3, prefix + "i"), (2, prefix + "w"), (1, prefix + "e x")]
     # Every record from the other thread arrived, in order, written by the loop.
-    assert [m["params"]["message"] for m in sent[4:]] == [f"{prefix}thread {k}" for k in range(50)]
-    assert "before the loop" in fallback.getvalue() and "INFO" in fallback.getvalue()
+    assert [m for _, m in sent[6:]] == [f"{prefix}thread {k}" for k in range(50)]
+    assert fallback.getvalue() == ""
+
+
+def test_never_initialized_records_go_to_stderr_at_exit() -> None:
+    fallback = io.StringIO()
+    handler = LspLogHandler(LanguageServer("t", "0"), fallback=fallback)
+    log = _logger(handler)
+    for k in range(LspLogHandler.HELD + 3):
+        log.info("early %d", k)
+    assert fallback.getvalue().count("early") == 3  # past what is held: written at once
+    handler.close()
+    assert fallback.getvalue().count("early") == LspLogHandler.HELD + 3
 
 
 def test_a_failed_write_falls_back_without_feeding_itself() -> None:
@@ -91,6 +106,7 @@ def test_a_failed_write_falls_back_without_feeding_itself() -> None:
     try:
         async def main() -> None:
             server.protocol.set_writer(writer)
+            handler.attach(asyncio.get_running_loop())
             log.warning("cannot be written")
             for _ in range(20):
                 await asyncio.sleep(0)

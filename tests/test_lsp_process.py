@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from lsprotocol import types
 
-from lsp_harness import start, stop
+from codellama_lsp.devtools.lsp_client import stop
+from lsp_harness import start
 
 LINE = 'name = "😀 日本語 😀" + suffix\n'
 
@@ -183,6 +183,10 @@ def test_nothing_but_json_rpc_on_stdout(tiny_model_dir: Path, tmp_path: Path) ->
     logged = [m["params"] for m in received if m.get("method") == "window/logMessage"]
     assert any(p["type"] == 3 and p["message"].startswith("codellama_lsp: ") for p in logged), logged
     assert b"INFO" not in done.stderr, done.stderr
+    # Nothing is sent before initialize has been answered (the log before it waits; LSP allows
+    # no notification before the InitializeResult but during the request).
+    first_log = next(i for i, m in enumerate(received) if m.get("method") == "window/logMessage")
+    assert received.index(next(m for m in received if m.get("id") == 1)) < first_log
 
 
 def test_version_and_help() -> None:
@@ -193,8 +197,8 @@ def test_version_and_help() -> None:
     out = subprocess.run([sys.executable, "-m", "codellama_lsp", "--version"], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == f"codellama-lsp {__version__}"
     out = subprocess.run([sys.executable, "-m", "codellama_lsp", "--help"], capture_output=True, text=True, timeout=30)
-    for flag in ("--stdio", "--tcp", "--host", "--port", "--model", "--device", "--dtype", "--log-file", "--log-level",
-                 "complete"):
+    for flag in ("--stdio", "--tcp", "--host", "--port", "--model", "--device", "--dtype", "--engine", "--log-file",
+                 "--log-level", "complete"):
         assert flag in out.stdout
 
 
@@ -230,7 +234,7 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
 async def test_tcp_binds_localhost(tiny_model_dir: Path, tmp_path: Path) -> None:
     import socket
 
-    from lsp_harness import Client
+    from codellama_lsp.devtools.lsp_client import Client
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,8 @@ from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.settings import Settings, resolve_format
-from lsp_harness import Client, start, stop
+from codellama_lsp.devtools.lsp_client import Client, stop
+from lsp_harness import start
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

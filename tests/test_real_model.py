@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from codellama_lsp.completion.families import QWEN_CODER, detect
-from codellama_lsp.engine import default_model
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.generation import GenerationRequest
 
@@ -44,13 +43,6 @@ SUFFIX = '''
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.counts, indent=2, sort_keys=True), encoding="utf-8")
 '''
-
-
-@pytest.fixture(scope="module")
-def real_gguf() -> Path:
-    if not default_model.installed():
-        pytest.skip(f"the real default model is not installed ({default_model.DEFAULT.requirement()})")
-    return default_model.default_gguf()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +101,8 @@ def test_32_greedy_tokens_equal_transformers(engine: Engine, reference, prompt: 
 
 async def test_the_default_server_completes_with_the_real_model(engine: Engine, tmp_path: Path) -> None:
     """About 30 s: ``codellama-lsp --stdio`` with no --model loads the real model and answers in its family's format."""
-    from lsp_harness import start, stop
+    from codellama_lsp.devtools.lsp_client import stop
+    from lsp_harness import start
 
     from codellama_lsp.completion.context import TokenCounter
     from codellama_lsp.completion.planning import generation_request, plan, suggestion
@@ -117,7 +110,8 @@ async def test_the_default_server_completes_with_the_real_model(engine: Engine, 
     from codellama_lsp.settings import Settings
 
     demo = (Path(__file__).resolve().parent.parent / "examples" / "demo.py").read_text(encoding="utf-8")
-    client = await start(None, tmp_path / "server.log", threads=2, options={"maxNewTokens": 24})
+    # engine torch: the reference below is the torch engine (tests/test_llamacpp_engine.py serves with llama.cpp)
+    client = await start(None, tmp_path / "server.log", threads=2, options={"maxNewTokens": 24, "engine": "torch"})
     try:
         status = await client.wait_loaded(timeout=300)
         assert status["state"] == "ready", status

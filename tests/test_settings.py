@@ -37,12 +37,26 @@ def test_invalid_values_are_reported_and_kept() -> None:
     assert "unknown setting codellama.colour" in text
 
 
+def test_engine_setting() -> None:
+    assert Settings().engine == "auto"
+    for value in ("torch", "llamacpp", "auto"):
+        s, errors = apply(Settings(), {"engine": value})
+        assert errors == [] and s.engine == value
+    before = Settings(engine="torch")
+    for bad in ("llama.cpp", "LLAMACPP", "", None, 1):
+        after, errors = apply(before, {"engine": bad})
+        assert after == before
+        assert errors == [f"invalid value {bad!r} for codellama.engine: expected one of auto, torch, llamacpp; keeping 'torch'"]
+    assert Settings(engine="llamacpp").load_key != Settings().load_key  # a change reloads the model
+
+
 def test_not_an_object() -> None:
     assert apply(Settings(), [1, 2])[1] == ["codellama settings must be an object, got list"]
 
 
 def test_load_key_changes_only_with_model_device_dtype() -> None:
     assert Settings(format="spm").load_key == Settings().load_key != Settings(dtype="float16").load_key
+    assert Settings(max_new_tokens=8, temperature=0.5).load_key == Settings().load_key
 
 
 def test_budgets_are_cut_to_fit_the_context() -> None:

@@ -9,7 +9,10 @@ large model from a GPU box to many editors.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
+
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend, TextTokenizer
@@ -17,14 +20,72 @@ from codellama_lsp.backends.errors import BackendError
 from codellama_lsp.backends.remote import RemoteBackend
 from codellama_lsp.backends.wire import PROTOCOLS
 
+log = logging.getLogger("codellama_lsp")
+
 # Setting value -> what serves completions. "local" is the in-process engine.
 BACKENDS = ("local", *PROTOCOLS)
+# What computes for the local backend: our PyTorch model, or llama.cpp's kernels on a GGUF file.
+#
+# "auto" is llama.cpp for a .gguf file on the CPU. Measured on this project's machine (2-core
+# Xeon, Sapphire Rapids, in a VM shared with other work): scripts/engine_speed.py under
+# `taskset -c 1`, one thread each, the real default model Qwen2.5-Coder-0.5B Q4_K_M, the
+# same 120-token prompt ids, then 32 greedy tokens one per pass; best of 3, tokens per
+# second of CPU time (of wall time in brackets: the core was shared, about 1/3 of it ours):
+#
+#                                  prefill tok/s    decode tok/s    RSS after load (4096 ctx)
+#     torch, dequantized float32     152 (51)          8.3 (2.8)         2820 MB
+#     llama.cpp, Q4_K_M               78 (26)         16.1 (5.4)          670 MB
+#
+# Decoding is memory-bound: llama.cpp reads 4.5-bit blocks where float32 reads 32 bits per
+# weight, and decodes twice as fast. Prefill is compute-bound, and PyTorch's float32 GEMM
+# beats llama.cpp's per-row Q4_K dot products there. (Its tiled K-quant kernel was 94 against
+# 74 tok/s in a paired run, but it rounds differently from the per-row one, so it is off for exact
+# reuse and drafts: engine.llamacpp._TILED_MM; its repacked-weight buffers are off on a CPU
+# that reports AMX: engine.llamacpp.cpu_advertises_amx.) An editor's requests reuse all but
+# a few prompt tokens and then decode tens, so decode speed is what a user waits for, and
+# llama.cpp needs a quarter of the memory. A GPU, or a checkpoint that is not GGUF, goes to
+# torch; so does an explicit dtype, which only torch honours.
+ENGINES = ("auto", "torch", "llamacpp")
+
+
+def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "auto") -> str:
+    """What ``engine`` means for ``model`` on ``device``: "torch" or "llamacpp"; a BackendError if it cannot run."""
+    gguf = model.suffix.lower() == ".gguf"
+    if engine == "torch":
+        return "torch"
+    if engine == "llamacpp":
+        if not gguf:
+            raise BackendError(f"the llamacpp engine runs .gguf files, and {model} is not one; "
+                               "use engine torch or auto")
+        if device not in ("auto", "cpu"):
+            raise BackendError(f"the llamacpp engine runs on the CPU, not device {device}; use engine torch for a GPU")
+        if dtype != "auto":
+            raise BackendError(f"the llamacpp engine computes in the file's own quantization; dtype {dtype} is for "
+                               "engine torch (set dtype auto)")
+        return "llamacpp"
+    if engine != "auto":
+        raise BackendError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if not gguf or dtype != "auto" or device not in ("auto", "cpu"):
+        return "torch"
+    import torch
+
+    if device == "auto" and torch.cuda.is_available():
+        return "torch"
+    if importlib.util.find_spec("llama_cpp") is None:
+        log.info("engine auto: llama-cpp-python is not installed, so %s runs on the torch engine "
+                 "(pip install llama-cpp-python for the faster llamacpp engine)", model)
+        return "torch"
+    return "llamacpp"
 
 
 def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str = "auto", context_length: int = DEFAULT_CONTEXT_LENGTH,
                  url: str | None = None, served_model: str | None = None, tokenizer: Path | None = None,
-                 api_key_env: str | None = None) -> Backend:
+                 api_key_env: str | None = None, engine: str = "auto", threads: int | None = None) -> Backend:
     """Load the local engine from ``model``, or connect to the server at ``url``.
+
+    The local engine is the one ``choose_engine`` picks. llama.cpp runs on ``threads``
+    threads; None: as many as PyTorch uses (the --threads flag sets that, else PyTorch's
+    default), so one flag sizes either engine.
 
     A remote backend never loads weights, but it needs the served model's tokenizer to
     build the prompt and size the context window: ``tokenizer`` (a ``tokenizer.model`` or a
@@ -32,11 +93,17 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     model's, whose infilling pieces have the same text as Code Llama's.
     """
     if backend == "local":
-        from codellama_lsp.engine.engine import Engine  # torch: imported only when the local engine is used
+        # torch (and llama-cpp-python) are imported only when the local engine is used
+        if choose_engine(engine, model, device, dtype) == "llamacpp":
+            import torch
 
-        engine = Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
-                             context_length=context_length)
-        return engine
+            from codellama_lsp.engine.llamacpp import open_llamacpp
+
+            return open_llamacpp(model, context_length, threads or torch.get_num_threads())
+        from codellama_lsp.engine.engine import Engine
+
+        return Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
+                           context_length=context_length)
     if backend not in PROTOCOLS:
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not url:
@@ -51,4 +118,4 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     return RemoteBackend(PROTOCOLS[backend](tok), url, tok, served_model=served_model, api_key_env=api_key_env)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "RemoteBackend", "open_backend"]
+__all__ = ["BACKENDS", "ENGINES", "Backend", "BackendError", "RemoteBackend", "choose_engine", "open_backend"]

@@ -67,6 +67,11 @@ class Engine:
         return getattr(self.runner, "model", None)
 
     @property
+    def kind(self) -> str:
+        """Which engine computes ("torch", "llamacpp"): codellama.status shows it."""
+        return self.runner.kind
+
+    @property
     def preferred_format(self) -> str | None:
         """The infilling layout the checkpoint declares it does best in (None: PSM), for format "auto"."""
         return self.runner.preferred_format

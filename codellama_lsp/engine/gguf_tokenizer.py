@@ -29,7 +29,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from codellama_lsp.engine.config import CheckpointError
 from codellama_lsp.engine.gguf_reader import open_gguf
-from codellama_lsp.engine.tokenizer import FimUnsupported, Tokenizer
+from codellama_lsp.engine.tokenizer import InfillingCheck, Tokenizer
 
 TT = gguf.TokenType
 _K = gguf.Keys.Tokenizer
@@ -96,7 +96,7 @@ def special_tokens_of(tokens: list[str], types: list[int]) -> dict[str, int]:
     return {t: i for i, (t, k) in enumerate(zip(tokens, types)) if k in (TT.CONTROL, TT.USER_DEFINED)}
 
 
-class GgufBpeTokenizer:
+class GgufBpeTokenizer(InfillingCheck):
     """Byte-level BPE from a ``gpt2`` GGUF vocabulary, duck-typed like ``Tokenizer``.
 
     gpt2-style vocabularies have no implicit leading space, so ``encode_infilling`` is
@@ -129,18 +129,6 @@ class GgufBpeTokenizer:
         controls = {i for i, k in enumerate(types) if k == TT.CONTROL}
         named = {self.bos_id, self.eos_id, self.eot_id, *fim.values()}
         self.special_ids = frozenset(i for i in controls | named if i is not None and i >= 0)
-
-    @property
-    def supports_fim(self) -> bool:
-        return not self.missing_fim
-
-    def require_fim(self) -> None:
-        """Raise a clear error when infilling is asked of a vocabulary without FIM tokens."""
-        if self.missing_fim:
-            raise FimUnsupported(
-                f"{self.path} has no infilling tokens (looked for {', '.join(self.missing_fim)} and the GGUF's "
-                "fim_*_token_id keys); this model can only do plain left-to-right completion"
-            )
 
     def encode(self, text: str) -> list[int]:
         """Plain text to ids: no BOS, no leading space, control-token text stays text."""

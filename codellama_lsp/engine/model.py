@@ -49,8 +49,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
-def fuse_linears(*linears: nn.Linear) -> Tensor:
-    """Concatenate the linears' weights, stored input-major, and make each weight a view of it.
+def fuse_linears(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    """Concatenate the linears' weights (stored input-major) and biases, each parameter a view of them.
 
     The parameters keep their names, shapes and values (checkpoints and state_dict are
     unchanged) and no memory is duplicated. Inference then needs one matmul where it
@@ -59,25 +59,15 @@ def fuse_linears(*linears: nn.Linear) -> Tensor:
     just gets the new layout.
     """
     fused = torch.cat([lin.weight.detach().t() for lin in linears], dim=1).contiguous().t()
+    bias = None if linears[0].bias is None else torch.cat([lin.bias.detach() for lin in linears])
     row = 0
     for lin in linears:
         n = lin.weight.shape[0]
         lin.weight = nn.Parameter(fused[row : row + n], requires_grad=False)
+        if bias is not None:
+            lin.bias = nn.Parameter(bias[row : row + n], requires_grad=False)
         row += n
-    return fused
-
-
-def fuse_biases(*linears: nn.Linear) -> Tensor | None:
-    """The linears' biases as one tensor, each bias a view of it (None when they have none)."""
-    if linears[0].bias is None:
-        return None
-    fused = torch.cat([lin.bias.detach() for lin in linears])
-    row = 0
-    for lin in linears:
-        n = lin.bias.shape[0]
-        lin.bias = nn.Parameter(fused[row : row + n], requires_grad=False)
-        row += n
-    return fused
+    return fused, bias
 
 
 class KVCache(nn.Module):
@@ -112,8 +102,7 @@ class Attention(nn.Module):
 
     def fuse(self) -> None:
         """Back q/k/v with one tensor (they become views of it): one matmul per step instead of three."""
-        self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
-        self.qkv_bias = fuse_biases(self.q_proj, self.k_proj, self.v_proj)
+        self.qkv, self.qkv_bias = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None) -> Tensor:
         b, t, _ = x.shape
@@ -153,7 +142,7 @@ class MLP(nn.Module):
         self.gate_up: Tensor | None = None
 
     def fuse(self) -> None:
-        self.gate_up = fuse_linears(self.gate_proj, self.up_proj)
+        self.gate_up, _ = fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None:

@@ -16,6 +16,7 @@ from codellama_lsp.engine.model import Transformer
 
 
 class Runner(Protocol):
+    kind: str  # which engine computes: "torch" or "llamacpp" (codellama.status shows it)
     device: torch.device | str
     dtype: torch.dtype | str
     context_length: int  # positions the KV cache holds
@@ -34,6 +35,8 @@ class Runner(Protocol):
 
 class TorchRunner:
     """Our Transformer with a preallocated KV cache; positions past ``n`` are simply overwritten later."""
+
+    kind = "torch"
 
     def __init__(self, model: Transformer, context_length: int, compile_decode: bool = False) -> None:
         self.model = model

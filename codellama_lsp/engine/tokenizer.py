@@ -23,7 +23,26 @@ class FimUnsupported(Exception):
     """The tokenizer lacks the pieces infilling needs; plain completion still works."""
 
 
-class Tokenizer:
+class InfillingCheck:
+    """``supports_fim`` and ``require_fim`` from ``missing_fim``, for every tokenizer kind."""
+
+    path: Path
+    missing_fim: list[str]
+
+    @property
+    def supports_fim(self) -> bool:
+        return not self.missing_fim
+
+    def require_fim(self) -> None:
+        """Raise a clear error when infilling is asked of a tokenizer without its tokens."""
+        if self.missing_fim:
+            raise FimUnsupported(
+                f"{self.path} has no infilling tokens {', '.join(self.missing_fim)}; "
+                "this model can only do plain left-to-right completion"
+            )
+
+
+class Tokenizer(InfillingCheck):
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
         if not path.is_file():
@@ -70,17 +89,6 @@ class Tokenizer:
         i = self.sp.PieceToId(piece)
         return None if i == self.sp.unk_id() and piece != self.sp.IdToPiece(i) else i
 
-    @property
-    def supports_fim(self) -> bool:
-        return not self.missing_fim
-
-    def require_fim(self) -> None:
-        """Raise a clear error when infilling is asked of a tokenizer without its pieces."""
-        if self.missing_fim:
-            raise FimUnsupported(
-                f"{self.path} has no infilling pieces {', '.join(self.missing_fim)}; "
-                "this model can only do plain left-to-right completion"
-            )
 
     def encode(self, text: str) -> list[int]:
         """Encode with sentencepiece's implicit leading space (no BOS/EOS)."""

@@ -126,6 +126,8 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "error": server.slot.error,
         "device": str(backend.device) if backend else server.settings.device,
         "dtype": str(backend.dtype).removeprefix("torch.") if backend else server.settings.dtype,
+        # The local engine that computes ("torch", "llamacpp"); a remote backend's name; the setting before loading.
+        "engine": getattr(backend, "kind", server.settings.backend) if backend else server.settings.engine,
         "load_ms": server.slot.load_ms,
         "settings": asdict(server.settings),
         "format": resolve_format(server.settings, backend.preferred_format).format if backend else None,

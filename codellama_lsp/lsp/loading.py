@@ -105,14 +105,15 @@ def open_for(path: Path, settings: Settings) -> Backend:
     return open_backend(settings.backend, path, device=settings.device, dtype=settings.dtype,
                         context_length=DEFAULT_CONTEXT_LENGTH, url=settings.url, served_model=settings.model,
                         tokenizer=Path(settings.tokenizer).expanduser() if settings.tokenizer else None,
-                        api_key_env=settings.api_key_env)
+                        api_key_env=settings.api_key_env, engine=settings.engine)
 
 
 async def load_into(slot: BackendSlot, settings: Settings, progress: Progress) -> None:
     """Load ``slot.path`` as ``settings`` say, recording the outcome in ``slot``; never raises but cancellation."""
     slot.state = "loading"
     handle = await progress.begin(f"Loading model {slot.path}")
-    log.info("loading model from %s (device %s, dtype %s)", slot.path, settings.device, settings.dtype)
+    log.info("loading model from %s (device %s, dtype %s, engine %s)", slot.path, settings.device, settings.dtype,
+             settings.engine)
     t0 = time.perf_counter()
     try:
         backend = await in_daemon_thread(open_for, slot.path, settings)
@@ -127,7 +128,7 @@ async def load_into(slot: BackendSlot, settings: Settings, progress: Progress) -
     else:
         slot.backend, slot.template, slot.state = backend, template, "ready"
         slot.load_ms = (time.perf_counter() - t0) * 1000
-        log.info("model ready: %s on %s (%s) in %.0f ms; %s", slot.path, backend.device, backend.dtype, slot.load_ms,
-                 template.describe())
+        log.info("model ready: %s on %s (%s, engine %s) in %.0f ms; %s", slot.path, backend.device, backend.dtype,
+                 getattr(backend, "kind", settings.backend), slot.load_ms, template.describe())
     finally:
         progress.end(handle, slot.state)

@@ -9,6 +9,7 @@ Warning, Info, Debug), and the editor shows it in its own LSP log at that level.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import sys
 import threading
@@ -37,14 +38,17 @@ def message_type(levelno: int) -> types.MessageType:
 class LspLogHandler(logging.Handler):
     """Forwards records to the client as ``window/logMessage``.
 
-    The protocol writer belongs to the server's event loop, and records come from any thread
-    (the model loads on its own), so every record is handed to the loop with
-    ``loop.call_soon_threadsafe``: no thread but the loop's ever writes to the client, and a
-    thread that logs never waits for the loop. The loop is learnt from the first record
-    logged on it (pygls creates it inside ``start_io``, out of reach before). Records that
-    cannot be sent — before that, with no connection, or once the loop is gone — go to
-    ``fallback`` (stderr), so nothing is lost silently.
+    Until the client has sent ``initialize`` the server may not notify it, so records are held
+    (at most ``HELD``) and sent once ``attach`` is called from the ``initialize`` handler, on
+    the server's event loop. From then on every record, whatever thread logs it (the model
+    loads on its own), is handed to that loop with ``loop.call_soon_threadsafe``: no thread but
+    the loop's ever writes to the client, and a thread that logs never waits for the loop.
+    Records that cannot be sent (too many held, no connection, the loop gone) go to
+    ``fallback`` (stderr), and so do records still held when the handler closes: nothing is
+    lost silently.
     """
+
+    HELD = 200
 
     def __init__(self, server: "LanguageServer", fallback: TextIO | None = None, level: int = logging.NOTSET) -> None:
         super().__init__(level)
@@ -53,20 +57,38 @@ class LspLogHandler(logging.Handler):
         self._fallback = logging.StreamHandler(fallback or sys.__stderr__)
         self._fallback.setFormatter(logging.Formatter(FALLBACK_FORMAT))
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._held: collections.deque[logging.LogRecord] = collections.deque()
+        self._held_lock = threading.Lock()
         # Set while a message is being written: a record logged by the writing itself (pygls
         # on a failed write) must not be sent again, or one failure would feed itself.
         self._sending = threading.local()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start sending (called on ``loop``, from the ``initialize`` handler); held records go first."""
+        with self._held_lock:
+            self._loop = loop
+            held, self._held = list(self._held), collections.deque()
+        for record in held:
+            self._hand_over(loop, record)
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._sending, "active", False):
             self._fallback.handle(record)
             return
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            pass  # another thread: use the loop learnt before
-        loop = self._loop
-        if loop is None or loop.is_closed() or self.server.protocol.writer is None:
+        with self._held_lock:
+            loop = self._loop
+            if loop is None:
+                if len(self._held) < self.HELD:
+                    self._held.append(record)
+                    return
+                loop = None
+        if loop is None:
+            self._fallback.handle(record)
+            return
+        self._hand_over(loop, record)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop, record: logging.LogRecord) -> None:
+        if loop.is_closed():
             self._fallback.handle(record)
             return
         try:
@@ -91,3 +113,24 @@ class LspLogHandler(logging.Handler):
             self._fallback.handle(record)
         finally:
             self._sending.active = False
+
+    def close(self) -> None:
+        """At exit: records that were never sent (no ``initialize`` came) go to the fallback."""
+        with self._held_lock:
+            held, self._held = list(self._held), collections.deque()
+        for record in held:
+            self._fallback.handle(record)
+        self._fallback.flush()
+        super().close()
+
+
+def attach_to_running_loop() -> None:
+    """Let the root logger's ``LspLogHandler`` (if logging goes to the client) start sending.
+
+    Called by the ``initialize`` handler: the first moment the server may notify the client,
+    and one that runs on the server's event loop.
+    """
+    loop = asyncio.get_running_loop()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LspLogHandler):
+            handler.attach(loop)

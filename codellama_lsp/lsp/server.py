@@ -23,11 +23,12 @@ from codellama_lsp.completion import docstring as ds
 from codellama_lsp.completion.planning import generation_request, plan, suggestion
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Cursor, Document
-from codellama_lsp.generation import Backend, GenerationRequest
+from codellama_lsp.generation import Backend
 from codellama_lsp.lsp import convert
 from codellama_lsp.lsp.docstrings import Docstrings
 from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
 from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into
+from codellama_lsp.lsp.log import attach_to_running_loop as attach_log_to_client
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
 from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
@@ -219,6 +220,7 @@ class CodeLlamaServer(LanguageServer):
 # -- handlers ---------------------------------------------------------------------------------------------
 
 def _initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
+    attach_log_to_client()  # the log may go to the client from now on (see lsp/log.py)
     ls.encoding = negotiate([str(getattr(e, "value", e)) for e in (params.capabilities.general.position_encodings or [])]
                             if params.capabilities.general else None)
     ls.apply_settings(params.initialization_options, "initializationOptions")

@@ -47,10 +47,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def e2e_model(request: pytest.FixtureRequest) -> Path | None:
-    """None: the server's default (the bundled model). Else a tiny random model, used only
-    while the bundled one is absent (random weights: garbage text, but the whole path runs)."""
+    """The demo model, named explicitly: the server's default is the real model when it is
+    installed, which is slower to load and whose suggestions these suites do not pin down.
+    Else a tiny random model, while the demo one is absent (garbage text, but the whole path runs)."""
     if bundled_model_ready():
-        return None
+        return BUNDLED_MODEL
     return request.getfixturevalue("tiny_model_dir")
 
 

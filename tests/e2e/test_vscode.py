@@ -202,7 +202,7 @@ def test_vscode_bad_server_command(code_server_factory, tmp_path: Path):
     }, tmp_path, server)
     note = result["notificationText"]
     assert f"cannot start the server: `{missing}` is not on PATH" in note, note
-    assert "codellamaLsp.server.command" in note and "pip install torch==2.13.0" in note, note
+    assert "codellamaLsp.server.command" in note and "pip install torch==2.13.0 && pip install -e '.[qwen]'" in note, note
     assert f"Code Llama error: cannot start the server: `{missing}`" in result["statusLabel"], result["statusLabel"]
     assert result.get("settingsOpened")
     assert f"cannot start the server: `{missing}`" in _extension_log(server["data"]), context

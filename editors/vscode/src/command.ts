@@ -3,7 +3,7 @@ import * as os from "os";
 import * as path from "path";
 
 /** How a new user gets the server: the README's command, in a clone of the repository. */
-export const INSTALL_HINT = "pip install torch==2.13.0 && pip install -e . (in a clone of codellama-lsp)";
+export const INSTALL_HINT = "pip install torch==2.13.0 && pip install -e '.[qwen]' in a clone of codellama-lsp";
 
 /** `~/x` as the home directory's `x`: a settings value is not expanded by a shell. */
 export function expandHome(command: string): string {

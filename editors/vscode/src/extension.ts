@@ -246,7 +246,7 @@ async function showStatus(): Promise<void> {
   }
 }
 
-/** One line from the server's status: state, model, device/dtype, latency percentiles. */
+/** One line from the server's status: state, model, device/dtype/engine, latency percentiles. */
 function summarizeStatus(raw: unknown): string {
   const s = (raw && typeof raw === "object" ? raw : {}) as Record<string, unknown>;
   const parts = [String(s.state ?? "unknown")];
@@ -254,7 +254,8 @@ function summarizeStatus(raw: unknown): string {
     parts.push(s.error);
   }
   if (s.model) {
-    parts.push(`model ${s.model}${s.device ? ` (${s.device}, ${s.dtype})` : ""}`);
+    const engine = typeof s.engine === "string" ? `, ${s.engine}` : "";
+    parts.push(`model ${s.model}${s.device ? ` (${s.device}, ${s.dtype}${engine})` : ""}`);
   }
   if (typeof s.latency_p50_ms === "number") {
     const p95 = typeof s.latency_p95_ms === "number" ? `, p95 ${Math.round(s.latency_p95_ms)} ms` : "";
@@ -285,7 +286,7 @@ async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promi
     await client.sendNotification("workspace/didChangeConfiguration", {
       settings: { [SERVER_SECTION]: settings },
     });
-    if (e.affectsConfiguration(`${SECTION}.model`) || e.affectsConfiguration(`${SECTION}.device`) || e.affectsConfiguration(`${SECTION}.dtype`)) {
+    if (["model", "device", "dtype", "engine", "family"].some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
       ready = false; // the server reloads the model
       status.loading("reloading model");
       void pollUntilReady(client);

@@ -10,6 +10,8 @@ export const SERVER_KEYS = [
   "model",
   "device",
   "dtype",
+  "engine",
+  "family",
   "format",
   "maxNewTokens",
   "prefixTokens",

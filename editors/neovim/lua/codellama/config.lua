@@ -62,8 +62,16 @@ function M.server_settings()
   return out
 end
 
---- How a new user installs the server: the README's command, from a clone of the repository.
-M.install_hint = "pip install torch==2.13.0 && pip install -e .   (in a clone of codellama-lsp)"
+--- How a new user installs the server: the README's command, from a clone of the repository
+--- (`[qwen]` brings the real default model; without it the server uses the small demo model).
+M.install_hint = "pip install torch==2.13.0 && pip install -e '.[qwen]'   (in a clone of codellama-lsp)"
+
+--- Whether a model path is the small demo model shipped inside the package (`demo_model/`;
+--- `model/default/` in older checkouts): it shows the whole path working, with weak suggestions.
+function M.is_demo_model(path)
+  local norm = tostring(path or ""):gsub("\\", "/"):gsub("/+$", "")
+  return norm:match("/demo_model$") ~= nil or norm:match("/model/default$") ~= nil
+end
 
 --- Why the configured server cannot be started, or nil when it can (as far as we can tell).
 --- Neovim 0.11 silently skips a config whose cmd[1] is not executable, so the plugin checks

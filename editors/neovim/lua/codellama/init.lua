@@ -41,11 +41,10 @@ local function short_model(path)
   if type(path) ~= "string" or path == "" then
     return "the model"
   end
-  local norm = path:gsub("\\", "/"):gsub("/+$", "")
-  if norm:match("/model/default$") then
+  if config.is_demo_model(path) then
     return "the demo model"
   end
-  return vim.fn.fnamemodify(norm, ":t")
+  return vim.fn.fnamemodify((path:gsub("[/\\]+$", "")), ":t")
 end
 M._short_model = short_model
 

@@ -1,0 +1,1 @@
+"""Tools that drive a real server from outside, for the tests, the benchmarks and scripts: never imported by the server."""

@@ -1,0 +1,335 @@
+"""llama.cpp's CPU kernels as a ``Runner``: the GGUF file's quantized weights, computed in place.
+
+Our torch engine dequantizes a GGUF to float32 and multiplies full-size matrices; llama.cpp
+multiplies the quantized blocks directly, which on a CPU moves several times fewer bytes
+per token (measured in the comment on ``ENGINES``, codellama_lsp.backends). Everything about a
+request (prefix reuse, chunked prefill, drafts, stops, cancellation) stays in ``Engine``;
+this runner only evaluates tokens at positions and trims the KV memory, through
+llama-cpp-python's low-level bindings (the C API one to one):
+
+* one ``llama_context`` with one sequence (id 0), whose KV memory holds the cached prefix;
+* ``forward`` fills one reusable ``llama_batch`` per ``n_batch`` tokens (``n_outputs`` when
+  every token's logits are wanted: drafts), asking for logits where the engine needs them,
+  and copies them out (llama.cpp overwrites its buffer on the next decode);
+* ``truncate(n)`` is ``llama_memory_seq_rm(mem, 0, n, -1)``: positions ``n..`` go, so the
+  next batch's positions continue the sequence exactly where the engine thinks it ends.
+
+The model and context are loaded with the low-level calls rather than ``llama_cpp.Llama``,
+which would also allocate its own batch, score buffer and tokenizer we never use. The
+prompt tokenizer is ours (``gguf_tokenizer``), so prompts are token-for-token those of the
+torch engine; it reads the file's metadata through the same ``GGUFReader`` that names the
+quantization, and only llama.cpp reads the weights.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from codellama_lsp.engine.config import CheckpointError
+
+if TYPE_CHECKING:
+    from codellama_lsp.engine.engine import Engine
+
+log = logging.getLogger("codellama_lsp.llamacpp")
+
+# ggml_log_level in the ggml.h this llama-cpp-python ships: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4,
+# CONT 5 (continues the previous message: the loader's progress dots). (llama_cpp/_logger.py's
+# comment still has an older numbering.) Warnings go to DEBUG too: a normal load of a
+# common file warns about its vocabulary ("control-looking token ... was not control-type").
+_GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5
+
+
+class LlamaCppError(RuntimeError):
+    """llama.cpp refused a model, a context or a batch; the message says which and why."""
+
+
+class _Log:
+    """llama.cpp's log, quiet: its lines go to our logger at DEBUG, its errors at ERROR.
+
+    It prints a few hundred lines per load to stderr by default, which would bury the
+    server's own log. Error lines are also kept between ``start_capture`` and
+    ``stop_capture``, so a failed load can say what llama.cpp said (its load functions only
+    return NULL).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._captured: list[str] | None = None
+        self._callback: Any = None
+
+    def install(self, llama_cpp: Any) -> None:
+        """Route llama.cpp's log here (process-wide; done once, the callback must stay referenced)."""
+        if self._callback is None:
+            self._callback = llama_cpp.llama_log_callback(self._on_message)
+            llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_message(self, level: int, text: bytes | None, _user: Any) -> None:
+        if level == _GGML_LOG_CONT:
+            return
+        line = (text or b"").decode("utf-8", errors="replace").strip()
+        if not line:
+            return
+        error = level == _GGML_LOG_ERROR
+        log.log(logging.ERROR if error else logging.DEBUG, "%s", line)
+        if error:
+            with self._lock:
+                if self._captured is not None:
+                    self._captured.append(line)
+
+    def start_capture(self) -> None:
+        with self._lock:
+            self._captured = []
+
+    def stop_capture(self) -> str:
+        """The error lines since ``start_capture``, joined."""
+        with self._lock:
+            lines, self._captured = self._captured or [], None
+        return "; ".join(lines)
+
+
+_LOG = _Log()
+_BACKEND_READY = False
+# llama.cpp's CPU backend multiplies K-quant weights by a batch of 8 or more tokens with its
+# "tiled" kernel (ggml/src/ggml-cpu/tiled/tiled.cpp) and by fewer with the per-row dot
+# product; the two round differently (logits here differ by up to 0.4). Then a token's keys
+# and values depend on how it was batched: a reused prefix would hold other numbers than a
+# fresh prefill computes, and checking 8 drafts in one pass would not be a one-token decode,
+# so reuse and drafts could change a greedy suggestion at a near-tie. With the switch off,
+# every batch size gives the same bits (tested), for a fifth less prefill speed (94 -> 74
+# tok/s of CPU time in one paired run; see codellama_lsp.backends.ENGINES); decode is
+# unchanged. llama.cpp reads the variable once per process, at the first matrix product; a
+# value already in the environment is left as it is.
+_TILED_MM = "GGML_CPU_TILED_MM"
+
+
+def _bindings() -> Any:
+    """llama-cpp-python's ``llama_cpp`` module, with its log routed to ours and the backend initialised."""
+    global _BACKEND_READY
+    os.environ.setdefault(_TILED_MM, "0")
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise CheckpointError("the llamacpp engine needs llama-cpp-python (pip install llama-cpp-python): "
+                              f"{exc}") from None
+    _LOG.install(llama_cpp)
+    if not _BACKEND_READY:
+        llama_cpp.llama_backend_init()
+        _BACKEND_READY = True
+    return llama_cpp
+
+
+def cpu_advertises_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU reports Intel AMX (``amx_int8``), whose llama.cpp kernels may be unusable.
+
+    llama.cpp puts Q4_K/Q6_K/Q8_0 weights in its AMX buffer when the CPU reports AMX; on
+    this project's machines (Sapphire Rapids VM guests) the first decode then dies of
+    SIGILL at ``tilezero`` (the kernel's log: "trap invalid opcode ... in libggml-cpu"),
+    taking the server with it, although the CPU flags and arch_prctl say AMX is there. The
+    other extra buffer (weights repacked for AVX2/AVX-512 kernels) shares its switch,
+    ``use_extra_bufts``, so on such a CPU both are off.
+    """
+    try:
+        text = cpuinfo.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines())
+
+
+def quantization_name(file_type: int | None) -> str:
+    """``general.file_type`` as llama.cpp names it ("Q4_K_M", "F16"), for codellama.status."""
+    import gguf
+
+    if file_type is None:
+        return "unknown"
+    try:
+        return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"file type {file_type}"
+
+
+class LlamaCppRunner:
+    """One GGUF model and one KV-cached sequence in llama.cpp, evaluated token by token on the CPU."""
+
+    kind = "llamacpp"
+
+    def __init__(self, gguf_path: str | Path, context_length: int, threads: int, *, n_batch: int = 512,
+                 n_outputs: int = 32, file_type: int | None = None, extra_buffers: bool | None = None) -> None:
+        """Load ``gguf_path`` (weights memory-mapped) with a ``context_length``-position context on ``threads`` threads.
+
+        ``file_type`` is the file's ``general.file_type`` when the caller has read its
+        metadata already (it has, for the tokenizer); else it is asked of llama.cpp.
+        ``n_batch`` tokens go in one decode; ``n_outputs`` rows of logits come out of one
+        (the engine needs 1 + its draft tokens). ``extra_buffers`` lets llama.cpp repack
+        weights for its AMX/AVX kernels; None: unless the CPU reports AMX (see
+        ``cpu_advertises_amx``).
+        """
+        self._lib = lib = _bindings()
+        path = Path(gguf_path)
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist or is not a file")
+        self.device = "cpu"
+        self.preferred_format: str | None = None  # a GGUF declares no infilling layout: PSM
+        self._model = self._ctx = None
+        self._batch: Any = None
+
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = 0  # the CPU is what this engine is for; a GPU goes to the torch engine
+        params.use_extra_bufts = not cpu_advertises_amx() if extra_buffers is None else extra_buffers
+        _LOG.start_capture()
+        try:
+            self._model = lib.llama_model_load_from_file(str(path).encode("utf-8"), params)
+        finally:
+            said = _LOG.stop_capture()
+        if not self._model:
+            raise CheckpointError(f"llama.cpp cannot load {path}: {said or 'no reason given'}")
+        try:
+            self._open_context(path, context_length, threads, n_batch, n_outputs)
+            if file_type is None:
+                meta = self._meta("general.file_type")
+                file_type = int(meta) if meta and meta.isdigit() else None
+            self.dtype = quantization_name(file_type)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_context(self, path: Path, context_length: int, threads: int, n_batch: int, n_outputs: int) -> None:
+        lib = self._lib
+        trained = lib.llama_model_n_ctx_train(self._model)
+        n_ctx = max(1, min(context_length, trained) if trained > 0 else context_length)
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = cparams.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
+        cparams.n_seq_max = 1
+        # Rows of logits one decode may return: llama.cpp reserves room for n_batch of them by
+        # default (512 x 152k floats: 300 MB here); the engine asks for 1 + its draft tokens.
+        # forward splits a longer all-logits call (llama.cpp aborts the process past this).
+        cparams.n_outputs_max = self.n_outputs = min(self.n_batch, n_outputs)
+        cparams.n_threads = cparams.n_threads_batch = max(1, threads)
+        cparams.no_perf = True
+        _LOG.start_capture()
+        try:
+            self._ctx = lib.llama_init_from_model(self._model, cparams)
+        finally:
+            said = _LOG.stop_capture()
+        if not self._ctx:
+            raise CheckpointError(f"llama.cpp cannot make a {n_ctx}-token context for {path}: "
+                                  f"{said or 'no reason given'}")
+        self.context_length = min(n_ctx, lib.llama_n_ctx(self._ctx))
+        self._memory = lib.llama_get_memory(self._ctx)
+        self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self._model))
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    def forward(self, tokens: list[int], start: int, last_only: bool) -> torch.Tensor:
+        """Logits (float32, ours to keep) after each of ``tokens`` at positions ``start..``, or after the last one."""
+        if not tokens:
+            raise ValueError("forward needs at least one token")
+        if self._ctx is None:
+            raise LlamaCppError("the llama.cpp runner is closed")
+        rows: list[torch.Tensor] = []
+        step = self.n_batch if last_only else self.n_outputs
+        for at in range(0, len(tokens), step):
+            part = tokens[at:at + step]
+            if not last_only:
+                rows.append(self._decode(part, start + at, True))
+            elif at + len(part) == len(tokens):
+                rows.append(self._decode(part, start + at, False))
+            else:  # earlier parts of a last_only call need no logits at all
+                self._decode(part, start + at, None)
+        return torch.cat(rows) if len(rows) > 1 else rows[0]
+
+    def _decode(self, tokens: list[int], start: int, want_all: bool | None) -> torch.Tensor:
+        """One llama_decode of ``tokens``; logits of every token (True), the last (False), or none (None)."""
+        lib, b, n = self._lib, self._batch, len(tokens)
+        for i, tok in enumerate(tokens):
+            b.token[i] = tok
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = bool(want_all)
+        if want_all is False:
+            b.logits[n - 1] = True
+        b.n_tokens = n
+        status = lib.llama_decode(self._ctx, b)
+        if status != 0:
+            raise LlamaCppError(self._decode_error(status, n, start))
+        if want_all is None:
+            return torch.empty(0, self.n_vocab)
+        if want_all:
+            ptr, count = lib.llama_get_logits(self._ctx), n
+        else:
+            ptr, count = lib.llama_get_logits_ith(self._ctx, -1), 1
+        if not ptr:
+            raise LlamaCppError(f"llama.cpp returned no logits for {n} tokens at position {start}")
+        # A copy: the buffer belongs to llama.cpp and the next decode overwrites it.
+        return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(count, self.n_vocab)).copy())
+
+    def _decode_error(self, status: int, n: int, start: int) -> str:
+        """What llama_decode's status means (llama.h), for an error a user or developer can act on."""
+        where = f"llama_decode of {n} tokens at positions {start}..{start + n - 1} failed with status {status}"
+        if status == 1:
+            return f"{where}: no room in the {self.context_length}-token KV memory"
+        if status == 2:
+            return f"{where}: aborted"
+        if status == -1:
+            return (f"{where}: invalid batch (positions must continue the cached sequence; "
+                    f"token ids below {self.n_vocab})")
+        return f"{where}: fatal error in llama.cpp"
+
+    def truncate(self, n: int) -> None:
+        """Drop positions ``n..`` of sequence 0 from the KV memory: a new prefix's stale tail, or rejected drafts."""
+        if self._ctx is None:
+            return
+        if not self._lib.llama_memory_seq_rm(self._memory, 0, max(0, n), -1):
+            raise LlamaCppError(f"llama.cpp could not drop KV positions from {n} on")
+
+    def close(self) -> None:
+        """Free the batch, the context (its KV memory) and the model; safe to call twice."""
+        lib = self._lib
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lib.llama_free(self._ctx)
+        self._ctx = None
+        if self._model:
+            lib.llama_model_free(self._model)
+        self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn the bindings down
+            pass
+
+
+def open_llamacpp(path: str | Path, context_length: int, threads: int, **options: Any) -> "Engine":
+    """An ``Engine`` on llama.cpp for the GGUF at ``path``; ``options`` are ``Engine``'s (reuse, draft_tokens, ...).
+
+    The file's metadata is read once, by our ``GGUFReader``: the tokenizer and the
+    quantization's name come from it, and llama.cpp reads the weights. The reader is opened
+    first so a missing or malformed file gets our CheckpointError, naming the problem.
+    """
+    from codellama_lsp.engine.engine import Engine
+    from codellama_lsp.engine.gguf_reader import open_gguf
+    from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
+
+    _bindings()  # fail first, and fast, when llama-cpp-python is missing
+    reader = open_gguf(Path(path))
+    tokenizer = load_gguf_tokenizer(reader)
+    field = reader.get_field("general.file_type")
+    file_type = int(field.contents()) if field is not None else None
+    runner = LlamaCppRunner(path, context_length, threads, file_type=file_type)
+    return Engine(runner, tokenizer, **options)
