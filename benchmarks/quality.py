@@ -33,7 +33,9 @@ benchmark on a shared CPU must not score the machine's load.
 Systems:
 
 * ``ours``: the default real model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, the GGUF
-  ``default_model_path()`` names) in our engine.
+  ``default_model_path()`` names) on the server's local engine: ``--engine auto`` (the
+  default) is what the server picks, llama.cpp's kernels for a .gguf on the CPU
+  (``codellama_lsp/engine/llamacpp.py``); ``--engine torch`` is our PyTorch model.
 * ``llamacpp``: the same GGUF in llama-cpp-python, in process, fed our exact prompt ids (so both
   see the same prompt), greedy (temperature 0, top-k 1, repeat penalty 1); its tokens are
   stopped by the same ``GenerationRequest`` stop rule our engine applies (``StopRule``: stop ids,
@@ -229,10 +231,13 @@ class Completer:
 class EngineSystem:
     """A model in our engine, loaded as the server loads it."""
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, engine: str = "auto") -> None:
+        from codellama_lsp.backends import choose_engine
         from codellama_lsp.lsp.loading import open_for
 
-        self.backend: Backend = open_for(path, Settings())
+        settings = Settings(engine=engine)
+        self.engine = choose_engine(engine, path, settings.device, settings.dtype) if path.suffix == ".gguf" else "torch"
+        self.backend: Backend = open_for(path, settings)
         self.completer = Completer(self.backend.tokenizer, self.backend.preferred_format)
         self.loop = loop
 
@@ -465,6 +470,9 @@ def main(argv: list[str] | None = None) -> None:
                     "--limit caps it too; a held-out prompt is ~1,300 tokens, several times a HumanEval one)")
     ap.add_argument("--no-humaneval", action="store_true", help="only the held-out set")
     ap.add_argument("--model", type=Path, help="the real model's GGUF (default: default_model_path())")
+    ap.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp"],
+                    help="the local engine for ours (default: auto, the server's default: llama.cpp for a .gguf "
+                         "on the CPU, else torch)")
     ap.add_argument("--json", type=Path, help="write the results here (parent directories are created)")
     ap.add_argument("--log", type=Path, help="write every task's suggestions here, one JSON object a line")
     ns = ap.parse_args(argv)
@@ -473,6 +481,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         ap.error(f"unknown systems {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
 
+    # llama.cpp's tiled K-quant kernel rounds differently from its per-row one, so the product's
+    # llamacpp engine turns it off (engine/llamacpp.py); llama.cpp reads the switch once per
+    # process, so it is off for the peer here too, whichever system starts llama.cpp first.
+    os.environ.setdefault("GGML_CPU_TILED_MM", "0")
     import torch
 
     torch.set_num_threads(max(1, ns.threads))
@@ -482,9 +494,11 @@ def main(argv: list[str] | None = None) -> None:
     runners: dict[str, Callable[[Task], dict[str, Outcome]]] = {}
     load_s: dict[str, float] = {}
     real = ns.model or default_model_path()
+    ours: EngineSystem | None = None
     if "ours" in wanted:
         t0 = time.perf_counter()
-        ours = EngineSystem(real, loop)
+        ours = EngineSystem(real, loop, ns.engine)
+        print(f"ours: {real.name} on the {ours.engine} engine", file=sys.stderr)
         load_s["ours"] = time.perf_counter() - t0
         runners["ours"] = lambda t, s=ours: {"ours": s.run(t)}
     if {"llamacpp", "llamacpp_raw"} & set(wanted):
@@ -494,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
         gguf = default_model.default_gguf() if ns.model is None and real.name == default_model.DEFAULT.file_name else real
         t0 = time.perf_counter()
         # Our tokenizer of the same file builds llama.cpp's prompts, so both get the same ids.
-        tokenizer = ours.backend.tokenizer if "ours" in wanted else load_gguf_tokenizer(gguf)
+        tokenizer = ours.backend.tokenizer if ours is not None else load_gguf_tokenizer(gguf)
         lcpp = LlamaCppSystem(gguf, tokenizer, ns.threads)
         load_s["llamacpp"] = time.perf_counter() - t0
 
@@ -529,6 +543,7 @@ def main(argv: list[str] | None = None) -> None:
         if stages:
             results["ablation"] = {name: s.summary() for name, s in stages.items()}
         results["meta"] = {"limit": ns.limit, "threads": ns.threads, "seconds": round(seconds, 1),
+                           "ours_engine": ours.engine if ours is not None else None,
                            "load_s": {k: round(v, 1) for k, v in load_s.items()}, "model": str(real)}
         rows = [(name, scores[name].summary() if name in scores else {}) for name in SYSTEMS if name in wanted]
         print(table(rows, {name: held[name].summary() for name in held}))
