@@ -28,37 +28,38 @@ and the streaming loop stop) and ``suggestion``. One deliberate difference: the 
 single-line mode. The cursor stands on a line with nothing after it, where the editor asks for
 a multi-line block; the task is a single line, so the suggestion is asked for as one (stop at
 the newline), as the single-line benchmark is defined. The time budget is lifted (60 s): a
-benchmark on a shared CPU must not score the machine's load. At an indented empty line the
-product's prompt ends at the line start and the model writes the indentation (``plan``'s
-indentation healing); ``suggestion`` takes it off.
+benchmark on a shared CPU must not score the machine's load.
 
 Systems:
 
 * ``ours``: the default real model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, the GGUF
-  ``default_model_path()`` names) in our engine.
+  ``default_model_path()`` names) on the server's local engine: ``--engine auto`` (the
+  default) is what the server picks, llama.cpp's kernels for a .gguf on the CPU
+  (``codellama_lsp/engine/llamacpp.py``); ``--engine torch`` is our PyTorch model.
 * ``llamacpp``: the same GGUF in llama-cpp-python, in process, fed our exact prompt ids (so both
   see the same prompt), greedy (temperature 0, top-k 1, repeat penalty 1); its tokens are
   stopped by the same ``GenerationRequest`` stop rule our engine applies (``StopRule``: stop ids,
   stop strings, the streaming callback, the token limit) and its text goes through the same
   ``suggestion``.
-* ``llamacpp_raw``: llama.cpp as a bare server with ``stop=["\n"]`` would answer: the prompt as
-  it stands at the cursor (no healing), the text up to the first newline (or stop id, or the
-  token limit), no post-processing.
+* ``llamacpp_raw``: the same llama.cpp stream with no post-processing: the text up to the first
+  newline (or stop id, or the token limit), as a bare llama.cpp server with ``stop=["\\n"]``
+  answers. ``llamacpp`` is computed from the same stream (our stop rules only ever cut a greedy
+  stream earlier), so the two differ exactly by what our pipeline adds, and share one latency.
 * ``bundled``: the 3M-parameter demo model (``BUNDLED_MODEL``) in our engine, in its own
   preferred format (SPM).
 
-The ablation table replays our post-processing on llama.cpp's raw stream, one step at a time
-(``suggestion(..., steps=...)``; our stop rule replayed on the stream's text after each token,
-which is exact for a greedy stream): ``raw``; ``+stop`` (end markers, the loop stop); ``+brackets``
-(closers and text the rest of the line already has); ``+repetition`` (a line copying the line
-above or below); ``+unindent`` (the first line's leading whitespace dropped, without healing's
-change to the prompt); ``full`` (the product: the healed prompt, a second llama.cpp stream, and
-all of ``suggestion``). "gained"/"lost" count tasks whose exact match the step turned.
+The ablation table replays our post-processing on llama.cpp's stream one step at a time
+(``suggestion(..., steps=...)``): ``raw``; ``+stop`` (end markers, the loop stop); ``+brackets``
+(closers and text the rest of the line already has); ``+repetition`` (a line that copies the
+line above or below is dropped); ``+indent`` (at an indentation, the model's own leading
+whitespace dropped), which is the whole of ``suggestion``. "gained"/"lost" count the tasks whose
+exact match a step turned. Token healing was tried (the prompt ending at the line start, the
+model writing the indentation): on 120 tasks it won 11 exact matches and lost 10 against
+``+indent`` alone, because the model no longer knew the line's depth, so it is not used.
 
-llama.cpp's latency: its first stream per task is ``llamacpp_raw``'s; ``llamacpp``'s healed
-stream comes second and finds the prompt's head in llama.cpp's cache. On CPUs that advertise AMX
-but fault on it (some VMs), llama.cpp runs without its AMX and repacked weight buffers (checked
-in a child process first), which makes it slower than it can be; the outputs are the same kind.
+llama.cpp's speed: on CPUs that advertise AMX but fault on it (some VMs), llama.cpp runs
+without its AMX and repacked weight buffers (checked in a child process first), which makes it
+slower than it can be.
 
 Task order: ``--limit N`` takes the first N tasks of a fixed, seeded, round-robin order (one line
 of every problem, in a seeded order, then a second line of every problem, ...), so a small run
@@ -216,11 +217,11 @@ class Completer:
         self.settings = resolve_format(Settings(time_budget_ms=TIME_BUDGET_MS), preferred_format)
         self.counter = TokenCounter(tokenizer.encode)
 
-    def plan(self, task: Task, heal: bool = True) -> Plan:
+    def plan(self, task: Task) -> Plan:
         doc = Document.from_text(f"file:///{task.problem.replace(':', '_')}.py", task.text, language_id="python",
                                  encoding="utf-32")
         p = plan(doc, doc.cursor(task.line, len(task.indent)), self.settings, self.template, self.tokenizer,
-                 self.counter, heal=heal)
+                 self.counter)
         return dataclasses.replace(p, mode="single")  # the task is one line (see the module docstring)
 
     def request(self, p: Plan) -> GenerationRequest:
@@ -230,10 +231,13 @@ class Completer:
 class EngineSystem:
     """A model in our engine, loaded as the server loads it."""
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, engine: str = "auto") -> None:
+        from codellama_lsp.backends import choose_engine
         from codellama_lsp.lsp.loading import open_for
 
-        self.backend: Backend = open_for(path, Settings())
+        settings = Settings(engine=engine)
+        self.engine = choose_engine(engine, path, settings.device, settings.dtype) if path.suffix == ".gguf" else "torch"
+        self.backend: Backend = open_for(path, settings)
         self.completer = Completer(self.backend.tokenizer, self.backend.preferred_format)
         self.loop = loop
 
@@ -327,37 +331,24 @@ class LlamaCppSystem:
         return texts
 
     def run(self, task: Task) -> tuple[Outcome, Outcome]:
-        """(``llamacpp``, ``llamacpp_raw``) for ``task``, and the ablation's stages.
+        """(``llamacpp``, ``llamacpp_raw``) for ``task`` from one token stream, and the ablation's stages.
 
-        The raw stream answers the prompt as it stands at the cursor (``heal=False``); the stages
-        replay our post-processing on it step by step. ``llamacpp`` is the product's own prompt
-        (indentation healed) through the product's stop rule and ``suggestion``: a second stream
-        when healing changed the prompt.
+        The stream runs to the first newline (a bare server's ``stop=["\\n"]``); our stop rule
+        replayed on it gives what our request would have stopped at, and the stages apply our
+        post-processing to that one step at a time. The last stage is ``suggestion`` itself.
         """
-        plain = self.completer.plan(task, heal=False)
-        request = self.completer.request(plain)
+        p = self.completer.plan(task)
+        request = self.completer.request(p)
         t0 = time.perf_counter()
-        texts = self.stream(plain.token_ids, request.max_new_tokens, plain.stop_ids)
-        raw_ms = (time.perf_counter() - t0) * 1000
+        texts = self.stream(p.token_ids, request.max_new_tokens, p.stop_ids)
+        ms = (time.perf_counter() - t0) * 1000
         raw = texts[-1] if texts else ""
         stopped = replay(request, texts)
-        stages = {"raw": suggestion(raw, plain, steps=())}
+        stages = {"raw": suggestion(raw, p, steps=())}
         for k, step in enumerate(STEPS, start=1):
-            stages[f"+{step}"] = suggestion(stopped, plain, steps=STEPS[:k])
-        # What dropping the line's leading whitespace does without healing's change to the prompt:
-        stages["+unindent"] = suggestion(stopped.lstrip(" \t"), plain)
-        healed = self.completer.plan(task)
-        if healed.token_ids == plain.token_ids:
-            full, ms = suggestion(stopped, healed), raw_ms
-        else:
-            req = self.completer.request(healed)
-            t0 = time.perf_counter()
-            texts = self.stream(healed.token_ids, req.max_new_tokens, healed.stop_ids)
-            ms = (time.perf_counter() - t0) * 1000
-            stopped = replay(req, texts)
-            full = suggestion(stopped, healed)
-        stages["full"] = full
-        return Outcome(full, ms, stopped, stages), Outcome(stages["raw"], raw_ms, raw)
+            stages[f"+{step}"] = suggestion(stopped, p, steps=STEPS[:k])
+        assert stages[f"+{STEPS[-1]}"] == suggestion(stopped, p)
+        return Outcome(suggestion(stopped, p), ms, stopped, stages), Outcome(stages["raw"], ms, raw)
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -454,7 +445,7 @@ def table(rows: list[tuple[str, dict[str, float | int | None]]], extra: dict[str
 def ablation_table(stages: dict[str, Score]) -> str:
     lines = [f"{'llama.cpp stage':<16}{'EM %':>8}{'pass@1 %':>10}{'gained':>8}{'lost':>6}"]
     previous: list[bool] | None = None
-    for name in ["raw", *(f"+{s}" for s in STEPS), "+unindent", "full"]:
+    for name in ["raw", *(f"+{s}" for s in STEPS)]:
         s = stages.get(name)
         if s is None:
             continue
@@ -476,9 +467,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=",".join(SYSTEMS), help=f"comma-separated systems (default: {','.join(SYSTEMS)})")
     ap.add_argument("--heldout", action="store_true", help="also single-line EM on the held-out files")
     ap.add_argument("--heldout-lines", type=int, default=500, help="held-out lines to sample (default: 500; "
-                    "--limit caps it too)")
+                    "--limit caps it too; a held-out prompt is ~1,300 tokens, several times a HumanEval one)")
     ap.add_argument("--no-humaneval", action="store_true", help="only the held-out set")
     ap.add_argument("--model", type=Path, help="the real model's GGUF (default: default_model_path())")
+    ap.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp"],
+                    help="the local engine for ours (default: auto, the server's default: llama.cpp for a .gguf "
+                         "on the CPU, else torch)")
     ap.add_argument("--json", type=Path, help="write the results here (parent directories are created)")
     ap.add_argument("--log", type=Path, help="write every task's suggestions here, one JSON object a line")
     ns = ap.parse_args(argv)
@@ -487,6 +481,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         ap.error(f"unknown systems {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
 
+    # llama.cpp's tiled K-quant kernel rounds differently from its per-row one, so the product's
+    # llamacpp engine turns it off (engine/llamacpp.py); llama.cpp reads the switch once per
+    # process, so it is off for the peer here too, whichever system starts llama.cpp first.
+    os.environ.setdefault("GGML_CPU_TILED_MM", "0")
     import torch
 
     torch.set_num_threads(max(1, ns.threads))
@@ -496,9 +494,11 @@ def main(argv: list[str] | None = None) -> None:
     runners: dict[str, Callable[[Task], dict[str, Outcome]]] = {}
     load_s: dict[str, float] = {}
     real = ns.model or default_model_path()
+    ours: EngineSystem | None = None
     if "ours" in wanted:
         t0 = time.perf_counter()
-        ours = EngineSystem(real, loop)
+        ours = EngineSystem(real, loop, ns.engine)
+        print(f"ours: {real.name} on the {ours.engine} engine", file=sys.stderr)
         load_s["ours"] = time.perf_counter() - t0
         runners["ours"] = lambda t, s=ours: {"ours": s.run(t)}
     if {"llamacpp", "llamacpp_raw"} & set(wanted):
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
         gguf = default_model.default_gguf() if ns.model is None and real.name == default_model.DEFAULT.file_name else real
         t0 = time.perf_counter()
         # Our tokenizer of the same file builds llama.cpp's prompts, so both get the same ids.
-        tokenizer = ours.backend.tokenizer if "ours" in wanted else load_gguf_tokenizer(gguf)
+        tokenizer = ours.backend.tokenizer if ours is not None else load_gguf_tokenizer(gguf)
         lcpp = LlamaCppSystem(gguf, tokenizer, ns.threads)
         load_s["llamacpp"] = time.perf_counter() - t0
 
@@ -524,50 +524,53 @@ def main(argv: list[str] | None = None) -> None:
         runners["bundled"] = lambda t, s=bundled: {"bundled": s.run(t)}
 
     log: list[dict[str, object]] = []
-    results: dict[str, dict[str, object]] = {}
     t_all = time.perf_counter()
     scores: dict[str, Score] = {}
     stages: dict[str, Score] = {}
-    he_tasks: list[Task] = []
+    held: dict[str, Score] = {}
+
+    def report() -> None:
+        """Print the tables and write the files; called after each task set, so a run stopped
+        during the held-out set still leaves its HumanEval results."""
+        seconds = time.perf_counter() - t_all
+        results: dict[str, dict[str, object]] = {}
+        for name in (n for n in SYSTEMS if n in wanted):
+            entry: dict[str, object] = dict(scores[name].summary()) if name in scores else {}
+            if name in held:
+                h = held[name].summary()
+                entry.update(heldout_em=h["em"], heldout_n=h["n"], heldout_p50_ms=h["p50_ms"])
+            results[name] = entry
+        if stages:
+            results["ablation"] = {name: s.summary() for name, s in stages.items()}
+        results["meta"] = {"limit": ns.limit, "threads": ns.threads, "seconds": round(seconds, 1),
+                           "ours_engine": ours.engine if ours is not None else None,
+                           "load_s": {k: round(v, 1) for k, v in load_s.items()}, "model": str(real)}
+        rows = [(name, scores[name].summary() if name in scores else {}) for name in SYSTEMS if name in wanted]
+        print(table(rows, {name: held[name].summary() for name in held}))
+        if stages:
+            print()
+            print(ablation_table(stages))
+        print(f"\n{seconds:.0f} s for {len(log)} tasks; loading: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in load_s.items()), flush=True)
+        if ns.json:
+            ns.json.parent.mkdir(parents=True, exist_ok=True)
+            ns.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        if ns.log:
+            ns.log.parent.mkdir(parents=True, exist_ok=True)
+            ns.log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in log), encoding="utf-8")
+
     if not ns.no_humaneval:
         he_tasks = spread(humaneval_tasks())[: ns.limit]
         print(f"HumanEval single-line infilling: {len(he_tasks)} tasks over "
               f"{len({t.problem for t in he_tasks})} problems", file=sys.stderr)
         scores, stages = run_tasks(he_tasks, runners, Tests(), log, "humaneval")
-    held: dict[str, Score] = {}
+        report()
     if ns.heldout or ns.no_humaneval:
         h_tasks = heldout_tasks(ns.heldout_lines)[: ns.limit]
         print(f"held-out single-line: {len(h_tasks)} lines", file=sys.stderr)
         held, _ = run_tasks(h_tasks, runners, None, log, "heldout")
-    seconds = time.perf_counter() - t_all
-
-    for name in SYSTEMS:
-        if name not in wanted:
-            continue
-        entry: dict[str, object] = dict(scores[name].summary()) if name in scores else {}
-        if name in held:
-            h = held[name].summary()
-            entry.update(heldout_em=h["em"], heldout_n=h["n"], heldout_p50_ms=h["p50_ms"])
-        results[name] = entry
-    if stages:
-        results["ablation"] = {name: s.summary() for name, s in stages.items()}
-    results["meta"] = {"limit": ns.limit, "threads": ns.threads, "seconds": round(seconds, 1),
-                       "load_s": {k: round(v, 1) for k, v in load_s.items()}, "model": str(real)}
-
-    rows = [(name, scores[name].summary() if name in scores else {}) for name in SYSTEMS if name in wanted]
-    extra = {name: held[name].summary() for name in held}
-    print(table(rows, extra))
-    if stages:
         print()
-        print(ablation_table(stages))
-    print(f"\n{seconds:.0f} s for {len(log)} tasks; loading: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in load_s.items()))
-    if ns.json:
-        ns.json.parent.mkdir(parents=True, exist_ok=True)
-        ns.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    if ns.log:
-        ns.log.parent.mkdir(parents=True, exist_ok=True)
-        ns.log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in log), encoding="utf-8")
+        report()
     loop.close()
     os._exit(0)  # the engines' threads and llama.cpp's context need no orderly teardown
 

@@ -149,12 +149,11 @@ def test_the_six_line_number_of_loop_stops_in_its_first_line() -> None:
 
 @pytest.mark.parametrize("record", _records("multi"), ids=lambda r: f"{r['model']} {r['where']}")
 def test_a_recorded_multi_line_completion_keeps_one_copy(record: dict[str, str]) -> None:
-    """Recorded with the prompt's indentation healed (``healed``), at an empty line."""
-    from codellama_lsp.completion.planning import unheal
-
+    """Recorded at an empty line indented ``indent``, with a prompt that ended at the line start
+    (so the model wrote the indentation too, which the first line's lstrip takes off)."""
     suffix = record.get("suffix", "")
-    raw = unheal(record["raw"], record["healed"])
-    text = finish(raw, "multi", "", record["healed"], next_code_line(suffix), suffix=suffix)
+    raw = record["raw"].lstrip(" \t")
+    text = finish(raw, "multi", "", record["indent"], next_code_line(suffix), suffix=suffix)
     assert loop_end(text) is None and drop_repeated_blocks(text) == text
     assert raw.startswith(text)  # only ever cut, never rewritten
     if "expected" in record:  # the real model wrote the masked line, then the code after it again
@@ -201,19 +200,7 @@ def test_a_single_line_that_copies_its_neighbour_is_dropped() -> None:
     assert not repeats_neighbour("   ", "   ", "")
 
 
-def test_healing_leaves_the_indentation_to_the_model() -> None:
-    from codellama_lsp.completion.planning import healed_head, unheal
-
-    assert healed_head("        ", True) == "        " and healed_head("    x = ", True) == ""
-    assert healed_head("        ", False) == "" and healed_head("", True) == ""
-    assert unheal("        return x\n", "        ") == "return x\n"
-    assert unheal("            return x", "        ") == "return x"  # deeper: still this line
-    assert unheal("    return x", "        ") == ""  # shallower: the model closed the block
-    assert unheal("\n        return x", "        ") == "\n        return x"  # a blank line first: left to finish
-    assert unheal("return x", "") == "return x"
-
-
-def test_the_healed_prompt_ends_at_the_line_start() -> None:
+def test_at_an_indentation_the_model_does_not_indent_again() -> None:
     from codellama_lsp.completion.families import detect
     from codellama_lsp.completion.planning import plan, suggestion
     from codellama_lsp.documents import Document
@@ -231,15 +218,15 @@ def test_the_healed_prompt_ends_at_the_line_start() -> None:
 
         encode_infilling = encode
 
-    doc = Document.from_text("file:///a.py", "def f(xs):\n    \n    return xs\n")
-    healed = plan(doc, doc.cursor(1, 4), Settings(format="psm"), detect(Chars()), Chars(), len)
-    plain = plan(doc, doc.cursor(1, 4), Settings(format="psm"), detect(Chars()), Chars(), len, heal=False)
-    text = lambda ids: "".join(chr(i) if i >= 10 else f"<{i}>" for i in ids)  # noqa: E731
-    assert text(plain.token_ids) == "<3>def f(xs):\n    <4>\n    return xs\n<5>"
-    assert text(healed.token_ids) == "<3>def f(xs):\n<4>\n    return xs\n<5>"
-    assert suggestion("    xs.sort()\n", healed) == "xs.sort()"
-    assert suggestion("xs.sort()\n", plain) == "xs.sort()"
-    assert suggestion("return xs", healed) == ""  # at column 0: not this block's line
+    doc = Document.from_text("file:///a.py", "def f(xs):\n    \n    return xs\n    y = g(\n")
+    p = plan(doc, doc.cursor(1, 4), Settings(format="psm"), detect(Chars()), Chars(), len)
+    text = "".join(chr(i) if i >= 10 else f"<{i}>" for i in p.token_ids)
+    assert text.startswith("<3>def f(xs):\n    <4>")  # the prompt ends at the cursor, indentation and all
+    assert suggestion("    xs.sort()\n", p) == "xs.sort()"  # BPE models indent again after an indentation
+    assert suggestion("xs.sort()\n", p) == "xs.sort()"
+    assert suggestion("    xs.sort()\n", p, steps=("stop",)) == "    xs.sort()"  # the ablation's step off
+    mid = plan(doc, doc.cursor(3, 10), Settings(format="psm"), detect(Chars()), Chars(), len)  # after "y = g("
+    assert suggestion(" a)", mid) == " a)"  # not at an indentation: the text's spaces are the user's
 
 
 def test_a_suggestion_that_copies_the_code_after_the_cursor_stops_there() -> None:

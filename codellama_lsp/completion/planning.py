@@ -36,37 +36,21 @@ class Plan:
     prefix: str  # the text before and after the cursor (LF line endings)
     suffix: str
     language: str
-    healed: str = ""  # the cursor line's indentation, left out of the prompt for the model to write
     head: str = ""  # the cursor line before the cursor
     above: str = ""  # the nearest non-blank lines above and below the cursor's line, as written
     below: str = ""
 
 
-def healed_head(head: str, heal: bool) -> str:
-    """The part of the cursor line before the cursor that the prompt leaves for the model to write.
-
-    Byte-level BPE vocabularies (Qwen, DeepSeek, StarCoder) tokenize "        return" as seven
-    spaces and " return": a prompt that ends in the eight spaces of an indented empty line is
-    tokenized as no training text was, and small models answer it with a wrongly indented or a
-    worse line. Ending the prompt at the line start instead, the model writes the indentation
-    itself, and ``suggestion`` takes it off again (token healing, for the one case that needs no
-    constrained decoding: whitespace). Text after the indentation stays in the prompt.
-    """
-    return head if heal and head and not head.strip(" \t") else ""
-
-
 def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, tokenizer: TextTokenizer,
-         count: Callable[[str], int], previous: Window | None = None, *, heal: bool = True) -> Plan:
-    """The completion at ``cursor``; ``heal=False`` prompts with the text up to the cursor as it is."""
+         count: Callable[[str], int], previous: Window | None = None) -> Plan:
     line = doc.line_text(cursor.line)
     head = line[: cursor.index]
     win = window(doc, cursor, settings.prefix_tokens, settings.suffix_tokens, count, previous)
     prefix, suffix = model_text(win.prefix.text), model_text(win.suffix.text)
-    healed = healed_head(model_text(head), heal)
     return Plan(
         mode=choose_mode(line, cursor.index),
         window=win,
-        token_ids=template.prompt(tokenizer, prefix[: len(prefix) - len(healed)], suffix, prompt_format(settings)),
+        token_ids=template.prompt(tokenizer, prefix, suffix, prompt_format(settings)),
         stop_ids=template.stop_ids,
         line_suffix=line[cursor.index:],
         block_indent=indent_of(head) if head.strip() else head,
@@ -75,7 +59,6 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
         prefix=prefix,
         suffix=suffix,
         language=language_of(doc.language_id, doc.uri),
-        healed=healed,
         head=model_text(head),
         above=line_above(prefix),
         below=line_below(suffix),
@@ -107,27 +90,15 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
     )
 
 
-def unheal(raw: str, healed: str) -> str:
-    """The model's text from the cursor on, when the prompt left the indentation ``healed`` to it.
-
-    The first line written at the cursor's depth or deeper is the suggestion, its leading
-    whitespace dropped (the cursor stays where the user put it). Written shallower, the model
-    has closed the cursor's block and the line belongs elsewhere: nothing is suggested. A blank
-    first line is left to ``finish``.
-    """
-    if not healed:
-        return raw
-    first, sep, rest = raw.partition("\n")
-    if not first.strip():
-        return raw
-    if not first.startswith(healed):
-        return ""
-    return first.lstrip(" \t") + sep + rest
-
-
 def suggestion(raw: str, p: Plan, steps: Collection[Step] = STEPS) -> str:
     """The text to show for the model's text ``raw``; ``steps`` as ``finish`` (for the ablation)."""
-    text = finish(unheal(raw, p.healed), p.mode, p.line_suffix, p.block_indent, p.next_line, steps, p.suffix)
+    if "indent" in steps and p.head and not p.head.strip():
+        # The cursor stands at an indentation, which the prompt ends with. Byte-level BPE
+        # (Qwen, DeepSeek, StarCoder) never ends a training text's indentation in its own token
+        # ("        return" is seven spaces and " return"), and small models answer such a prompt
+        # by indenting again; that whitespace would double the line's indentation.
+        raw = raw.lstrip(" \t")
+    text = finish(raw, p.mode, p.line_suffix, p.block_indent, p.next_line, steps, p.suffix)
     if "repetition" in steps and p.mode == "single" and repeats_neighbour(p.head + text + p.line_suffix, p.above,
                                                                           p.below):
         text = ""  # a copy of the line above or below: the model repeating the context, not completing it

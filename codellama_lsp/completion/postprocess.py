@@ -314,8 +314,8 @@ def block_end(text: str, block_indent: str, next_line: str) -> int | None:
 
 # The post-processing steps, in the order ``finish`` applies them. The quality benchmark's
 # ablation turns them on one at a time to measure what each adds over a model's raw text.
-Step = Literal["stop", "brackets", "repetition"]
-STEPS: tuple[Step, ...] = ("stop", "brackets", "repetition")
+Step = Literal["stop", "brackets", "repetition", "indent"]
+STEPS: tuple[Step, ...] = ("stop", "brackets", "repetition", "indent")
 
 
 def finish(raw: str, mode: Mode, line_suffix: str, block_indent: str, next_line: str,
@@ -326,7 +326,8 @@ def finish(raw: str, mode: Mode, line_suffix: str, block_indent: str, next_line:
     fits a single line to the rest of its line (closers and text it already has), "repetition"
     cuts a multi-line suggestion where it starts over or starts copying ``suffix`` (the text
     after the cursor). With none, a single line is just its first line. (``suggestion`` adds
-    the single-line check against the neighbouring lines.)
+    the single-line check against the neighbouring lines, and "indent": a first line's leading
+    whitespace dropped when the cursor stands at an indentation.)
     """
     text = raw
     if "stop" in steps:
