@@ -1,21 +1,40 @@
-"""Peer benchmark: the same keystroke trace through the LSP, with the local engine and with llama.cpp.
+"""Peer benchmark: the same keystroke trace through the LSP, with our local engine and with llama.cpp's server.
 
 Both sides run the real ``codellama-lsp --stdio`` process driven as an editor would
-(didOpen, then one didChange and one inlineCompletion per keystroke). The peer is
-llama-cpp-python's OpenAI-compatible server on 127.0.0.1 serving the same weights
-(exported with ``export-gguf``, f32), which always reuses the KV of the longest prefix
-its previous prompt shares (what llama.cpp's ``cache_prompt`` does; it has no
-``--cache-reuse``, which would also shift KV after the edit). Each side gets one thread.
+(didOpen, then one didChange and one inlineCompletion per keystroke), with the same
+settings, the same prompt layout (PSM, the one layout every infilling family has) and the
+same number of threads:
+
+* local: our best local engine for the model, the server's own choice (``engine: auto``:
+  llama.cpp's kernels in process for a .gguf on the CPU, with our KV reuse, lookup drafts,
+  stop rules and cancellation; our PyTorch model for a checkpoint directory);
+* llamacpp: our LSP with ``backend: openai`` in front of llama-cpp-python's server on
+  127.0.0.1 serving the same GGUF (a checkpoint directory is exported with ``export-gguf``).
+  That server reuses the KV of the longest prefix its previous prompt shares (what
+  llama.cpp's ``cache_prompt`` does); it has no ``--cache-reuse``, which would also shift KV
+  after the edit. It runs in its own default configuration, except that on CPUs where
+  llama.cpp's AMX buffers fault it runs without them, as our engine does
+  (``codellama_lsp.devtools.llamacpp_server``).
+
+In PSM a keystroke changes the prefix's end, so both sides recompute the suffix and the
+middle marker each time; the prompt tokens computed per keystroke show it.
 
 Two passes over the trace:
 
-* sequential: each keystroke waits for its suggestion; gives p50/p95 latency and the
-  prompt tokens computed per keystroke (the rest came from a KV cache);
+* sequential: each keystroke waits for its suggestion; gives the first request's latency
+  (a file just opened: the whole prompt computed), p50/p95 latency over the keystrokes
+  after it, and the prompt tokens computed per keystroke (the rest came from a KV cache);
 * typed: keystrokes every ``--interval-ms`` whatever the answers; gives the answered
   ratio (keystrokes whose request was not superseded by the next one, nor failed).
 
-    python benchmarks/peer.py [--model DIR] [--keystrokes 80] [--interval-ms 120] [--json PATH]
+llama.cpp's decode tok/s is read from its server's own timing lines over the sequential pass.
+
+    python benchmarks/peer.py [--model PATH] [--threads 1] [--keystrokes 80] [--interval-ms 120]
+                              [--suffix-tokens N] [--json PATH]
                               [--profile-local STACKS.txt]   # py-spy samples of the local LSP's sequential pass
+
+The default model is the server's (the real Qwen2.5-Coder-0.5B GGUF when installed). Run it
+with nothing else on the machine; with ``--threads 1``, pin it (``taskset -c 0``).
 """
 
 from __future__ import annotations
@@ -35,17 +54,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.devtools.llamacpp_server import LlamaCppServer
 from codellama_lsp.devtools.lsp_client import Client, start, stop
 from codellama_lsp.engine.gguf_export import export_gguf
+from codellama_lsp.lsp.loading import default_model_path
 from codellama_lsp.lsp.metrics import percentile
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
 START_LINE = 300  # 0-based; about 2,500 prefix tokens of textwrap.py before it
-LSP_SETTINGS = {"maxNewTokens": 64, "timeBudgetMs": 2000}
+LSP_SETTINGS = {"maxNewTokens": 64, "timeBudgetMs": 2000, "format": "psm"}
 REUSED = re.compile(r" (\d+)/(\d+) tokens reused")
 PREFIX_HIT = re.compile(r"prefix-match hit, remaining (\d+) prompt tokens to eval")
+# llama.cpp's per-request timing line: "eval time = 123.45 ms / 10 runs (...)"
+EVAL_TIME = re.compile(r"^\s*(?:llama_perf_context_print:)?\s*eval time =\s*([\d.]+) ms /\s*(\d+) runs", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,7 @@ class Side:
 
 
 async def sequential(side: Side, trace: Trace, uri: str) -> tuple[list[float], list[int]]:
+    """Latency (ms) and prompt tokens computed of each keystroke's request, each awaited before the next."""
     client = side.client
     client.open(uri, trace.text)
     lsp_log = LogTail(client.log_file)  # type: ignore[arg-type]
@@ -192,32 +214,48 @@ async def run_side(name: str, client: Client, computed: Callable[[str], int], tr
     with sampled(client.process.pid, profile):
         latencies, recomputed = await sequential(side, trace, f"file:///seq-{name}.py")
     answered = await typed(side, trace, f"file:///typed-{name}.py", interval_ms)
+    # The first request of a just-opened file computes its whole prompt; the keystrokes after it are the typing.
     return {
-        "p50_ms": percentile(latencies, 0.5),
-        "p95_ms": percentile(latencies, 0.95),
+        "first_ms": latencies[0],
+        "first_computed": recomputed[0],
+        "p50_ms": percentile(latencies[1:], 0.5),
+        "p95_ms": percentile(latencies[1:], 0.95),
         "answered_ratio": answered,
-        "recomputed_per_keystroke": sum(recomputed) / len(recomputed),
+        "recomputed_per_keystroke": sum(recomputed[1:]) / len(recomputed[1:]),
     }
+
+
+def decode_speed(server_log: str) -> float | None:
+    """llama.cpp's decode tok/s over the timing lines in ``server_log`` (None without any)."""
+    runs = [(float(ms), int(n)) for ms, n in EVAL_TIME.findall(server_log)]
+    ms, n = sum(r[0] for r in runs), sum(r[1] for r in runs)
+    return n / ms * 1000 if ms > 0 else None
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     trace = make_trace(args.keystrokes)
+    settings = {**LSP_SETTINGS, **({"suffixTokens": args.suffix_tokens} if args.suffix_tokens is not None else {})}
     results: dict[str, Any] = {"model": str(args.model), "keystrokes": args.keystrokes, "interval_ms": args.interval_ms,
+                               "threads": args.threads, "settings": settings,
                                "source": f"{SOURCE.name} from line {START_LINE + 1}"}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        client = await start(args.model, scratch / "local.log", options=LSP_SETTINGS)
+        client = await start(args.model, scratch / "local.log", options=settings, threads=args.threads)
         try:
             results["local"] = await run_side("local", client, lsp_computed, trace, args.interval_ms, args.profile_local)
+            results["local"]["engine"] = (await client.status()).get("engine")
         finally:
             await stop(client)
-        server = LlamaCppServer(export_gguf(args.model, scratch / "model.gguf"), scratch / "llama-cpp-python.log")
+        gguf = args.model if args.model.suffix == ".gguf" else export_gguf(args.model, scratch / "model.gguf")
+        server = LlamaCppServer(gguf, scratch / "llama-cpp-python.log", threads=args.threads)
         try:
-            client = await start(args.model, scratch / "remote.log",
-                                 options={**LSP_SETTINGS, "backend": "openai", "url": server.url + "/v1"})
+            client = await start(args.model, scratch / "remote.log", threads=args.threads,
+                                 options={**settings, "backend": "openai", "url": server.url + "/v1"})
             try:
-                computed = llama_cpp_python_computed(LogTail(server.log))
+                server_log = LogTail(server.log)
+                computed = llama_cpp_python_computed(server_log)
                 results["llamacpp"] = await run_side("llamacpp", client, computed, trace, args.interval_ms)
+                results["llamacpp"]["decode_tok_s"] = decode_speed(server.read_log())
             finally:
                 await stop(client)
         finally:
@@ -229,22 +267,29 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(r: dict[str, Any]) -> str:
-    rows = ["| backend | p50 ms | p95 ms | answered | prompt tokens computed / keystroke |", "|---|---:|---:|---:|---:|"]
-    for side, label in (("local", "local engine (PyTorch)"), ("llamacpp", "llama-cpp-python server")):
+    rows = ["| backend | first ms (tokens) | p50 ms | p95 ms | answered | prompt tokens computed / keystroke |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for side, label in (("local", f"local engine ({r['local'].get('engine')})"), ("llamacpp", "llama-cpp-python server")):
         s = r[side]
-        rows.append(f"| {label} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['answered_ratio']:.0%} | "
-                    f"{s['recomputed_per_keystroke']:.1f} |")
-    return "\n".join(rows)
+        rows.append(f"| {label} | {s['first_ms']:.0f} ({s['first_computed']}) | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | "
+                    f"{s['answered_ratio']:.0%} | {s['recomputed_per_keystroke']:.1f} |")
+    speed = r["llamacpp"].get("decode_tok_s")
+    ratios = f"local/llama.cpp: p50 {r['local_p50_ms'] / r['llamacpp_p50_ms']:.2f}x, p95 {r['local_p95_ms'] / r['llamacpp_p95_ms']:.2f}x"
+    return "\n".join(rows) + (f"\n\nllama.cpp decode: {speed:.1f} tok/s" if speed else "") + "\n" + ratios
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=BUNDLED_MODEL, help="checkpoint directory (default: the bundled model)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a .gguf file or checkpoint directory (default: the server's default model)")
+    ap.add_argument("--threads", type=int, default=1, help="threads for each side (default: 1)")
+    ap.add_argument("--suffix-tokens", type=int, help="the suffixTokens setting for both sides (default: the server's)")
     ap.add_argument("--keystrokes", type=int, default=80)
     ap.add_argument("--interval-ms", type=float, default=120.0, help="typing interval of the typed pass")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--profile-local", type=Path, help="sample the local LSP with py-spy during the sequential pass")
     args = ap.parse_args()
+    args.model = args.model or default_model_path()
     results = asyncio.run(main_async(args))
     print(f"{args.keystrokes} keystrokes of {results['source']}, model {args.model}\n")
     print(table(results))

@@ -45,6 +45,14 @@ Systems:
   newline (or stop id, or the token limit), as a bare llama.cpp server with ``stop=["\\n"]``
   answers. ``llamacpp`` is computed from the same stream (our stop rules only ever cut a greedy
   stream earlier), so the two differ exactly by what our pipeline adds, and share one latency.
+* ``ours_typed``: ``ours`` as it runs while the user types, with suffix reuse
+  (``reuseSuffix``, the engine's ``reuse_suffix``): before each task the engine answers the
+  document as it stood while the line above the cursor was half typed (that line cut to half
+  its content, the masked line not yet there, the cursor at the cut), then the task itself.
+  The suffix (the text after the cursor's line) is the same in both, so its cached keys and
+  values are moved to their new place rather than recomputed, although they were computed
+  after the half-typed line: what the user gets after finishing a line and pressing Enter.
+  ``ours`` and the other systems compute every prompt's suffix exactly.
 * ``bundled``: the 3M-parameter demo model (``BUNDLED_MODEL``) in our engine, in its own
   preferred format (SPM).
 
@@ -100,7 +108,7 @@ from codellama_lsp.settings import Settings, resolve_format
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_LIST = ROOT / "model" / "heldout_files.txt"
-SYSTEMS = ("ours", "llamacpp", "llamacpp_raw", "bundled")
+SYSTEMS = ("ours", "ours_typed", "llamacpp", "llamacpp_raw", "bundled")
 TEST_TIMEOUT_S = 10.0
 TIME_BUDGET_MS = 60_000.0
 SEED = 0
@@ -120,6 +128,15 @@ class Task:
     @property
     def key(self) -> str:
         return f"{self.problem}:{self.line}"
+
+    def typing_above(self) -> tuple[str, int, int]:
+        """(document, line, column) while the line above was half typed and this line was not yet there."""
+        lines = self.text.split("\n")
+        above = lines[self.line - 1] if self.line > 0 else ""
+        content = above.lstrip(" \t")
+        half = above[: len(above) - len(content) + len(content) // 2]
+        lines[max(0, self.line - 1): self.line + 1] = [half]
+        return "\n".join(lines), max(0, self.line - 1), len(half)
 
     def filled(self, middle: str) -> str:
         """The document with ``middle`` written back at the cursor."""
@@ -218,10 +235,13 @@ class Completer:
         self.counter = TokenCounter(tokenizer.encode)
 
     def plan(self, task: Task) -> Plan:
-        doc = Document.from_text(f"file:///{task.problem.replace(':', '_')}.py", task.text, language_id="python",
+        return self.plan_at(task, task.text, task.line, len(task.indent))
+
+    def plan_at(self, task: Task, text: str, line: int, column: int) -> Plan:
+        """The plan for ``text`` with the cursor at ``line``, ``column`` (task: the document it is about)."""
+        doc = Document.from_text(f"file:///{task.problem.replace(':', '_')}.py", text, language_id="python",
                                  encoding="utf-32")
-        p = plan(doc, doc.cursor(task.line, len(task.indent)), self.settings, self.template, self.tokenizer,
-                 self.counter)
+        p = plan(doc, doc.cursor(line, column), self.settings, self.template, self.tokenizer, self.counter)
         return dataclasses.replace(p, mode="single")  # the task is one line (see the module docstring)
 
     def request(self, p: Plan) -> GenerationRequest:
@@ -231,17 +251,22 @@ class Completer:
 class EngineSystem:
     """A model in our engine, loaded as the server loads it."""
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, engine: str = "auto") -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, engine: str = "auto", typed: bool = False) -> None:
         from codellama_lsp.backends import choose_engine
         from codellama_lsp.lsp.loading import open_for
 
-        settings = Settings(engine=engine)
+        self.typed = typed  # ours_typed: suffix reuse, after the request of the line above (module docstring)
+        settings = Settings(engine=engine, reuse_suffix=typed)
         self.engine = choose_engine(engine, path, settings.device, settings.dtype) if path.suffix == ".gguf" else "torch"
         self.backend: Backend = open_for(path, settings)
         self.completer = Completer(self.backend.tokenizer, self.backend.preferred_format)
         self.loop = loop
 
     def run(self, task: Task) -> Outcome:
+        if self.typed:
+            before = self.completer.plan_at(task, *task.typing_above())
+            request = dataclasses.replace(self.completer.request(before), max_new_tokens=1)  # only its cache matters
+            self.loop.run_until_complete(self.backend.agenerate(request))
         p = self.completer.plan(task)
         t0 = time.perf_counter()
         result = self.loop.run_until_complete(self.backend.agenerate(self.completer.request(p)))
@@ -501,6 +526,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ours: {real.name} on the {ours.engine} engine", file=sys.stderr)
         load_s["ours"] = time.perf_counter() - t0
         runners["ours"] = lambda t, s=ours: {"ours": s.run(t)}
+    if "ours_typed" in wanted:
+        t0 = time.perf_counter()
+        typed = EngineSystem(real, loop, ns.engine, typed=True)
+        load_s["ours_typed"] = time.perf_counter() - t0
+        runners["ours_typed"] = lambda t, s=typed: {"ours_typed": s.run(t)}
     if {"llamacpp", "llamacpp_raw"} & set(wanted):
         from codellama_lsp.engine import default_model
         from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer

@@ -42,12 +42,16 @@ class Settings:
     # What computes for the local backend (codellama_lsp.backends.ENGINES): our PyTorch model, or
     # llama.cpp on a .gguf file; "auto" is llama.cpp for a .gguf on the CPU (see choose_engine).
     engine: str = "auto"
+    # Reuse the suffix's KV cache, moved to its new position, while typing in front of it
+    # (codellama_lsp.engine.engine, ``reuse_suffix``). Off: it is approximate, and on the default
+    # model it cost most exact matches (benchmarks/quality.py, ours_typed; README).
+    reuse_suffix: bool = False
 
     @property
     def load_key(self) -> tuple[str | None, ...]:
         """What the loaded engine (or server connection) depends on: a change reloads it."""
         return (self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer,
-                self.family, self.engine)
+                self.family, self.engine, self.reuse_suffix)
 
 
 # Tokens a prompt holds beyond its prefix and suffix budgets: BOS, <PRE>, <SUF>, <MID>, and the
@@ -165,6 +169,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "tokenizer": ("tokenizer", _path, _strip),
     "family": ("family", _choice(*FAMILY_SETTINGS), _same),
     "engine": ("engine", _choice("auto", "torch", "llamacpp"), _same),
+    "reuseSuffix": ("reuse_suffix", _bool, _same),
 }
 assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)}
 

@@ -80,12 +80,13 @@ def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "
 
 def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str = "auto", context_length: int = DEFAULT_CONTEXT_LENGTH,
                  url: str | None = None, served_model: str | None = None, tokenizer: Path | None = None,
-                 api_key_env: str | None = None, engine: str = "auto", threads: int | None = None) -> Backend:
+                 api_key_env: str | None = None, engine: str = "auto", threads: int | None = None,
+                 reuse_suffix: bool = False) -> Backend:
     """Load the local engine from ``model``, or connect to the server at ``url``.
 
     The local engine is the one ``choose_engine`` picks. llama.cpp runs on ``threads``
     threads; None: as many as PyTorch uses (the --threads flag sets that, else PyTorch's
-    default), so one flag sizes either engine.
+    default), so one flag sizes either engine. ``reuse_suffix`` is the engine's option of that name.
 
     A remote backend never loads weights, but it needs the served model's tokenizer to
     build the prompt and size the context window: ``tokenizer`` (a ``tokenizer.model`` or a
@@ -99,11 +100,11 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
 
             from codellama_lsp.engine.llamacpp import open_llamacpp
 
-            return open_llamacpp(model, context_length, threads or torch.get_num_threads())
+            return open_llamacpp(model, context_length, threads or torch.get_num_threads(), reuse_suffix=reuse_suffix)
         from codellama_lsp.engine.engine import Engine
 
         return Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
-                           context_length=context_length)
+                           context_length=context_length, reuse_suffix=reuse_suffix)
     if backend not in PROTOCOLS:
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not url:

@@ -1,4 +1,10 @@
-"""llama-cpp-python's OpenAI-compatible server on 127.0.0.1 for one GGUF file: the peer the tests and benchmarks compare with."""
+"""llama-cpp-python's OpenAI-compatible server on 127.0.0.1 for one GGUF file: the peer the tests and benchmarks compare with.
+
+Run as a module (``python -m codellama_lsp.devtools.llamacpp_server ARGS``) it is llama-cpp-python's
+own server, with one change on CPUs that advertise AMX: its extra weight buffers are off, as
+the llamacpp engine has them (``cpu_advertises_amx``: there the AMX kernels die of SIGILL at
+the first quantized decode). The server has no flag for that buffer switch.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ class LlamaCppServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.api_key = api_key
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", __name__, "--model", str(gguf), "--host", "127.0.0.1",
                "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
                "--n_threads_batch", str(threads), "--logits_all", "false", "--verbose", "true"]
         if api_key:
@@ -65,3 +71,26 @@ class LlamaCppServer:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(10)
+
+
+def serve() -> None:
+    """llama-cpp-python's server main, every model loaded without extra buffers where they fault."""
+    import llama_cpp.llama_cpp as lib
+    from llama_cpp.server.__main__ import main
+
+    from codellama_lsp.engine.llamacpp import cpu_advertises_amx
+
+    if cpu_advertises_amx():
+        defaults = lib.llama_model_default_params
+
+        def without_extra_buffers() -> object:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        lib.llama_model_default_params = without_extra_buffers
+    main()
+
+
+if __name__ == "__main__":
+    serve()

@@ -35,21 +35,46 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def common_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[-1 - i] != b[-1 - i]:
+            return i
+    return n
+
+
+# Suffix reuse (``reuse_suffix``): a cached tail block shorter than this is recomputed (moving it
+# saves little), and once this many tokens in front of a moved block have changed since it was
+# last computed, it is computed afresh, so its keys/values never drift far from the text
+# before it. 32 tokens is about a line of code typed.
+MIN_SUFFIX_BLOCK = 16
+MAX_STALE_TOKENS = 32
+_NONE_MOVED = 1 << 62  # no cached position holds moved keys/values
+
+
 class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
     def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = 8,
-                 prefill_chunk: int = 512) -> None:
+                 prefill_chunk: int = 512, reuse_suffix: bool = False) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.device, self.dtype = runner.device, runner.dtype
         self.context_length = runner.context_length
         self.reuse = reuse
+        # Also reuse the previous prompt's tail (an infilling prompt's suffix) when only the text in
+        # front of it changed: its keys/values move to the new positions (``Runner.splice``), as
+        # llama.cpp's --cache-reuse shifts chunks. Approximate: they attended the old text.
+        self.reuse_suffix = reuse and reuse_suffix
         # Greedy requests check up to this many looked-up draft tokens per forward pass (0: off).
         self.draft_tokens = draft_tokens
         self.prefill_chunk = prefill_chunk  # tokens per prefill pass; cancellation is checked between passes
         self._stop_ids = frozenset(i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None)
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache, in order
+        self._prompt_end = 0  # how many of them the last request's prompt was (the rest: its output)
+        # Suffix reuse: cached positions from ``_moved_from`` on hold moved keys/values, and
+        # ``_stale`` tokens in front of them have changed since they were computed.
+        self._moved_from, self._stale = _NONE_MOVED, 0
         self.generated_tokens = 0  # by all requests, stopped ones included: codellama.status shows it
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codellama-engine")
@@ -78,7 +103,10 @@ class Engine:
 
     def reset_cache(self) -> None:
         with self._lock:
-            self._cached = []
+            self._forget()
+
+    def _forget(self) -> None:
+        self._cached, self._prompt_end, self._moved_from, self._stale = [], 0, _NONE_MOVED, 0
 
     def submit(self, request: GenerationRequest) -> "Future[GenerationResult]":
         """Queue a request on the worker thread."""
@@ -118,13 +146,41 @@ class Engine:
             try:
                 result = self._run(prompt, req)
             except BaseException:
-                self._cached = []  # the cache may be half-written; never trust it after a failure
+                self._forget()  # the cache may be half-written; never trust it after a failure
                 raise
             self.generated_tokens += result.generated_tokens
             return result
 
 
     # -- the steps of one request ---------------------------------------------------------------------------
+    def _reuse(self, prompt: list[int]) -> tuple[int, int]:
+        """Make the cache hold what ``prompt`` can reuse: (tokens of its head reused, of its tail reused).
+
+        The head is the longest common prefix with the cached tokens. With ``reuse_suffix``, the
+        previous prompt's tail that ``prompt`` also ends with (its last token aside, whose logits
+        start the decode) is moved into place and the changed tokens in front of it computed.
+        """
+        n = len(prompt)
+        # Always compute at least the last prompt token: its logits start the decode.
+        head = min(common_prefix_length(self._cached, prompt), n - 1) if self.reuse else 0
+        previous = self._cached[:self._prompt_end]
+        tail = common_suffix_length(previous[head:], prompt[head:]) - 1
+        start, end = len(previous) - 1 - tail, len(previous) - 1  # the block in the cache
+        inserted = prompt[head:n - 1 - tail]
+        changed = len(inserted) + start - head
+        if not self.reuse_suffix or tail < MIN_SUFFIX_BLOCK or self._stale + changed > MAX_STALE_TOKENS:
+            if head <= self._moved_from:  # every moved position is recomputed now
+                self._moved_from, self._stale = _NONE_MOVED, 0
+            self.runner.truncate(head)
+            self._cached = prompt[:head]
+            return head, 0
+        self.runner.splice(head, start, end, n - len(previous), inserted)
+        if head <= self._moved_from:  # else the kept head itself holds moved positions, from earlier on
+            self._moved_from = n - 1 - tail
+        self._stale += changed
+        self._cached = prompt[:n - 1]
+        return head, tail
+
     def _prefill(self, prompt: list[int], reused: int, cancel: threading.Event) -> torch.Tensor | None:
         """Compute the prompt past its ``reused`` tokens; the last position's logits, or None if cancelled.
 
@@ -194,12 +250,11 @@ class Engine:
     def _run(self, prompt: list[int], req: GenerationRequest) -> GenerationResult:
         n = len(prompt)
         previous = self._cached if self.reuse else []  # without reuse, nothing survives a request
-        # Always compute at least the last prompt token: its logits start the decode.
-        reused = min(common_prefix_length(previous, prompt), n - 1) if self.reuse else 0
-        self._cached = prompt[:reused]
-        self.runner.truncate(reused)
         rule = StopRule(req)
-        logits = self._prefill(prompt, reused, req.cancel)
+        head, tail = self._reuse(prompt)
+        self._prompt_end = n
+        reused = head + tail
+        logits = self._prefill(prompt, len(self._cached), req.cancel)
         prefill_ms = (time.perf_counter() - rule.started) * 1000
         if logits is None:
             return GenerationResult("", [], "cancelled", n, reused, len(self._cached) - reused, prefill_ms, 0.0)
@@ -207,7 +262,7 @@ class Engine:
         if req.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(req.seed)
         # Drafts only for greedy decoding, where checking them cannot change the output.
-        drafter = LookupDrafter(prompt, previous[reused:]) if self.draft_tokens and generator is None else None
+        drafter = LookupDrafter(prompt, previous[head:]) if self.draft_tokens and generator is None else None
         state = _Decoding(req, rule, self.tokenizer.decode_infilling if req.infilling else self.tokenizer.decode,
                           self._stop_ids | req.stop_ids, self.tokenizer.eot_id, self.context_length)
         t1 = time.perf_counter()

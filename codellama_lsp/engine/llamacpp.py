@@ -7,12 +7,15 @@ request (prefix reuse, chunked prefill, drafts, stops, cancellation) stays in ``
 this runner only evaluates tokens at positions and trims the KV memory, through
 llama-cpp-python's low-level bindings (the C API one to one):
 
-* one ``llama_context`` with one sequence (id 0), whose KV memory holds the cached prefix;
+* one ``llama_context`` whose sequence 0 holds the cached prefix in its KV memory; a
+  second sequence exists only during ``splice`` (see there);
 * ``forward`` fills one reusable ``llama_batch`` per ``n_batch`` tokens (``n_outputs`` when
   every token's logits are wanted: drafts), asking for logits where the engine needs them,
   and copies them out (llama.cpp overwrites its buffer on the next decode);
 * ``truncate(n)`` is ``llama_memory_seq_rm(mem, 0, n, -1)``: positions ``n..`` go, so the
-  next batch's positions continue the sequence exactly where the engine thinks it ends.
+  next batch's positions continue the sequence exactly where the engine thinks it ends;
+* ``splice`` moves a cached block to a later (or earlier) position and computes new tokens
+  in front of it (the engine's suffix reuse).
 
 The model and context are loaded with the low-level calls rather than ``llama_cpp.Llama``,
 which would also allocate its own batch, score buffer and tokenizer we never use. The
@@ -207,7 +210,9 @@ class LlamaCppRunner:
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
-        cparams.n_seq_max = 1
+        # Sequence 1 is splice's scratch; in one unified KV buffer a cell can belong to both
+        # sequences, so copying between them moves no data and the context is not split.
+        cparams.n_seq_max, cparams.kv_unified = 2, True
         # Rows of logits one decode may return: llama.cpp reserves room for n_batch of them by
         # default (512 x 152k floats: 300 MB here); the engine asks for 1 + its draft tokens.
         # forward splits a longer all-logits call (llama.cpp aborts the process past this).
@@ -250,14 +255,14 @@ class LlamaCppRunner:
                 self._decode(part, start + at, None)
         return torch.cat(rows) if len(rows) > 1 else rows[0]
 
-    def _decode(self, tokens: list[int], start: int, want_all: bool | None) -> torch.Tensor:
-        """One llama_decode of ``tokens``; logits of every token (True), the last (False), or none (None)."""
+    def _decode(self, tokens: list[int], start: int, want_all: bool | None, seq: int = 0) -> torch.Tensor:
+        """One llama_decode of ``tokens`` in sequence ``seq``; logits of every token (True), the last (False), or none (None)."""
         lib, b, n = self._lib, self._batch, len(tokens)
         for i, tok in enumerate(tokens):
             b.token[i] = tok
             b.pos[i] = start + i
             b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
+            b.seq_id[i][0] = seq
             b.logits[i] = bool(want_all)
         if want_all is False:
             b.logits[n - 1] = True
@@ -294,6 +299,33 @@ class LlamaCppRunner:
             return
         if not self._lib.llama_memory_seq_rm(self._memory, 0, max(0, n), -1):
             raise LlamaCppError(f"llama.cpp could not drop KV positions from {n} on")
+
+    def splice(self, keep: int, start: int, end: int, delta: int, tokens: list[int]) -> None:
+        """Keep positions ``..keep`` and the block ``start..end-1`` moved ``delta`` on; ``tokens`` go in between.
+
+        llama.cpp shifts the block's cells and re-rotates their keys itself (``seq_add``). It
+        accepts a batch only at the position after a sequence's last cell, which the moved
+        block now holds, so the new tokens are computed in sequence 1, a copy of the kept
+        prefix, and their cells then join sequence 0. They see the prefix only, as causal
+        attention has it; sequence 1 is emptied again.
+        """
+        if self._ctx is None:
+            raise LlamaCppError("the llama.cpp runner is closed")
+        lib, mem = self._lib, self._memory
+        lib.llama_memory_seq_rm(mem, 0, end, -1)
+        if start > keep:
+            lib.llama_memory_seq_rm(mem, 0, keep, start)
+        if delta:
+            lib.llama_memory_seq_add(mem, 0, start, end, delta)
+        if not tokens:
+            return
+        lib.llama_memory_seq_cp(mem, 0, 1, 0, keep)
+        try:
+            for at in range(0, len(tokens), self.n_batch):
+                self._decode(tokens[at:at + self.n_batch], keep + at, None, seq=1)
+            lib.llama_memory_seq_cp(mem, 1, 0, keep, keep + len(tokens))
+        finally:
+            lib.llama_memory_seq_rm(mem, 1, -1, -1)
 
     def close(self) -> None:
         """Free the batch, the context (its KV memory) and the model; safe to call twice."""

@@ -27,16 +27,16 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_tables(args: ModelArgs, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and signed-sin tables of shape [length, head_dim] for the rotate-half (Hugging Face) layout.
+def rope_tables(args: ModelArgs, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and signed-sin tables of shape [len(positions), head_dim] for the rotate-half (Hugging Face) layout.
 
     The sine table carries the rotation's sign (-sin on the first half, +sin on the second),
-    so applying RoPE is three kernels: ``x*cos + roll(x)*sin``.
+    so applying RoPE is three kernels: ``x*cos + roll(x)*sin``. A position may be negative:
+    rotating by -d undoes a rotation by d, which is how cached keys move to earlier positions.
     """
     hd = args.head_dim
-    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd))
-    pos = torch.arange(length, device=device, dtype=torch.float32) / args.rope_scaling_factor
-    freqs = torch.outer(pos, inv_freq)
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=positions.device).float() / hd))
+    freqs = torch.outer(positions.float() / args.rope_scaling_factor, inv_freq)
     return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(dtype)
 
 
@@ -84,6 +84,17 @@ class KVCache(nn.Module):
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def move(self, start: int, end: int, delta: int, cos: Tensor, sin: Tensor) -> None:
+        """Positions ``start..end-1`` move ``delta`` later; keys are rotated by the tables of position ``delta``.
+
+        RoPE rotations compose, so a key rotated for position p, rotated again by delta, is the
+        key rotated for p + delta: the block's keys are as if computed there, except that
+        they attended to what preceded them when they were computed.
+        """
+        k, v = self.k[:, :, start:end].clone(), self.v[:, :, start:end].clone()
+        self.k[:, :, start + delta:end + delta] = apply_rope(k, cos, sin)
+        self.v[:, :, start + delta:end + delta] = v
 
 
 class Attention(nn.Module):
@@ -189,7 +200,7 @@ class Transformer(nn.Module):
         need = start + t
         if self._rope is None or self._rope[0].shape[0] < need or self._rope[0].dtype != like.dtype:
             length = max(need, self.cache_length, 2 * (self._rope[0].shape[0] if self._rope else 0))
-            self._rope = rope_tables(self.args, length, like.device, like.dtype)
+            self._rope = rope_tables(self.args, torch.arange(length, device=like.device), like.dtype)
         cos, sin = self._rope
         return cos[start:need], sin[start:need]
 
@@ -199,6 +210,14 @@ class Transformer(nn.Module):
         self.cache_length = length
         for layer in self.model.layers:
             layer.self_attn.kv_cache = KVCache(self.args.num_key_value_heads, self.args.head_dim, length, p.dtype, p.device)
+
+    def move_cache(self, start: int, end: int, delta: int) -> None:
+        """Move every layer's cached positions ``start..end-1`` by ``delta`` (see ``KVCache.move``)."""
+        p = self.lm_head.weight
+        cos, sin = rope_tables(self.args, torch.tensor([delta], device=p.device), p.dtype)
+        for layer in self.model.layers:
+            assert layer.self_attn.kv_cache is not None, "setup_cache() first"
+            layer.self_attn.kv_cache.move(start, end, delta, cos, sin)
 
     def fuse_for_inference(self) -> None:
         """Store every linear input-major, q/k/v and gate/up each as one tensor (see ``fuse_linears``).

@@ -30,6 +30,16 @@ class Runner(Protocol):
         """Only the first ``n`` cached positions are kept (a new prefix, or rejected draft tokens)."""
         ...
 
+    def splice(self, keep: int, start: int, end: int, delta: int, tokens: list[int]) -> None:
+        """Keep the first ``keep`` positions and the block ``start..end-1`` moved ``delta`` positions on.
+
+        ``tokens`` are computed at ``keep..`` (``keep + len(tokens) == start + delta``) and
+        attend to the kept prefix only; every other cached position goes. The moved block
+        keeps its keys/values, computed when other text preceded it: an approximation the
+        engine uses for the suffix of an infilling prompt (``Engine`` ``reuse_suffix``).
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -55,6 +65,13 @@ class TorchRunner:
 
     def truncate(self, n: int) -> None:
         """Nothing to do: the cache is indexed by position, and attention reads only up to the current one."""
+
+    def splice(self, keep: int, start: int, end: int, delta: int, tokens: list[int]) -> None:
+        """Move the block, then compute ``tokens`` in front of it: their attention reads positions up to their own only."""
+        if delta:
+            self.model.move_cache(start, end, delta)
+        if tokens:
+            self.forward(tokens, keep, last_only=True)
 
     def close(self) -> None:
         """Nothing to release beyond what garbage collection frees."""

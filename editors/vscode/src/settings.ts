@@ -11,6 +11,7 @@ export const SERVER_KEYS = [
   "device",
   "dtype",
   "engine",
+  "reuseSuffix",
   "family",
   "format",
   "maxNewTokens",
