@@ -11,6 +11,8 @@ export const SERVER_KEYS = [
   "device",
   "dtype",
   "engine",
+  "compile",
+  "quantize",
   "family",
   "format",
   "maxNewTokens",
