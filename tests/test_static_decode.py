@@ -67,7 +67,7 @@ def test_compile_setting() -> None:
 def test_compiled_decode_matches_eager_on_the_bundled_model() -> None:
     """torch.compile(decode_one, fullgraph=True) on the CPU: the eager runner's greedy tokens, logits within 1e-4.
 
-    Compiling takes about a minute on one core; then 6 steps. A graph break would raise
+    Takes 25 s on one core (a minute with a cold Inductor cache): compiling, then 6 steps. A graph break would raise
     (fullgraph), and a recompile per position would show as minutes, not seconds.
     """
     eager_model, _ = load_model(BUNDLED_MODEL, device="cpu", dtype="float32")
