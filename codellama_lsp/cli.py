@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from codellama_lsp import __version__
+from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES
 from codellama_lsp.settings import Settings, resolve_format
 
 if TYPE_CHECKING:
@@ -31,6 +32,12 @@ def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
     parser.add_argument("--engine", default=default("auto"), choices=["auto", "torch", "llamacpp"],
                         help="what computes: torch (our PyTorch model), llamacpp (llama.cpp on a .gguf file, "
                              "CPU), or auto = llamacpp for a .gguf on the CPU, else torch (default: auto)")
+    parser.add_argument("--compile", default=default("auto"), choices=list(COMPILE_CHOICES),
+                        help="torch engine: compile the decode step (a CUDA graph on a GPU); auto = on for CUDA, "
+                             "off on the CPU, where it is not faster (default: auto)")
+    parser.add_argument("--quantize", default=default("auto"), choices=list(QUANTIZE_CHOICES),
+                        help="torch engine: the linear layers' weights in int8 (per channel) or int4 (per group); "
+                             "auto = int8 on CUDA, none on the CPU, where the int kernels are slower (default: auto)")
     parser.add_argument("--threads", type=int, default=default(None),
                         help="CPU threads for the model, either engine (default: PyTorch's choice; 1 is fastest "
                              "for small models on a busy machine)")
@@ -123,7 +130,7 @@ def complete(args: argparse.Namespace) -> int:
     model = args.model or default_model_path()
     _threads(args.threads)
     settings = Settings(format=args.format, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
-                        engine=args.engine, time_budget_ms=60_000.0)
+                        engine=args.engine, compile=args.compile, quantize=args.quantize, time_budget_ms=60_000.0)
     try:
         backend = open_for(model, settings)
         template = detect(backend.tokenizer)
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     _threads(args.threads)
     settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype,
-                        engine=args.engine)
+                        engine=args.engine, compile=args.compile, quantize=args.quantize)
     server = build_server(settings)
     if args.log_file is None:
         _log_to_client(server, args.log_level)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal, Mapping
 
 from codellama_lsp.completion.families import FAMILY_SETTINGS
 from codellama_lsp.completion.templates import Format
+from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES
 
 SECTION = "codellama"
 FormatSetting = Literal["auto", "psm", "spm"]
@@ -42,6 +43,12 @@ class Settings:
     # What computes for the local backend (codellama_lsp.backends.ENGINES): our PyTorch model, or
     # llama.cpp on a .gguf file; "auto" is llama.cpp for a .gguf on the CPU (see choose_engine).
     engine: str = "auto"
+    # The torch engine only. compile: the one-token decode step through torch.compile (a CUDA graph
+    # on a GPU); auto is on for CUDA, off on the CPU (engine.runner.resolve_compile). Three values,
+    # not a bool, because the default depends on the device, as device and dtype's "auto" does.
+    compile: str = "auto"
+    # Weights of the linear layers in int8 or int4 (engine.quantize); auto is int8 on CUDA, none on the CPU.
+    quantize: str = "auto"
     # Reuse the suffix's KV cache, moved to its new position, while typing in front of it
     # (codellama_lsp.engine.engine, ``reuse_suffix``). Off: it is approximate, and on the default
     # model it cost most exact matches (benchmarks/quality.py, ours_typed; README).
@@ -51,7 +58,7 @@ class Settings:
     def load_key(self) -> tuple[str | None, ...]:
         """What the loaded engine (or server connection) depends on: a change reloads it."""
         return (self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer,
-                self.family, self.engine, self.reuse_suffix)
+                self.family, self.engine, self.compile, self.quantize, self.reuse_suffix)
 
 
 # Tokens a prompt holds beyond its prefix and suffix budgets: BOS, <PRE>, <SUF>, <MID>, and the
@@ -169,6 +176,8 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "tokenizer": ("tokenizer", _path, _strip),
     "family": ("family", _choice(*FAMILY_SETTINGS), _same),
     "engine": ("engine", _choice("auto", "torch", "llamacpp"), _same),
+    "compile": ("compile", _choice(*COMPILE_CHOICES), _same),
+    "quantize": ("quantize", _choice(*QUANTIZE_CHOICES), _same),
     "reuseSuffix": ("reuse_suffix", _bool, _same),
 }
 assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)}

@@ -159,7 +159,7 @@ def test_cancel_during_prefill_stops_within_one_chunk_and_keeps_its_work(tiny_mo
     assert len(prompt) > 24
     req = GenerationRequest(prompt, max_new_tokens=8)
     passes: list[int] = []
-    forward = small.runner._forward
+    forward = small.runner.model.forward  # the dynamic pass, which every prefill chunk runs
 
     def counting_forward(x: torch.Tensor, **kwargs: object) -> torch.Tensor:
         passes.append(x.shape[1])
@@ -167,7 +167,7 @@ def test_cancel_during_prefill_stops_within_one_chunk_and_keeps_its_work(tiny_mo
             req.cancel.set()  # as the server would when the next keystroke arrives
         return forward(x, **kwargs)
 
-    small.runner._forward = counting_forward
+    small.runner.model.forward = counting_forward
     cancelled = small.generate(req)
     assert cancelled.stop_reason == "cancelled" and cancelled.generated_tokens == 0
     assert passes == [8, 8] and cancelled.computed_tokens == 16

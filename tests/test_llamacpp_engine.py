@@ -325,6 +325,7 @@ def test_auto_is_llamacpp_for_a_gguf_on_the_cpu_else_torch(monkeypatch: pytest.M
     assert choose_engine("auto", directory, "cpu") == "torch"  # safetensors or Meta checkpoints
     assert choose_engine("auto", gguf, "cuda:0") == "torch"
     assert choose_engine("auto", gguf, "cpu", "bfloat16") == "torch"  # only torch honours a dtype
+    assert choose_engine("auto", gguf, "cpu", quantize="int8") == choose_engine("auto", gguf, "cpu", compile="on") == "torch"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert choose_engine("auto", gguf, "auto") == "torch"  # auto means the GPU when there is one
     assert choose_engine("torch", gguf, "cpu") == "torch"
@@ -347,6 +348,8 @@ def test_engine_llamacpp_refuses_what_it_cannot_run(tmp_path: Path) -> None:
         choose_engine("llamacpp", gguf, "cuda")
     with pytest.raises(BackendError, match="dtype float16 is for engine torch"):
         choose_engine("llamacpp", gguf, "cpu", "float16")
+    with pytest.raises(BackendError, match="compile on, quantize int4 is for engine torch"):
+        choose_engine("llamacpp", gguf, "cpu", compile="on", quantize="int4")
     with pytest.raises(BackendError, match="unknown engine 'onnx'"):
         choose_engine("onnx", gguf, "cpu")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from codellama_lsp.settings import PROMPT_RESERVE, Settings, apply, fit_to_context, resolve_format
 
 
@@ -48,6 +50,22 @@ def test_engine_setting() -> None:
         assert after == before
         assert errors == [f"invalid value {bad!r} for codellama.engine: expected one of auto, torch, llamacpp; keeping 'torch'"]
     assert Settings(engine="llamacpp").load_key != Settings().load_key  # a change reloads the model
+
+
+@pytest.mark.parametrize("key, values, bad", [
+    ("compile", ("auto", "on", "off"), (True, "yes", "ON", None)),
+    ("quantize", ("auto", "none", "int8", "int4"), ("int3", "fp8", "", None)),
+])
+def test_torch_engine_settings(key: str, values: tuple[str, ...], bad: tuple) -> None:
+    assert getattr(Settings(), key) == "auto"
+    for value in values:
+        s, errors = apply(Settings(), {key: value})
+        assert errors == [] and getattr(s, key) == value
+        assert (s.load_key != Settings().load_key) == (value != "auto")  # a change reloads the model
+    for value in bad:
+        after, errors = apply(Settings(), {key: value})
+        assert after == Settings()
+        assert errors == [f"invalid value {value!r} for codellama.{key}: expected one of {', '.join(values)}; keeping 'auto'"]
 
 
 def test_not_an_object() -> None:

@@ -44,13 +44,17 @@ BACKENDS = ("local", *PROTOCOLS)
 # that reports AMX: engine.llamacpp.cpu_advertises_amx.) An editor's requests reuse all but
 # a few prompt tokens and then decode tens, so decode speed is what a user waits for, and
 # llama.cpp needs a quarter of the memory. A GPU, or a checkpoint that is not GGUF, goes to
-# torch; so does an explicit dtype, which only torch honours.
+# torch; so does an explicit dtype, compile or quantize, which only torch honours.
 ENGINES = ("auto", "torch", "llamacpp")
 
 
-def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "auto") -> str:
+def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "auto", compile: str = "auto",
+                  quantize: str = "auto") -> str:
     """What ``engine`` means for ``model`` on ``device``: "torch" or "llamacpp"; a BackendError if it cannot run."""
     gguf = model.suffix.lower() == ".gguf"
+    # Settings only the torch engine honours, where they are not "auto".
+    torch_only = [f"{name} {value}" for name, value in (("dtype", dtype), ("compile", compile), ("quantize", quantize))
+                  if value != "auto"]
     if engine == "torch":
         return "torch"
     if engine == "llamacpp":
@@ -59,13 +63,13 @@ def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "
                                "use engine torch or auto")
         if device not in ("auto", "cpu"):
             raise BackendError(f"the llamacpp engine runs on the CPU, not device {device}; use engine torch for a GPU")
-        if dtype != "auto":
-            raise BackendError(f"the llamacpp engine computes in the file's own quantization; dtype {dtype} is for "
-                               "engine torch (set dtype auto)")
+        if torch_only:
+            raise BackendError(f"the llamacpp engine computes in the file's own quantization; {', '.join(torch_only)} "
+                               "is for engine torch (set it to auto)")
         return "llamacpp"
     if engine != "auto":
         raise BackendError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    if not gguf or dtype != "auto" or device not in ("auto", "cpu"):
+    if not gguf or torch_only or device not in ("auto", "cpu"):
         return "torch"
     import torch
 
@@ -80,11 +84,12 @@ def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "
 
 def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str = "auto", context_length: int = DEFAULT_CONTEXT_LENGTH,
                  url: str | None = None, served_model: str | None = None, tokenizer: Path | None = None,
-                 api_key_env: str | None = None, engine: str = "auto", threads: int | None = None,
-                 reuse_suffix: bool = False) -> Backend:
+                 api_key_env: str | None = None, engine: str = "auto", threads: int | None = None, compile: str = "auto",
+                 quantize: str = "auto", reuse_suffix: bool = False) -> Backend:
     """Load the local engine from ``model``, or connect to the server at ``url``.
 
-    The local engine is the one ``choose_engine`` picks. llama.cpp runs on ``threads``
+    The local engine is the one ``choose_engine`` picks; ``compile`` and ``quantize`` are the
+    torch engine's (see ``Engine.load``). llama.cpp runs on ``threads``
     threads; None: as many as PyTorch uses (the --threads flag sets that, else PyTorch's
     default), so one flag sizes either engine. ``reuse_suffix`` is the engine's option of that name.
 
@@ -95,7 +100,7 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     """
     if backend == "local":
         # torch (and llama-cpp-python) are imported only when the local engine is used
-        if choose_engine(engine, model, device, dtype) == "llamacpp":
+        if choose_engine(engine, model, device, dtype, compile, quantize) == "llamacpp":
             import torch
 
             from codellama_lsp.engine.llamacpp import open_llamacpp
@@ -104,7 +109,7 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
         from codellama_lsp.engine.engine import Engine
 
         return Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
-                           context_length=context_length, reuse_suffix=reuse_suffix)
+                           context_length=context_length, compile=compile, quantize=quantize, reuse_suffix=reuse_suffix)
     if backend not in PROTOCOLS:
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not url:

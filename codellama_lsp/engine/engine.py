@@ -20,9 +20,10 @@ import torch
 
 from codellama_lsp.generation import (DEFAULT_CONTEXT_LENGTH, GenerationRequest, GenerationResult, PromptTooLong,
                                       StopReason, StopRule, TextTokenizer)
-from codellama_lsp.engine.checkpoint import load_model
+from codellama_lsp.engine.checkpoint import load_model, resolve_device
 from codellama_lsp.engine.lookup import LookupDrafter
-from codellama_lsp.engine.runner import Runner, TorchRunner
+from codellama_lsp.engine.quantize import resolve_quantize
+from codellama_lsp.engine.runner import Runner, TorchRunner, resolve_compile
 from codellama_lsp.engine.sampling import next_token
 
 
@@ -81,10 +82,18 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", dtype: str | None = None,
-             context_length: int = DEFAULT_CONTEXT_LENGTH, compile_decode: bool = False, **options: Any) -> "Engine":
-        """Our PyTorch model from a checkpoint; ``options`` are the constructor's (reuse, draft_tokens, ...)."""
+             context_length: int = DEFAULT_CONTEXT_LENGTH, compile: str = "auto", quantize: str = "auto",
+             **options: Any) -> "Engine":
+        """Our PyTorch model from a checkpoint; ``options`` are the constructor's (reuse, draft_tokens, ...).
+
+        ``compile`` (auto, on, off: runner.resolve_compile) and ``quantize`` (auto, none, int8,
+        int4: quantize.resolve_quantize) are checked before the weights are read, so a bad
+        value fails at once.
+        """
+        dev = resolve_device(device)
+        compiled, quantized = resolve_compile(compile, dev), resolve_quantize(quantize, dev)
         model, tokenizer = load_model(path, device=device, dtype=dtype)
-        return cls(TorchRunner(model, context_length, compile_decode), tokenizer, **options)
+        return cls(TorchRunner(model, context_length, compiled, quantized), tokenizer, **options)
 
     @property
     def model(self) -> Any:

@@ -7,6 +7,8 @@ full causal attention). Parameter names follow Hugging Face's ``LlamaForCausalLM
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,8 +51,25 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
-def fuse_linears(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
-    """Concatenate the linears' weights (stored input-major) and biases, each parameter a view of them.
+class Projection(nn.Module):
+    """``x @ weight.T + bias`` on float weights held as buffers (the quantized kinds are in ``quantize.py``).
+
+    Buffers, not parameters: the fused weights are views shared with the checkpoint's own
+    parameters, so ``parameters()`` and ``state_dict()`` still list each weight once, and a
+    buffer is a fixed address that CUDA graphs can capture.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def fuse_linears(*linears: nn.Linear) -> Projection:
+    """One projection computing the linears' outputs side by side; each parameter becomes a view of it.
 
     The parameters keep their names, shapes and values (checkpoints and state_dict are
     unchanged) and no memory is duplicated. Inference then needs one matmul where it
@@ -67,7 +86,19 @@ def fuse_linears(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
         if bias is not None:
             lin.bias = nn.Parameter(bias[row : row + n], requires_grad=False)
         row += n
-    return fused, bias
+    return Projection(fused, bias)
+
+
+class DecodePosition(NamedTuple):
+    """Where the one token of a static-shape decode step goes: tensors, so every step has the same graph.
+
+    ``index`` [1] is its position; ``visible`` [1, 1, 1, cache length] is True for the cache
+    rows it attends to (0..index), so attention always reads the whole cache and never
+    changes shape as the sequence grows (what CUDA graphs need).
+    """
+
+    index: Tensor
+    visible: Tensor
 
 
 class KVCache(nn.Module):
@@ -80,10 +111,17 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k``/``v`` at ``start..``; the keys and values up to them (shapes grow with ``start``)."""
         end = start + k.shape[2]
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def write(self, index: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write one position's ``k``/``v`` at the position tensor ``index``; the whole cache (fixed shapes)."""
+        self.k.index_copy_(2, index, k)
+        self.v.index_copy_(2, index, v)
+        return self.k, self.v
 
     def move(self, start: int, end: int, delta: int, cos: Tensor, sin: Tensor) -> None:
         """Positions ``start..end-1`` move ``delta`` later; keys are rotated by the tables of position ``delta``.
@@ -108,19 +146,18 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
         self.kv_cache: KVCache | None = None
-        self.qkv: Tensor | None = None  # q, k, v weights in one tensor, once fuse() has run
-        self.qkv_bias: Tensor | None = None
+        self.qkv: nn.Module | None = None  # q, k, v in one projection, once fuse() has run
 
     def fuse(self) -> None:
         """Back q/k/v with one tensor (they become views of it): one matmul per step instead of three."""
-        self.qkv, self.qkv_bias = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+        self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | DecodePosition | None) -> Tensor:
         b, t, _ = x.shape
         h, kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         if self.qkv is not None:
             # Rotate q and k together: they are adjacent heads of the fused output.
-            qk, v = F.linear(x, self.qkv, self.qkv_bias).view(b, t, h + 2 * kv, hd).transpose(1, 2).split([h + kv, kv], dim=1)
+            qk, v = self.qkv(x).view(b, t, h + 2 * kv, hd).transpose(1, 2).split([h + kv, kv], dim=1)
             q, k = apply_rope(qk, cos, sin).split([h, kv], dim=1)
         else:
             q = self.q_proj(x).view(b, t, h, hd).transpose(1, 2)
@@ -129,7 +166,11 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = None
         causal = t > 1
-        if start is not None:
+        if isinstance(start, DecodePosition):
+            assert self.kv_cache is not None, "setup_cache() first"
+            k, v = self.kv_cache.write(start.index, k, v)
+            mask, causal = start.visible, False
+        elif start is not None:
             assert self.kv_cache is not None, "setup_cache() first"
             k, v = self.kv_cache.update(start, k, v)
             if start > 0 and t > 1:
@@ -150,14 +191,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
-        self.gate_up: Tensor | None = None
+        self.gate_up: nn.Module | None = None  # gate and up in one projection, once fuse() has run
 
     def fuse(self) -> None:
-        self.gate_up, _ = fuse_linears(self.gate_proj, self.up_proj)
+        self.gate_up = fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None:
-            gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
@@ -170,7 +211,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | DecodePosition | None) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -185,35 +226,54 @@ class Body(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
 
+class RotaryTables(nn.Module):
+    """RoPE's cos and signed-sin rows (``rope_tables``), grown on demand.
+
+    Buffers, so they follow the model's device and a compiled decode step reads them at
+    fixed addresses; not persistent, since they are computed, never loaded.
+    """
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+
+    def ensure(self, length: int, like: Tensor) -> None:
+        """At least ``length`` rows, in ``like``'s dtype and on its device (doubling, so growth is rare)."""
+        if self.cos.shape[0] < length or self.cos.dtype != like.dtype or self.cos.device != like.device:
+            positions = torch.arange(max(length, 2 * self.cos.shape[0]), device=like.device)
+            self.cos, self.sin = rope_tables(self.args, positions, like.dtype)
+
+
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
         self.model = Body(args)
-        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.lm_head: nn.Module = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self._rope: tuple[Tensor, Tensor] | None = None
+        self.rope = RotaryTables(args)
         self.cache_length = 0
+        self.register_buffer("cache_positions", torch.empty(0, dtype=torch.long), persistent=False)
 
     def _rope_rows(self, start: int, t: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        need = start + t
-        if self._rope is None or self._rope[0].shape[0] < need or self._rope[0].dtype != like.dtype:
-            length = max(need, self.cache_length, 2 * (self._rope[0].shape[0] if self._rope else 0))
-            self._rope = rope_tables(self.args, torch.arange(length, device=like.device), like.dtype)
-        cos, sin = self._rope
-        return cos[start:need], sin[start:need]
+        self.rope.ensure(max(start + t, self.cache_length), like)
+        return self.rope.cos[start : start + t], self.rope.sin[start : start + t]
 
     def setup_cache(self, length: int) -> None:
-        """Preallocate every layer's KV cache for ``length`` positions (the memory bound)."""
-        p = self.lm_head.weight
+        """Preallocate every layer's KV cache for ``length`` positions (the memory bound), and RoPE rows for them."""
+        p = self.model.embed_tokens.weight  # float even when the linears are quantized
         self.cache_length = length
         for layer in self.model.layers:
             layer.self_attn.kv_cache = KVCache(self.args.num_key_value_heads, self.args.head_dim, length, p.dtype, p.device)
+        self.rope.ensure(length, p)
+        self.cache_positions = torch.arange(length, device=p.device)
 
     def move_cache(self, start: int, end: int, delta: int) -> None:
         """Move every layer's cached positions ``start..end-1`` by ``delta`` (see ``KVCache.move``)."""
-        p = self.lm_head.weight
+        p = self.model.embed_tokens.weight  # the cache's dtype and device (the head may be quantized)
         cos, sin = rope_tables(self.args, torch.tensor([delta], device=p.device), p.dtype)
         for layer in self.model.layers:
             assert layer.self_attn.kv_cache is not None, "setup_cache() first"
@@ -240,11 +300,33 @@ class Transformer(nn.Module):
         With ``start`` (an int), the tokens sit at positions ``start..start+T-1`` and attend
         to the cache, which they extend; without it, this is a plain causal pass (training).
         ``last_only`` computes logits for the final position only, which is all decoding needs.
+        Shapes follow ``start`` and T: prefill and drafts come here; ``decode_one`` is the
+        fixed-shape step for one token.
         """
         x = self.model.embed_tokens(tokens)
         cos, sin = self._rope_rows(start or 0, tokens.shape[1], x)
+        return self._head(self._layers(x, cos, sin, start), last_only)
+
+    def decode_one(self, token: Tensor, index: Tensor) -> Tensor:
+        """Logits [1, 1, vocab] for ``token`` [1, 1] at the position tensor ``index`` [1], extending the cache.
+
+        The same computation as ``forward(token, start=index.item())``, but every shape is fixed
+        whatever the position: the cache is written with ``index_copy_``, attention reads the
+        whole cache through a mask row (``DecodePosition``), RoPE rows are gathered by
+        ``index``. So ``torch.compile(fullgraph=True)`` traces it once, and on CUDA
+        mode "reduce-overhead" replays it as a CUDA graph. Attention reads all ``cache_length``
+        positions, which costs more than ``forward`` early in a sequence when not compiled.
+        """
+        x = self.model.embed_tokens(token)
+        at = DecodePosition(index, (self.cache_positions <= index).view(1, 1, 1, -1))
+        return self._head(self._layers(x, self.rope.cos[index], self.rope.sin[index], at), False)
+
+    def _layers(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | DecodePosition | None) -> Tensor:
         for layer in self.model.layers:
             x = layer(x, cos, sin, start)
+        return x
+
+    def _head(self, x: Tensor, last_only: bool) -> Tensor:
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.model.norm(x))

@@ -112,7 +112,8 @@ def open_for(path: Path, settings: Settings) -> Backend:
     return open_backend(settings.backend, path, device=settings.device, dtype=settings.dtype,
                         context_length=DEFAULT_CONTEXT_LENGTH, url=settings.url, served_model=settings.model,
                         tokenizer=Path(settings.tokenizer).expanduser() if settings.tokenizer else None,
-                        api_key_env=settings.api_key_env, engine=settings.engine, reuse_suffix=settings.reuse_suffix)
+                        api_key_env=settings.api_key_env, engine=settings.engine, compile=settings.compile,
+                        quantize=settings.quantize, reuse_suffix=settings.reuse_suffix)
 
 
 async def load_into(slot: BackendSlot, settings: Settings, progress: Progress) -> None:

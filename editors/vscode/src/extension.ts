@@ -286,7 +286,7 @@ async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promi
     await client.sendNotification("workspace/didChangeConfiguration", {
       settings: { [SERVER_SECTION]: settings },
     });
-    if (["model", "device", "dtype", "engine", "family"].some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
+    if (["model", "device", "dtype", "engine", "compile", "quantize", "family"].some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
       ready = false; // the server reloads the model
       status.loading("reloading model");
       void pollUntilReady(client);

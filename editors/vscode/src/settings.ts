@@ -12,6 +12,8 @@ export const SERVER_KEYS = [
   "dtype",
   "engine",
   "reuseSuffix",
+  "compile",
+  "quantize",
   "family",
   "format",
   "maxNewTokens",
