@@ -42,17 +42,23 @@ SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 REPEATS = 3  # speed figures are the median of this many runs (the machine is noisy)
 
 
-def memory_bandwidth() -> dict[str, float]:
-    """GB/s of a large copy (read + write) and of a float32 GEMV (the weights read once), best of 5 each."""
-    a = torch.empty(64 * 2**20, dtype=torch.float32)
+def memory_bandwidth(device: torch.device | str = "cpu") -> dict[str, float]:
+    """GB/s of a large copy (read + write) and of a float32 GEMV (the weights read once), best of 5 each.
+
+    ``device`` is the memory measured: the CPU's, or a GPU's (whose kernels are timed to completion).
+    """
+    a = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
     b = torch.empty_like(a)
-    w, x = torch.randn(11008, 4096), torch.randn(1, 4096)
+    w, x = torch.randn(11008, 4096, device=device), torch.randn(1, 4096, device=device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
 
     def best(fn: Any) -> float:
         times = []
         for _ in range(5):
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - t0)
         return min(times)
 
@@ -74,9 +80,9 @@ def keystroke_trace(template: Template, tok: Any, typed: int, prefix_chars: int 
 
 def bytes_per_step(engine: Engine, model: Path, position: int) -> int:
     """Bytes a decode step at ``position`` reads: every weight but the embedding table, as the engine stores
-    them, plus the keys and values attention reads (float32 in ours; llama.cpp's default f16)."""
+    them, plus the keys and values attention reads (ours in the engine's dtype; llama.cpp's default f16)."""
     if engine.model is not None:
-        args, kv_item = engine.model.args, 4
+        args, kv_item = engine.model.args, engine.dtype.itemsize
         weights = sum(p.numel() * p.element_size() for n, p in engine.model.named_parameters()
                       if "embed_tokens" not in n)
     else:
@@ -85,16 +91,19 @@ def bytes_per_step(engine: Engine, model: Path, position: int) -> int:
         ckpt, kv_item = read_gguf(model), 2  # one read: the file's tensors as stored, and its shape
         args = ckpt.args
         weights = sum(int(t.n_bytes) for t in ckpt.reader.tensors if t.name != "token_embd.weight")
-    return weights + 2 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim * position * kv_item
+    return weights + args.kv_cache_bytes(position, kv_item)
 
 
-def speed(engine: Engine, prompt: list[int], new_tokens: int) -> tuple[float, float]:
-    """(prefill tok/s, decode tok/s), fresh cache, one token per pass, stop tokens off so decode runs its length."""
+def speed(engine: Engine, prompt: list[int], new_tokens: int, repeats: int = REPEATS) -> tuple[float, float]:
+    """(prefill tok/s, decode tok/s), fresh cache, one token per pass, stop tokens off so decode runs its length.
+
+    ``new_tokens`` tokens take ``new_tokens - 1`` decode passes: the first comes from the prefill's logits.
+    """
     stops, engine._stop_ids = engine._stop_ids, frozenset()
     drafts, engine.draft_tokens = engine.draft_tokens, 0
     prefill, decode = [], []
     try:
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             engine.reset_cache()
             r = engine.generate(GenerationRequest(prompt, max_new_tokens=new_tokens, infilling=False))
             prefill.append(r.computed_tokens / r.prefill_ms * 1000)
