@@ -75,9 +75,10 @@ def padded_tokenizer(vocab_size: int, out: Path) -> None:
     """
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString((BUNDLED_MODEL / "tokenizer.model").read_bytes())
+    unused = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
     for i in range(len(proto.pieces), vocab_size):
         piece = proto.pieces.add()
-        piece.piece, piece.score, piece.type = f"<unused{i}>", 0.0, sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+        piece.piece, piece.score, piece.type = f"<unused{i}>", 0.0, unused
     out.write_bytes(proto.SerializeToString())
 
 
