@@ -15,7 +15,9 @@ machine holds), loads it through the engine's real path, and measures:
   pass, no drafts). A decode step reads every weight once (the embedding table aside:
   one row) plus the KV cache up to its position, so decode is memory-bound: bytes per
   step x tok/s over this machine's bandwidth (measured in the same run, by
-  ``benchmarks/engine.py``'s copy and float32 GEMV) is the fraction of the limit reached;
+  ``benchmarks/engine.py``'s copy and float32 GEMV) is the fraction of the limit reached.
+  The same GEMV in the model's dtype is also shown: on a CPU without fast bfloat16 GEMV
+  that kernel, not the memory, is decode's ceiling;
 * an edit: the same prompt with its last token changed, served with KV reuse, so only the
   changed tail is recomputed (tokens computed and latency);
 * the KV cache at 16k positions (Code Llama's context), computed: the engine preallocates
@@ -200,6 +202,8 @@ def report(r: dict[str, Any]) -> None:
         ("memory bandwidth", f"{r['memory_bandwidth_gb_s']:.1f} GB/s (copy {r['copy_gb_s']:.1f}, "
                              f"float32 GEMV {r['gemv_gb_s']:.1f})"),
         ("decode, fraction of the bandwidth limit", f"{r['decode_bandwidth_fraction']:.2f}"),
+        (f"{r['dtype']} GEMV (decode's kernel)", f"{r['model_gemv_gb_s']:.1f} GB/s: decode reads at "
+                                                 f"{r['decode_kernel_fraction']:.2f} of it"),
         ("KV cache preallocated", f"{r['kv_preallocated_bytes'] / gb:.2f} GB (context_length {r['context_length']})"),
         ("KV cache at 16k context (computed)", f"{r['kv_16k_bytes'] / gb:.2f} GB, preallocated only if context_length "
                                                "is 16384"),
@@ -237,7 +241,7 @@ def main() -> None:
                          f"{need / 1e9:.1f} GB (choose another folder with --dir, or fewer --layers)")
     results: dict[str, Any] = {"layers": opts.layers, "dtype": opts.dtype, "device": device, "threads": opts.threads,
                                "context_length": opts.context_length, "seed": opts.seed}
-    results.update(memory_bandwidth(device))
+    results.update(memory_bandwidth(device, dtype))
     ckpt = Path(tempfile.mkdtemp(prefix="codellama-scale-", dir=parent))
     try:
         t0 = time.perf_counter()
@@ -254,6 +258,8 @@ def main() -> None:
     results["run_peak_rss_ratio"] = results["run_peak_rss_bytes"] / results["weight_bytes"]
     results["decode_bandwidth_fraction"] = (results["bytes_per_step"] * results["decode_tok_s"]
                                             / (results["memory_bandwidth_gb_s"] * 1e9))
+    results["decode_kernel_fraction"] = (results["bytes_per_step"] * results["decode_tok_s"]
+                                         / (results["model_gemv_gb_s"] * 1e9))
     results["kv_16k_bytes"] = args.kv_cache_bytes(CODE_LLAMA_CONTEXT, dtype.itemsize)
     report(results)
     if opts.json:
