@@ -14,8 +14,9 @@ machine holds), loads it through the engine's real path, and measures:
 * prefill tok/s for a 512-token prompt, and decode tok/s over 16 steps (one token per
   pass, no drafts). A decode step reads every weight once (the embedding table aside:
   one row) plus the KV cache up to its position, so decode is memory-bound: bytes per
-  step x tok/s over this machine's bandwidth (measured in the same run, by
-  ``benchmarks/engine.py``'s copy and float32 GEMV) is the fraction of the limit reached.
+  step x tok/s over this machine's bandwidth (measured in the same run, before and after
+  the model, best kept, by ``benchmarks/engine.py``'s copy and float32 GEMV) is the
+  fraction of the limit reached.
   The same GEMV in the model's dtype is also shown: on a CPU without fast bfloat16 GEMV
   that kernel, not the memory, is decode's ceiling;
 * an edit: the same prompt with its last token changed, served with KV reuse, so only the
@@ -199,7 +200,7 @@ def report(r: dict[str, Any]) -> None:
         ("decode", f"{r['decode_tok_s']:.3f} tok/s ({DECODE_STEPS} steps)"),
         ("bytes read per decode step", f"{r['bytes_per_step'] / gb:.3f} GB (weights + KV at position "
                                        f"{PROMPT_TOKENS + DECODE_STEPS // 2})"),
-        ("memory bandwidth", f"{r['memory_bandwidth_gb_s']:.1f} GB/s (copy {r['copy_gb_s']:.1f}, "
+        ("memory bandwidth (best of before and after)", f"{r['memory_bandwidth_gb_s']:.1f} GB/s (copy {r['copy_gb_s']:.1f}, "
                              f"float32 GEMV {r['gemv_gb_s']:.1f})"),
         ("decode, fraction of the bandwidth limit", f"{r['decode_bandwidth_fraction']:.2f}"),
         (f"{r['dtype']} GEMV (decode's kernel)", f"{r['model_gemv_gb_s']:.1f} GB/s: decode reads at "
@@ -241,7 +242,7 @@ def main() -> None:
                          f"{need / 1e9:.1f} GB (choose another folder with --dir, or fewer --layers)")
     results: dict[str, Any] = {"layers": opts.layers, "dtype": opts.dtype, "device": device, "threads": opts.threads,
                                "context_length": opts.context_length, "seed": opts.seed}
-    results.update(memory_bandwidth(device, dtype))
+    bandwidth = memory_bandwidth(device, dtype)
     ckpt = Path(tempfile.mkdtemp(prefix="codellama-scale-", dir=parent))
     try:
         t0 = time.perf_counter()
@@ -249,11 +250,15 @@ def main() -> None:
         results["write_s"] = time.perf_counter() - t0
         results["shards"] = len(list(ckpt.glob("*.safetensors")))
         results.update(measure(args, ckpt, device, opts.dtype, opts.context_length, opts.seed))
+        # Measured again after decoding and the best kept: a busy neighbour on a shared machine
+        # lowers one measurement, and the limit is what the memory can do.
+        bandwidth = {k: max(v, w) for (k, v), w in zip(bandwidth.items(), memory_bandwidth(device, dtype).values())}
     finally:
         if opts.keep_dir:
             print(f"checkpoint kept in {ckpt}")
         else:
             shutil.rmtree(ckpt, ignore_errors=True)
+    results.update(bandwidth)
     results["load_peak_rss_ratio"] = results["load_peak_rss_bytes"] / results["weight_bytes"]
     results["run_peak_rss_ratio"] = results["run_peak_rss_bytes"] / results["weight_bytes"]
     results["decode_bandwidth_fraction"] = (results["bytes_per_step"] * results["decode_tok_s"]
