@@ -42,23 +42,34 @@ SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 REPEATS = 3  # speed figures are the median of this many runs (the machine is noisy)
 
 
-def memory_bandwidth() -> dict[str, float]:
-    """GB/s of a large copy (read + write) and of a float32 GEMV (the weights read once), best of 5 each."""
-    a = torch.empty(64 * 2**20, dtype=torch.float32)
+def memory_bandwidth(device: torch.device | str = "cpu", model_dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """GB/s of a large copy (read + write) and of a float32 GEMV (the weights read once), best of 5 each.
+
+    ``device`` is the memory measured: the CPU's, or a GPU's (whose kernels are timed to completion).
+    ``model_gemv_gb_s`` is the same GEMV in the model's dtype: the ceiling of the kernel decode
+    runs, which for bfloat16 on a CPU can sit well below the memory's own.
+    """
+    a = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
     b = torch.empty_like(a)
-    w, x = torch.randn(11008, 4096), torch.randn(1, 4096)
+    w, x = torch.randn(11008, 4096, device=device), torch.randn(1, 4096, device=device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
 
     def best(fn: Any) -> float:
         times = []
         for _ in range(5):
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - t0)
         return min(times)
 
     copy = 2 * a.numel() * 4 / best(lambda: b.copy_(a)) / 1e9
     gemv = w.numel() * 4 / best(lambda: torch.nn.functional.linear(x, w)) / 1e9
-    return {"copy_gb_s": copy, "gemv_gb_s": gemv, "memory_bandwidth_gb_s": max(copy, gemv)}
+    wm, xm = w.to(model_dtype), x.to(model_dtype)
+    model_gemv = wm.numel() * wm.element_size() / best(lambda: torch.nn.functional.linear(xm, wm)) / 1e9
+    return {"copy_gb_s": copy, "gemv_gb_s": gemv, "memory_bandwidth_gb_s": max(copy, gemv),
+            "model_gemv_gb_s": model_gemv}
 
 
 def keystroke_trace(template: Template, tok: Any, typed: int, prefix_chars: int = 2400,
@@ -72,29 +83,49 @@ def keystroke_trace(template: Template, tok: Any, typed: int, prefix_chars: int 
     return [template.prompt(tok, text[:cursor] + target[:i], suffix, fmt) for i in range(1, typed + 1)]
 
 
+def decoded_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights one decode step multiplies by, as stored (float, or int8/int4 with their scales).
+
+    Those are the tensors of the projections (fused ``Projection``s and the quantized kinds),
+    of the linears (LM head included) and of the norms, each storage counted once: q/k/v's
+    parameters are views of their fused projection. The embedding table is read a row per
+    token, so it counts only where the LM head shares it.
+    """
+    storages: dict[int, int] = {}
+    for module in model.modules():
+        kind = type(module).__name__
+        if kind.endswith("Projection") or kind in ("Linear", "RMSNorm"):
+            for t in [*module.buffers(recurse=False), *module.parameters(recurse=False)]:
+                if t is not None:
+                    storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
 def bytes_per_step(engine: Engine, model: Path, position: int) -> int:
     """Bytes a decode step at ``position`` reads: every weight but the embedding table, as the engine stores
-    them, plus the keys and values attention reads (float32 in ours; llama.cpp's default f16)."""
+    them, plus the keys and values attention reads (ours in the engine's dtype; llama.cpp's default f16)."""
     if engine.model is not None:
-        args, kv_item = engine.model.args, 4
-        weights = sum(p.numel() * p.element_size() for n, p in engine.model.named_parameters()
-                      if "embed_tokens" not in n)
+        args, kv_item = engine.model.args, engine.dtype.itemsize
+        weights = decoded_weight_bytes(engine.model)
     else:
         from codellama_lsp.engine.gguf_reader import read_gguf
 
         ckpt, kv_item = read_gguf(model), 2  # one read: the file's tensors as stored, and its shape
         args = ckpt.args
         weights = sum(int(t.n_bytes) for t in ckpt.reader.tensors if t.name != "token_embd.weight")
-    return weights + 2 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim * position * kv_item
+    return weights + args.kv_cache_bytes(position, kv_item)
 
 
-def speed(engine: Engine, prompt: list[int], new_tokens: int) -> tuple[float, float]:
-    """(prefill tok/s, decode tok/s), fresh cache, one token per pass, stop tokens off so decode runs its length."""
+def speed(engine: Engine, prompt: list[int], new_tokens: int, repeats: int = REPEATS) -> tuple[float, float]:
+    """(prefill tok/s, decode tok/s), fresh cache, one token per pass, stop tokens off so decode runs its length.
+
+    ``new_tokens`` tokens take ``new_tokens - 1`` decode passes: the first comes from the prefill's logits.
+    """
     stops, engine._stop_ids = engine._stop_ids, frozenset()
     drafts, engine.draft_tokens = engine.draft_tokens, 0
     prefill, decode = [], []
     try:
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             engine.reset_cache()
             r = engine.generate(GenerationRequest(prompt, max_new_tokens=new_tokens, infilling=False))
             prefill.append(r.computed_tokens / r.prefill_ms * 1000)

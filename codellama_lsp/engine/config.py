@@ -131,6 +131,10 @@ class ModelArgs:
         biases = (d + 2 * kv) if self.attention_bias else 0
         return L * (per_layer + biases) + emb + d
 
+    def kv_cache_bytes(self, positions: int, itemsize: int) -> int:
+        """Bytes of every layer's keys and values for ``positions`` positions, ``itemsize`` bytes an element."""
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * positions * itemsize
+
 
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON file, turning every failure into a CheckpointError naming the path."""
