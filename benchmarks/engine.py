@@ -151,17 +151,21 @@ def replay(engine: Engine, trace: list[list[int]], stop_ids: frozenset[int], reu
             "computed_tokens_per_keystroke": statistics.mean(computed)}
 
 
-def load(kind: str, model: Path, threads: int) -> Engine:
-    if kind == "torch":
-        return Engine.load(model, device="cpu", dtype="float32", context_length=4096)
+def load(kind: str, model: Path, threads: int, device: str) -> Engine:
+    """The engine a configuration names: ``llamacpp``, or ``torch[:dtype[:quantize[:compile]]]``
+    (default float32, none, off), e.g. ``torch:bfloat16:int8:on`` on a GPU."""
+    if kind.startswith("torch"):
+        given = kind.split(":")[1:]
+        dtype, quantize, compile = [*given, *("float32", "none", "off")[len(given):]]
+        return Engine.load(model, device=device, dtype=dtype, context_length=4096, quantize=quantize, compile=compile)
     from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
     from codellama_lsp.engine.llamacpp import LlamaCppRunner
 
     return Engine(LlamaCppRunner(model, 4096, threads), load_gguf_tokenizer(model))
 
 
-def measure(kind: str, model: Path, threads: int, keystrokes: int, bandwidth: float) -> dict[str, Any]:
-    engine = load(kind, model, threads)
+def measure(kind: str, model: Path, threads: int, keystrokes: int, bandwidth: float, device: str) -> dict[str, Any]:
+    engine = load(kind, model, threads, device)
     template = detect(engine.tokenizer)
     trace = keystroke_trace(template, engine.tokenizer, keystrokes)
     long_prompt = trace[-1]
@@ -185,7 +189,10 @@ def measure(kind: str, model: Path, threads: int, keystrokes: int, bandwidth: fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="default: the server's default model")
-    ap.add_argument("--engines", default="torch,llamacpp", help="comma-separated: torch, llamacpp (GGUF only)")
+    ap.add_argument("--engines", default="torch,llamacpp",
+                    help="comma-separated: llamacpp (GGUF only), torch[:dtype[:quantize[:compile]]] (default torch is "
+                         "float32, no quantization, eager), e.g. torch:bfloat16:int8:on")
+    ap.add_argument("--device", default="cpu", help="the torch configurations' device (default: cpu)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keystrokes", type=int, default=12)
     ap.add_argument("--json", type=Path)
@@ -196,13 +203,13 @@ def main() -> None:
         from codellama_lsp.engine.default_model import default_gguf
 
         model = default_gguf()  # assembled from its packages on first use
-    bandwidth = memory_bandwidth()
+    bandwidth = memory_bandwidth(args.device)
     results: dict[str, Any] = {"model": str(model), "threads": args.threads, **bandwidth, "configurations": {}}
     for kind in args.engines.split(","):
         if kind == "llamacpp" and model.suffix != ".gguf":
             continue
         results["configurations"][kind] = measure(kind, model, args.threads, args.keystrokes,
-                                                  bandwidth["memory_bandwidth_gb_s"])
+                                                  bandwidth["memory_bandwidth_gb_s"], args.device)
     best = max(results["configurations"].values(), key=lambda c: c["decode_tok_s"])
     results["decode_bandwidth_fraction"] = best["decode_bandwidth_fraction"]
 

@@ -58,8 +58,9 @@ from codellama_lsp.engine.checkpoint import DTYPES, load_model, resolve_device
 from codellama_lsp.engine.config import ModelArgs
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.engine.model import Transformer
-from codellama_lsp.engine.runner import TorchRunner
-from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.engine.quantize import resolve_quantize
+from codellama_lsp.engine.runner import TorchRunner, resolve_compile
+from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES, GenerationRequest
 # benchmarks/engine.py: run as a script, this file's folder is first on sys.path.
 from engine import bytes_per_step, memory_bandwidth, speed
 
@@ -144,7 +145,8 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure(args: ModelArgs, ckpt: Path, device: str, dtype: str, context_length: int, seed: int) -> dict[str, Any]:
+def measure(args: ModelArgs, ckpt: Path, device: str, dtype: str, context_length: int, seed: int,
+            compile: str = "off", quantize: str = "none") -> dict[str, Any]:
     """Load the checkpoint, then prefill, decode and an edit with KV reuse: the benchmark's figures."""
     out: dict[str, Any] = {}
     reset_peak()
@@ -157,7 +159,9 @@ def measure(args: ModelArgs, ckpt: Path, device: str, dtype: str, context_length
     model, tokenizer = load_model(ckpt, device=device, dtype=dtype)
     out["load_model_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    engine = Engine(TorchRunner(model, context_length), tokenizer, draft_tokens=0)
+    dev = resolve_device(device)
+    runner = TorchRunner(model, context_length, resolve_compile(compile, dev), resolve_quantize(quantize, dev))
+    engine = Engine(runner, tokenizer, draft_tokens=0)
     out["setup_s"] = time.perf_counter() - t0
     out["load_s"] = out["load_model_s"] + out["setup_s"]
     out["load_peak_rss_bytes"] = memory_status()["VmHWM"]
@@ -186,7 +190,8 @@ def report(r: dict[str, Any]) -> None:
     """Print the run as one table."""
     gb = 1e9
     rows = [
-        ("shape", f"{r['layers']} layers of CodeLlama-7B, {r['dtype']}, {r['device']}, {r['threads']} thread(s)"),
+        ("shape", f"{r['layers']} layers of CodeLlama-7B, {r['dtype']}, {r['device']}, {r['threads']} thread(s), "
+                  f"compile {r['compile']}, quantize {r['quantize']}"),
         ("weights", f"{r['weight_bytes'] / gb:.2f} GB in {r['shards']} shards (written in {r['write_s']:.0f} s)"),
         ("load time", f"{r['load_s']:.1f} s (load_model {r['load_model_s']:.1f} s, memory-mapped; fused layout and "
                       f"KV cache {r['setup_s']:.1f} s)"),
@@ -225,6 +230,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--context-length", type=int, default=2048, help="positions of the preallocated KV cache")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", default="off", choices=list(COMPILE_CHOICES), help="the compile setting (default: off)")
+    ap.add_argument("--quantize", default="none", choices=list(QUANTIZE_CHOICES), help="the quantize setting (default: none)")
     ap.add_argument("--dir", type=Path, default=None, help="folder to write the checkpoint under (default: the temp dir)")
     ap.add_argument("--keep-dir", action="store_true", help="keep the checkpoint afterwards and print where it is")
     ap.add_argument("--json", type=Path)
@@ -241,7 +248,8 @@ def main() -> None:
         raise SystemExit(f"{parent} has {shutil.disk_usage(parent).free / 1e9:.1f} GB free; the checkpoint needs "
                          f"{need / 1e9:.1f} GB (choose another folder with --dir, or fewer --layers)")
     results: dict[str, Any] = {"layers": opts.layers, "dtype": opts.dtype, "device": device, "threads": opts.threads,
-                               "context_length": opts.context_length, "seed": opts.seed}
+                               "context_length": opts.context_length, "seed": opts.seed, "compile": opts.compile,
+                               "quantize": opts.quantize}
     bandwidth = memory_bandwidth(device, dtype)
     ckpt = Path(tempfile.mkdtemp(prefix="codellama-scale-", dir=parent))
     try:
@@ -249,7 +257,8 @@ def main() -> None:
         results["weight_bytes"] = write_checkpoint(args, dtype, ckpt, opts.seed)
         results["write_s"] = time.perf_counter() - t0
         results["shards"] = len(list(ckpt.glob("*.safetensors")))
-        results.update(measure(args, ckpt, device, opts.dtype, opts.context_length, opts.seed))
+        results.update(measure(args, ckpt, device, opts.dtype, opts.context_length, opts.seed, opts.compile,
+                               opts.quantize))
         # Measured again after decoding and the best kept: a busy neighbour on a shared machine
         # lowers one measurement, and the limit is what the memory can do.
         bandwidth = {k: max(v, w) for (k, v), w in zip(bandwidth.items(), memory_bandwidth(device, dtype).values())}
