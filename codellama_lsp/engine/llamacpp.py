@@ -218,6 +218,12 @@ class LlamaCppRunner:
         # forward splits a longer all-logits call (llama.cpp aborts the process past this).
         cparams.n_outputs_max = self.n_outputs = min(self.n_batch, n_outputs)
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
+        # Flash attention stays at llama.cpp's "auto" (on, on this CPU). Off, as llama-cpp-python's
+        # Llama and server have it, decode ran 25 % faster here (24.7 against 19.9 tok/s, 2 threads,
+        # one run; prefill 10 % slower), but a token's logits then depend on the batch it was
+        # computed in (test_every_batch_size_gives_the_same_logits fails), so KV reuse and drafts
+        # would change greedy text. The two settings round differently: of 400 HumanEval lines,
+        # 17 got other greedy text here than in llama-cpp-python (benchmarks/quality.py).
         cparams.no_perf = True
         _LOG.start_capture()
         try:
