@@ -223,6 +223,8 @@ async def run_side(name: str, client: Client, computed: Callable[[str], int], tr
         "p95_ms": percentile(latencies[1:], 0.95),
         "answered_ratio": answered,
         "recomputed_per_keystroke": sum(recomputed[1:]) / len(recomputed[1:]),
+        "latencies_ms": [round(x, 1) for x in latencies],
+        "computed": recomputed,
     }
 
 
@@ -255,7 +257,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         server = LlamaCppServer(gguf, scratch / "llama-cpp-python.log", threads=args.threads)
         try:
             client = await start(args.model, scratch / "remote.log", threads=args.threads,
-                                 options={**settings, "backend": "openai", "url": server.url + "/v1"})
+                                 options={**settings, "backend": "openai", "url": server.url + "/v1",
+                                          "tokenizer": str(gguf)})  # the served model's own vocabulary
             try:
                 server_log = LogTail(server.log)
                 computed = llama_cpp_python_computed(server_log)

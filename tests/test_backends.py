@@ -369,3 +369,15 @@ def test_open_backend(tiny_model_dir: Path, tokenizer_path: Path, tmp_path: Path
     local = open_backend("local", tiny_model_dir, device="cpu")
     assert local.tokenizer.supports_fim and str(local.device) == "cpu"
     local.close()
+
+
+def test_remote_backend_named_by_a_gguf_file_prompts_with_its_vocabulary(real_gguf: Path) -> None:
+    """A served model given as its .gguf file: the prompt uses that file's tokenizer and family.
+
+    Before, only a directory with a tokenizer.model counted, and a .gguf fell back to the demo
+    model's Code Llama vocabulary: a Qwen server got Code Llama's infilling markers as text.
+    """
+    from codellama_lsp.completion.families import QWEN_CODER, detect
+
+    remote = open_backend("openai", real_gguf, url="http://127.0.0.1:1/v1")
+    assert detect(remote.tokenizer).family is QWEN_CODER

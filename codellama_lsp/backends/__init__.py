@@ -94,8 +94,9 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     default), so one flag sizes either engine. ``reuse_suffix`` is the engine's option of that name.
 
     A remote backend never loads weights, but it needs the served model's tokenizer to
-    build the prompt and size the context window: ``tokenizer`` (a ``tokenizer.model`` or a
-    directory holding one), else ``model`` when it is such a directory, else the bundled
+    build the prompt and size the context window: ``tokenizer`` (a ``tokenizer.model``, a
+    directory holding one, or a .gguf file), else ``model`` when it is such a directory or a
+    .gguf file here (the served model's own vocabulary and family), else the bundled
     model's, whose infilling pieces have the same text as Code Llama's.
     """
     if backend == "local":
@@ -114,7 +115,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not url:
         raise BackendError(f"the {backend} backend needs the codellama.url setting (the server's base URL)")
-    source = tokenizer or (model if (model / "tokenizer.model").is_file() else BUNDLED_MODEL)
+    own = (model.suffix == ".gguf" and model.is_file()) or (model / "tokenizer.model").is_file()
+    source = tokenizer or (model if own else BUNDLED_MODEL)
     if source.suffix == ".gguf":  # the served model's own GGUF: its vocabulary, no weights
         from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
 

@@ -28,6 +28,12 @@ from codellama_lsp.settings import Settings, prompt_format
 from codellama_lsp.completion.syntax import language_of, parser
 
 Style = Literal["python", "jsdoc"]
+# Where the docstring's closing delimiter is: already in the suffix ("closed": the model fills
+# the string between the delimiters), or left to the model ("open": the suffix is the code after
+# the docstring, and the stop string ends the middle where the model closes it).
+Layout = Literal["closed", "open"]
+LAYOUTS: tuple[Layout, ...] = ("closed", "open")
+LAYOUT: Layout = "closed"
 
 PYTHON_DEFS = {"function_definition": "function", "class_definition": "class"}
 JS_DEFS = {
@@ -164,14 +170,16 @@ class DocstringSides:
     stop: tuple[str, ...]
 
 
-def sides(doc: Document, d: Definition, prefix_tokens: int, suffix_tokens: int, count: Callable[[str], int]) -> DocstringSides:
+def sides(doc: Document, d: Definition, prefix_tokens: int, suffix_tokens: int, count: Callable[[str], int],
+          layout: Layout = LAYOUT) -> DocstringSides:
     """Infilling prefix and suffix whose middle is the docstring's text."""
     if d.style == "python":
         above_end, below_start = d.header_end, d.body_line
-        open_, close, stop = f'{d.body_indent}"""', '"""\n', ('"""',)
+        open_, close, stop = f'{d.body_indent}"""', '"""\n' if layout == "closed" else "\n", ('"""',)
     else:
         above_end, below_start = d.first_line - 1, d.first_line
-        open_, close, stop = f"{d.indent}/**\n{d.indent} * ", f"\n{d.indent} */\n", ("*/",)
+        close = f"\n{d.indent} */\n" if layout == "closed" else "\n"
+        open_, stop = f"{d.indent}/**\n{d.indent} * ", ("*/",)
     before = cut(chain([""], (doc.lines[i] for i in range(above_end, -1, -1))), prefix_tokens, count, before=True)
     after = cut(chain([""], (doc.lines[i] for i in range(below_start, len(doc.lines)))), suffix_tokens, count, before=False)
     return DocstringSides(model_text(before.text) + open_, close + model_text(after.text), stop)
@@ -232,9 +240,9 @@ def edit(doc: Document, d: Definition, text: str) -> tuple[int, str]:
 
 
 def generation_request(doc: Document, d: Definition, settings: Settings, template: Template, tokenizer: TextTokenizer,
-                       count: Callable[[str], int]) -> GenerationRequest:
+                       count: Callable[[str], int], layout: Layout = LAYOUT) -> GenerationRequest:
     """The engine request whose answer is ``d``'s docstring, built from the document as it is now."""
-    around = sides(doc, d, settings.prefix_tokens, settings.suffix_tokens, count)
+    around = sides(doc, d, settings.prefix_tokens, settings.suffix_tokens, count, layout)
     return GenerationRequest(
         prompt=template.prompt(tokenizer, around.prefix, around.suffix, prompt_format(settings)),
         stop_ids=template.stop_ids,
