@@ -228,10 +228,13 @@ class Outcome:
 class Completer:
     """The product's path from a document and cursor to an engine request, for one model's tokenizer."""
 
+    suffix_tokens: int | None = None  # --suffix-tokens, for every system alike (None: the server's default)
+
     def __init__(self, tokenizer: TextTokenizer, preferred_format: str | None) -> None:
         self.tokenizer = tokenizer
         self.template: Template = detect(tokenizer)
-        self.settings = resolve_format(Settings(time_budget_ms=TIME_BUDGET_MS), preferred_format)
+        budgets = {} if self.suffix_tokens is None else {"suffix_tokens": self.suffix_tokens}
+        self.settings = resolve_format(Settings(time_budget_ms=TIME_BUDGET_MS, **budgets), preferred_format)
         self.counter = TokenCounter(tokenizer.encode)
 
     def plan(self, task: Task) -> Plan:
@@ -498,9 +501,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp"],
                     help="the local engine for ours (default: auto, the server's default: llama.cpp for a .gguf "
                          "on the CPU, else torch)")
+    ap.add_argument("--suffix-tokens", type=int, help="the suffixTokens budget for every system (default: the server's)")
     ap.add_argument("--json", type=Path, help="write the results here (parent directories are created)")
     ap.add_argument("--log", type=Path, help="write every task's suggestions here, one JSON object a line")
     ns = ap.parse_args(argv)
+    Completer.suffix_tokens = ns.suffix_tokens
     wanted = [s.strip() for s in ns.only.split(",") if s.strip()]
     unknown = set(wanted) - set(SYSTEMS)
     if unknown:
@@ -572,7 +577,8 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = entry
         if stages:
             results["ablation"] = {name: s.summary() for name, s in stages.items()}
-        results["meta"] = {"limit": ns.limit, "threads": ns.threads, "seconds": round(seconds, 1),
+        results["meta"] = {"limit": ns.limit, "threads": ns.threads, "suffix_tokens": ns.suffix_tokens,
+                           "seconds": round(seconds, 1),
                            "ours_engine": ours.engine if ours is not None else None,
                            "load_s": {k: round(v, 1) for k, v in load_s.items()}, "model": str(real)}
         rows = [(name, scores[name].summary() if name in scores else {}) for name in SYSTEMS if name in wanted]

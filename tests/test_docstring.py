@@ -47,12 +47,15 @@ def test_javascript_and_fallback_definitions() -> None:
     assert ds.find_definition(c, 1) is None
 
 
-def test_python_prompt_puts_the_docstring_between_quotes() -> None:
+def test_python_prompt_opens_the_docstring_and_leaves_closing_it_to_the_model() -> None:
     doc = py()
-    p = ds.sides(doc, ds.find_definition(doc, 4), 1000, 1000, lambda s: len(s.split()))
+    d = ds.find_definition(doc, 4)
+    p = ds.sides(doc, d, 1000, 1000, lambda s: len(s.split()))
     assert p.prefix.endswith('             scale=1) -> float:\n        """')
-    assert p.suffix.startswith('"""\n        return 0.0\n')
-    assert p.stop == ('"""',)
+    assert p.suffix.startswith('\n        return 0.0\n')  # the default layout, "open"
+    assert p.stop == ('"""',)  # the middle ends where the model closes the string
+    closed = ds.sides(doc, d, 1000, 1000, lambda s: len(s.split()), layout="closed")
+    assert closed.prefix == p.prefix and closed.suffix.startswith('"""\n        return 0.0\n')
 
 
 def test_c_like_prompt_puts_it_in_a_block_comment_above() -> None:
