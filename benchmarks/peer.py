@@ -22,8 +22,9 @@ middle marker each time; the prompt tokens computed per keystroke show it.
 Two passes over the trace:
 
 * sequential: each keystroke waits for its suggestion; gives the first request's latency
-  (a file just opened: the whole prompt computed), p50/p95 latency over the keystrokes
-  after it, and the prompt tokens computed per keystroke (the rest came from a KV cache);
+  (a file just opened, after a three-keystroke warm-up in another file with the same text,
+  whose cache it may reuse), p50/p95 latency over the keystrokes after it, and the prompt
+  tokens computed per keystroke (the rest came from a KV cache);
 * typed: keystrokes every ``--interval-ms`` whatever the answers; gives the answered
   ratio (keystrokes whose request was not superseded by the next one, nor failed).
 
@@ -242,7 +243,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                "threads": args.threads, "settings": settings,
                                "source": f"{SOURCE.name} from line {START_LINE + 1}"}
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
+        scratch = args.logs or Path(tmp)
+        scratch.mkdir(parents=True, exist_ok=True)
         if "local" in args.sides:
             client = await start(args.model, scratch / "local.log", options=settings, threads=args.threads)
             try:
@@ -307,6 +309,7 @@ def main() -> None:
     ap.add_argument("--keystrokes", type=int, default=80)
     ap.add_argument("--interval-ms", type=float, default=120.0, help="typing interval of the typed pass")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--logs", type=Path, help="keep both sides' LSP and server logs in this folder")
     ap.add_argument("--profile-local", type=Path, help="sample the local LSP with py-spy during the sequential pass")
     args = ap.parse_args()
     args.model = args.model or default_model_path()

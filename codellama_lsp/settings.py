@@ -53,6 +53,8 @@ class Settings:
     # (codellama_lsp.engine.engine, ``reuse_suffix``). Off: it is approximate, and on the default
     # model it cost most exact matches (benchmarks/quality.py, ours_typed; README).
     reuse_suffix: bool = False
+    # The fields the client set; the budgets it did not set follow the device (``for_device``).
+    given: frozenset[str] = frozenset()
 
     @property
     def load_key(self) -> tuple[str | None, ...]:
@@ -84,6 +86,24 @@ def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, s
     return fitted, (f"codellama-lsp: prefixTokens {s.prefix_tokens} + suffixTokens {s.suffix_tokens} + maxNewTokens "
                     f"{s.max_new_tokens} exceed the model's {context_length}-token context; using {prefix} + "
                     f"{room - prefix} + {max_new}")
+
+
+# Budgets for a local engine on the CPU, where they are the latency: in PSM (the only layout
+# Qwen2.5-Coder has) every keystroke recomputes the suffix, at about 100 tokens/s on two cores
+# for the default model. Measured (README, "Budgets on the CPU"): CPU_BUDGETS_MEASURED.
+CPU_BUDGETS: dict[str, Any] = {"suffix_tokens": 64, "time_budget_ms": 2000.0}
+
+
+def for_device(s: Settings, on_cpu: bool) -> Settings:
+    """``s`` with the budgets the client did not set made those of a local engine on the CPU (``on_cpu``).
+
+    The defaults in ``Settings`` are for a GPU or a server, where a 256-token suffix costs
+    milliseconds; on the CPU it costs seconds per keystroke, and a 1 s time budget would end
+    most suggestions before their first line.
+    """
+    if not on_cpu:
+        return s
+    return replace(s, **{k: v for k, v in CPU_BUDGETS.items() if k not in s.given})
 
 
 def resolve_format(s: Settings, preferred: str | None) -> Settings:
@@ -180,7 +200,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "quantize": ("quantize", _choice(*QUANTIZE_CHOICES), _same),
     "reuseSuffix": ("reuse_suffix", _bool, _same),
 }
-assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)}
+assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)} - {"given"}
 
 
 def section_of(raw: Any) -> Any:
@@ -209,4 +229,4 @@ def apply(current: Settings, raw: Any) -> tuple[Settings, list[str]]:
             errors.append(f"invalid value {value!r} for codellama.{key}: {problem}; keeping {getattr(current, name)!r}")
             continue
         changes[name] = convert(value)
-    return replace(current, **changes), errors
+    return replace(current, **changes, given=current.given | changes.keys()), errors

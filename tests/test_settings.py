@@ -88,3 +88,19 @@ def test_budgets_are_cut_to_fit_the_context() -> None:
     assert fit_to_context(s, None) == (s, None)  # a remote server's limit is its own
     small, _ = fit_to_context(Settings(max_new_tokens=1024), 1024)
     assert small.max_new_tokens == 256 and small.prefix_tokens + small.suffix_tokens == 1024 - 256 - PROMPT_RESERVE
+
+
+def test_budgets_follow_the_device_unless_the_client_set_them() -> None:
+    """A local engine on the CPU gets the CPU budgets; a client's own values, and other devices, keep theirs."""
+    from codellama_lsp.settings import CPU_BUDGETS, for_device
+
+    default = Settings()
+    assert for_device(default, on_cpu=False) == default
+    cpu = for_device(default, on_cpu=True)
+    assert (cpu.suffix_tokens, cpu.time_budget_ms) == (CPU_BUDGETS["suffix_tokens"], CPU_BUDGETS["time_budget_ms"])
+    assert cpu.suffix_tokens != default.suffix_tokens
+
+    chosen, errors = apply(default, {"suffixTokens": 300})
+    assert not errors and chosen.given == {"suffix_tokens"}
+    mine = for_device(chosen, on_cpu=True)
+    assert (mine.suffix_tokens, mine.time_budget_ms) == (300, CPU_BUDGETS["time_budget_ms"])

@@ -218,12 +218,16 @@ class LlamaCppRunner:
         # forward splits a longer all-logits call (llama.cpp aborts the process past this).
         cparams.n_outputs_max = self.n_outputs = min(self.n_batch, n_outputs)
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
-        # Flash attention stays at llama.cpp's "auto" (on, on this CPU). Off, as llama-cpp-python's
-        # Llama and server have it, decode ran 25 % faster here (24.7 against 19.9 tok/s, 2 threads,
-        # one run; prefill 10 % slower), but a token's logits then depend on the batch it was
-        # computed in (test_every_batch_size_gives_the_same_logits fails), so KV reuse and drafts
-        # would change greedy text. The two settings round differently: of 400 HumanEval lines,
-        # 17 got other greedy text here than in llama-cpp-python (benchmarks/quality.py).
+        # Attention without flash attention and with a float32 KV cache: the one setup measured here
+        # that is both fast on an editor's requests and batch-invariant. llama.cpp's "auto" turns
+        # flash attention on, whose CPU kernel took 1.3 s for a 41-token keystroke prefill at
+        # position 745 of the default model, against 0.7 s without it (2 threads, one run), and
+        # an f16 cache makes a token's logits depend on its batch (by up to 0.46 here), so KV reuse
+        # and drafts could change greedy text; with f32 keys and values they do not
+        # (test_every_batch_size_gives_the_same_logits). The cost: twice the KV memory (100 MB
+        # at 4096 positions for Qwen2.5-Coder-0.5B, 4.3 GB for CodeLlama-7B).
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
         cparams.no_perf = True
         _LOG.start_capture()
         try:

@@ -15,7 +15,6 @@ from codellama_lsp.completion import docstring as ds
 from codellama_lsp import __version__
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
-from codellama_lsp.settings import resolve_format
 
 if TYPE_CHECKING:
     from codellama_lsp.lsp.server import CodeLlamaServer
@@ -120,6 +119,8 @@ def docstring_edit(doc: Document, d: ds.Definition, text: str, caps: types.Clien
 def status(server: "CodeLlamaServer") -> dict[str, Any]:
     """What ``codellama.status`` answers: the model, its load, the settings in force, and the counters."""
     backend = server.slot.backend
+    # What requests use: the device's budgets where the client set none, "auto" resolved.
+    in_force = server.request_settings(backend) if backend else server.settings
     return {
         "version": __version__,
         "model": str(server.slot.path),
@@ -130,8 +131,11 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         # The local engine that computes ("torch", "llamacpp"); a remote backend's name; the setting before loading.
         "engine": getattr(backend, "kind", server.settings.backend) if backend else server.settings.engine,
         "load_ms": server.slot.load_ms,
-        "settings": asdict(server.settings),
-        "format": resolve_format(server.settings, backend.preferred_format).format if backend else None,
+        "settings": {k: v for k, v in asdict(server.settings).items() if k != "given"},
+        "format": in_force.format if backend else None,
+        # The budgets requests use: the device's where the client set none, cut to the context.
+        "budgets": {k: getattr(in_force, k) for k in ("prefix_tokens", "suffix_tokens", "max_new_tokens",
+                                                     "time_budget_ms")},
         "family": server.slot.template.describe() if server.slot.template else None,
         "position_encoding": server.encoding,
         "open_documents": len(server.docs.documents),

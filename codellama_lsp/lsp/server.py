@@ -33,7 +33,7 @@ from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
 from codellama_lsp.lsp.protocol import CodeLlamaProtocol
 from codellama_lsp.lsp.open_documents import OpenDocuments
-from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, resolve_format
+from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, for_device, resolve_format
 
 log = logging.getLogger("codellama_lsp")
 
@@ -81,9 +81,10 @@ class CodeLlamaServer(LanguageServer):
             self.start_loading()
 
     def request_settings(self, backend: Backend) -> Settings:
-        """The settings a request uses: format "auto" resolved for ``backend``'s model, and the budgets
-        cut to fit its context, with a warning once."""
-        fitted, note = fit_to_context(resolve_format(self.settings, backend.preferred_format), backend.context_length)
+        """The settings a request uses: the budgets of ``backend``'s device where the client set none,
+        format "auto" resolved for its model, and the budgets cut to fit its context, with a warning once."""
+        own = for_device(self.settings, on_cpu=str(backend.device) == "cpu")
+        fitted, note = fit_to_context(resolve_format(own, backend.preferred_format), backend.context_length)
         if note is not None and note != self._fit_note:
             log.warning(note)
             self.show(types.MessageType.Warning, note)
