@@ -13,7 +13,6 @@ import ipaddress
 import logging
 import ssl
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -252,11 +251,10 @@ async def test_server_going_away_mid_stream(tok: Tokenizer) -> None:
 
 async def test_time_budget_ends_a_silent_server(tok: Tokenizer) -> None:
     async with StubServer(Reply(hang=True)) as server:
-        t0 = time.perf_counter()
-        result = await backend(tok, "openai", server.url).agenerate(request(tok, time_budget_ms=200))
-        elapsed = time.perf_counter() - t0
+        # Ignoring the budget would hang on the silent server: the wait is a no-hang bound, not a speed check.
+        result = await asyncio.wait_for(backend(tok, "openai", server.url).agenerate(request(tok, time_budget_ms=200)), 30)
         await asyncio.wait_for(server.seen[0].client_closed.wait(), 2)
-    assert (result.text, result.stop_reason) == ("", "time") and elapsed < 5.0  # ignoring the budget would hang until the wait above fails
+    assert (result.text, result.stop_reason) == ("", "time")
 
 
 async def test_time_budget_keeps_the_text_so_far(tok: Tokenizer) -> None:

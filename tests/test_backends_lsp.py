@@ -6,7 +6,7 @@ the editor gets a suggestion or an empty result with a log line, never a hang.
 
 from __future__ import annotations
 
-import time
+import asyncio
 from pathlib import Path
 
 
@@ -79,9 +79,8 @@ async def test_a_failing_server_gives_empty_results_and_log_lines(tiny_model_dir
     try:
         assert (await client.wait_loaded())["state"] == "ready"
         client.open("file:///b.py", SOURCE)
-        t0 = time.perf_counter()
-        assert await client.inline("file:///b.py", *MULTI) == ""  # silent server: the time budget ends it
-        assert time.perf_counter() - t0 < 8.0  # without the budget the silent server would hang it for good
+        # Silent server: the time budget ends it; without the budget it would hang (the wait's bound).
+        assert await asyncio.wait_for(client.inline("file:///b.py", *MULTI), 30) == ""
         for path, logged in (("/cut", "broke off the answer"), ("/error", "HTTP 500 Internal Server Error")):
             await client.configure(url=url + path, timeBudgetMs=10000)
             assert (await client.wait_loaded())["state"] == "ready"

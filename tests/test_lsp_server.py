@@ -7,7 +7,6 @@ stopped) serves most tests; tests that need their own process start one.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -382,13 +381,12 @@ async def test_ten_megabyte_document(client: Client) -> None:
     text = line * (10 * 1024 * 1024 // len(line))
     client.open(uri, text)
     lines = text.count("\n")
-    t0 = time.perf_counter()
-    middle = await client.inline(uri, lines // 2, 8)
+    # Each answer comes (the waits are no-hang bounds; speed is benchmarks/keystrokes.py's job).
+    middle = await asyncio.wait_for(client.inline(uri, lines // 2, 8), 60)
     client.change(uri, 2, "x", (lines // 2, 8), (lines // 2, 8))
-    typed = await client.inline(uri, lines // 2, 9)
-    end = await client.inline(uri, lines, 0)
+    typed = await asyncio.wait_for(client.inline(uri, lines // 2, 9), 60)
+    end = await asyncio.wait_for(client.inline(uri, lines, 0), 60)
     assert isinstance(middle, str) and isinstance(typed, str) and isinstance(end, str)
-    assert time.perf_counter() - t0 < 10
     status = await client.status()
     assert status["state"] == "ready"
 
