@@ -76,10 +76,9 @@ def main() -> None:
     template = detect(backend.tokenizer)
     settings = resolve_format(Settings(), backend.preferred_format)
     count = TokenCounter(backend.tokenizer.encode)
-    results: dict[str, Any] = {"model": str(path), "n": 0, "layouts": {}}
-    samples: dict[str, list[tuple[str, str]]] = {}
     tasks = functions(args.limit)
-    results["n"] = len(tasks)
+    results: dict[str, Any] = {"model": str(path), "n": len(tasks), "layouts": {}}
+    samples: dict[str, list[tuple[str, str]]] = {}
     for layout in args.layouts.split(","):
         present, named, ms = [], [], []
         samples[layout] = []

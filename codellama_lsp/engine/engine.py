@@ -172,23 +172,24 @@ class Engine:
         n = len(prompt)
         # Always compute at least the last prompt token: its logits start the decode.
         head = min(common_prefix_length(self._cached, prompt), n - 1) if self.reuse else 0
-        previous = self._cached[:self._prompt_end]
-        tail = common_suffix_length(previous[head:], prompt[head:]) - 1
-        start, end = len(previous) - 1 - tail, len(previous) - 1  # the block in the cache
-        inserted = prompt[head:n - 1 - tail]
-        changed = len(inserted) + start - head
-        if not self.reuse_suffix or tail < MIN_SUFFIX_BLOCK or self._stale + changed > MAX_STALE_TOKENS:
-            if head <= self._moved_from:  # every moved position is recomputed now
-                self._moved_from, self._stale = _NONE_MOVED, 0
-            self.runner.truncate(head)
-            self._cached = prompt[:head]
-            return head, 0
-        self.runner.splice(head, start, end, n - len(previous), inserted)
-        if head <= self._moved_from:  # else the kept head itself holds moved positions, from earlier on
-            self._moved_from = n - 1 - tail
-        self._stale += changed
-        self._cached = prompt[:n - 1]
-        return head, tail
+        if self.reuse_suffix:  # else no tail is looked for: the common case costs nothing more
+            previous = self._cached[:self._prompt_end]
+            tail = common_suffix_length(previous[head:], prompt[head:]) - 1
+            start, end = len(previous) - 1 - tail, len(previous) - 1  # the block in the cache
+            inserted = prompt[head:n - 1 - tail]
+            changed = len(inserted) + start - head
+            if tail >= MIN_SUFFIX_BLOCK and self._stale + changed <= MAX_STALE_TOKENS:
+                self.runner.splice(head, start, end, n - len(previous), inserted)
+                if head <= self._moved_from:  # else the kept head itself holds moved positions, from earlier on
+                    self._moved_from = n - 1 - tail
+                self._stale += changed
+                self._cached = prompt[:n - 1]
+                return head, tail
+        if head <= self._moved_from:  # every moved position is recomputed now
+            self._moved_from, self._stale = _NONE_MOVED, 0
+        self.runner.truncate(head)
+        self._cached = prompt[:head]
+        return head, 0
 
     def _prefill(self, prompt: list[int], reused: int, cancel: threading.Event) -> torch.Tensor | None:
         """Compute the prompt past its ``reused`` tokens; the last position's logits, or None if cancelled.
