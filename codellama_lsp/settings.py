@@ -29,6 +29,10 @@ class Settings:
     max_new_tokens: int = 64
     prefix_tokens: int = 1024
     suffix_tokens: int = 256
+    # Tokens of snippets from other files (open documents, recent edits, imported files) put
+    # first in the prompt (codellama_lsp.completion.snippets); 0 turns them off. Measured by
+    # benchmarks/repo_context.py (README, "Context from other files").
+    context_tokens: int = 1024
     temperature: float = 0.0
     time_budget_ms: float = 1000.0
     enabled: bool = True
@@ -77,8 +81,11 @@ def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, s
     setting is not used as given. ``context_length`` None (a remote server's) cuts nothing.
     """
     wanted = s.prefix_tokens + s.suffix_tokens + s.max_new_tokens + PROMPT_RESERVE
-    if context_length is None or wanted <= context_length:
+    if context_length is None or wanted + s.context_tokens <= context_length:
         return s, None
+    if wanted <= context_length:  # other files' snippets give way first: the local window matters more
+        return replace(s, context_tokens=context_length - wanted), None
+    s = replace(s, context_tokens=0)
     max_new = min(s.max_new_tokens, context_length // 4)
     room = context_length - max_new - PROMPT_RESERVE
     prefix = room * s.prefix_tokens // (s.prefix_tokens + s.suffix_tokens)
@@ -187,6 +194,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "maxNewTokens": ("max_new_tokens", _int_range(1, 1024), _same),
     "prefixTokens": ("prefix_tokens", _int_range(16, 16384), _same),
     "suffixTokens": ("suffix_tokens", _int_range(0, 16384), _same),
+    "contextTokens": ("context_tokens", _int_range(0, 16384), _same),
     "temperature": ("temperature", _number_range(0.0, 2.0), float),
     "timeBudgetMs": ("time_budget_ms", _number_range(10, 600_000), float),
     "enabled": ("enabled", _bool, _same),

@@ -16,7 +16,9 @@ from codellama_lsp.engine.tokenizer import Tokenizer
 # Length-limited, not time-limited, so answers do not depend on how busy the machine is; and
 # short, because reused and recomputed KV differ in the last float bits, which can flip a
 # near-tie between a random model's logits after many tokens.
-TEST_SETTINGS = {"timeBudgetMs": 60000, "maxNewTokens": 8}
+# Without other files' snippets: these tests compare answers with a one-document plan, and each
+# module's server has many similar documents open (tests/test_repo_context.py covers the snippets).
+TEST_SETTINGS = {"timeBudgetMs": 60000, "maxNewTokens": 8, "contextTokens": 0}
 
 
 async def start(model: Path | None, log_file: Path, *, options: Any = None, **kwargs: Any) -> Client:

@@ -10,6 +10,10 @@ family's published model card or technical report:
 * Qwen2.5-Coder (Qwen2.5-Coder technical report, §FIM; its tokenizer_config.json):
   ``<|fim_prefix|>`` ``<|fim_suffix|>`` ``<|fim_middle|>``, no BOS, PSM; a middle ends at
   ``<|endoftext|>``, ``<|fim_pad|>``, ``<|file_sep|>``, ``<|repo_name|>`` or ``<|im_end|>``.
+  Other files go first in its repository layout (the report's Figure 4, "Repo-Level FIM
+  format", and its README's "Repository-Level Code Completion"): ``<|repo_name|>`` name, a
+  newline, then ``<|file_sep|>`` path, newline, content, newline for each file, and
+  ``<|file_sep|>`` path, newline for the file being completed, before its FIM part.
 * DeepSeek-Coder (its README, "Code Insertion"): ``<｜fim▁begin｜>`` prefix ``<｜fim▁hole｜>``
   suffix ``<｜fim▁end｜>``, BOS ``<｜begin▁of▁sentence｜>`` first, PSM; ends at
   ``<｜end▁of▁sentence｜>`` or ``<|EOT|>``.
@@ -17,13 +21,17 @@ family's published model card or technical report:
   ``<fim_suffix>`` ``<fim_middle>``, no BOS, PSM; ends at ``<|endoftext|>`` or ``<file_sep>``.
 
 A vocabulary with none of these does plain left-to-right completion of the prefix.
+Families without a repository layout see other files' snippets as comments headed by
+their path, at the start of the prefix (``repo_layout.commented``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from codellama_lsp.completion.repo_layout import RepoContext, commented, repo_head
+from codellama_lsp.completion.snippets import Snippet
 from codellama_lsp.completion.templates import FORMATS, Format, infill_layout
 
 FAMILY_SETTINGS = ("auto", "codellama", "qwen2.5-coder", "deepseek-coder", "starcoder2", "plain")
@@ -36,12 +44,14 @@ class Family:
     bos: bool  # whether the prompt starts with the tokenizer's BOS
     formats: tuple[Format, ...]  # the infilling layouts it was trained on, the main one first
     stops: tuple[str, ...]  # special tokens that end a middle, besides the tokenizer's EOS/EOT
+    repo: tuple[str, str] | None = None  # repository layout tokens (repo name, file separator); None: comments
 
 
 CODE_LLAMA = Family("codellama", ("▁<PRE>", "▁<SUF>", "▁<MID>"), bos=True, formats=FORMATS, stops=("▁<EOT>",))
 QWEN_CODER = Family("qwen2.5-coder", ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), bos=False,
                     formats=("psm",),
-                    stops=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>"))
+                    stops=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>"),
+                    repo=("<|repo_name|>", "<|file_sep|>"))
 DEEPSEEK_CODER = Family("deepseek-coder", ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"), bos=True,
                         formats=("psm",), stops=("<｜end▁of▁sentence｜>", "<|EOT|>"))
 STARCODER2 = Family("starcoder2", ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), bos=False, formats=("psm",),
@@ -62,6 +72,7 @@ class Template:
     bos_id: int | None
     markers: tuple[int, int, int] | None
     stop_ids: frozenset[int]
+    repo_ids: tuple[int, int] | None = None  # the family's repository layout tokens, when the vocabulary has them
 
     @property
     def infills(self) -> bool:
@@ -71,13 +82,29 @@ class Template:
         """``wanted`` if the family was trained on it, else its main layout."""
         return wanted if wanted in self.family.formats or not self.family.formats else self.family.formats[0]
 
-    def prompt(self, tok: Any, prefix: str, suffix: str, fmt: Format) -> list[int]:
-        """The ids whose continuation is the middle; without FIM markers, the prefix alone (plain completion)."""
+    def prompt(self, tok: Any, prefix: str, suffix: str, fmt: Format, context: RepoContext | None = None) -> list[int]:
+        """The ids whose continuation is the middle; without FIM markers, the prefix alone (plain completion).
+
+        ``context`` (other files' snippets) goes first: in the family's repository layout
+        when it has one, else as path-headed comments at the start of the prefix.
+        """
         head = [] if self.bos_id is None else [self.bos_id]
+        if context is not None and context.snippets:
+            if self.repo_ids is not None and self.markers is not None:
+                head += repo_head(tok, self.repo_ids, context)
+                return [*head, *infill_layout(None, self.markers, tok.encode(prefix), tok.encode_infilling(suffix),
+                                              self.format_for(fmt))]
+            prefix = "".join(commented(s, context.comment) for s in context.snippets) + prefix
         if self.markers is None:
             return [*head, *tok.encode(prefix)]
         return infill_layout(self.bos_id, self.markers, tok.encode(prefix), tok.encode_infilling(suffix),
                              self.format_for(fmt))
+
+    def snippet_cost(self, count: Callable[[str], int], comment: str) -> Callable[[Snippet], int]:
+        """A snippet's tokens as ``prompt`` renders it, counted by ``count`` (whose cache keeps the texts')."""
+        if self.repo_ids is not None and self.markers is not None:
+            return lambda s: 1 + count(s.path) + count(s.text) + 1  # separator, path, newline (about), text
+        return lambda s: count(commented(s, comment))
 
     def describe(self) -> str:
         """For codellama.status: the family, and what it can do."""
@@ -111,7 +138,10 @@ def bind(family: Family, tok: Any, ids: dict[str, int] | None = None) -> Templat
     bos = getattr(tok, "bos_id", None)
     stops = {ids[s] for s in family.stops if s in ids}
     stops |= {i for i in (getattr(tok, "eos_id", None), getattr(tok, "eot_id", None)) if i is not None and i >= 0}
-    return Template(family, bos if family.bos and bos is not None and bos >= 0 else None, markers, frozenset(stops))
+    repo = family.repo
+    repo_ids = (ids[repo[0]], ids[repo[1]]) if repo is not None and all(t in ids for t in repo) else None
+    return Template(family, bos if family.bos and bos is not None and bos >= 0 else None, markers, frozenset(stops),
+                    repo_ids)
 
 
 def detect(tok: Any, setting: str = "auto") -> Template:

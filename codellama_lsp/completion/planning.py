@@ -10,7 +10,7 @@ what the tests check is what the editor gets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Collection
+from typing import Callable, Collection, Sequence
 
 from codellama_lsp.completion.context import Window, model_text, window
 from codellama_lsp.documents import Cursor, Document
@@ -19,8 +19,24 @@ from codellama_lsp.generation import GenerationRequest, TextTokenizer
 from codellama_lsp.completion.postprocess import (STEPS, Mode, Step, block_end, choose_mode, finish, indent_of, line_above,
                                                   line_below, loop_end, next_code_line, repeats_neighbour, suffix_repeat)
 from codellama_lsp.completion.families import Template
+from codellama_lsp.completion.repo_layout import RepoContext, comment_marker
+from codellama_lsp.completion.snippets import Scored, Snippet, select
 from codellama_lsp.settings import Settings, prompt_format
 from codellama_lsp.completion.syntax import language_of, parser, trim_to_syntax
+
+
+# Lines around the cursor that snippets are ranked against: what the user is writing now.
+QUERY_LINES_BEFORE, QUERY_LINES_AFTER = 30, 10
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where other files' snippets come from for one plan (``workspace.Workspace``), and the last choice."""
+
+    repo: str  # the workspace folder's name
+    path: str  # the current file, workspace-relative
+    candidates: Callable[[tuple[int, int]], list[Snippet]]  # given the local window's first and last line
+    previous: Sequence[Scored] = ()  # the snippets the last prompt for this document had
 
 
 @dataclass(frozen=True)
@@ -39,18 +55,37 @@ class Plan:
     head: str = ""  # the cursor line before the cursor
     above: str = ""  # the nearest non-blank lines above and below the cursor's line, as written
     below: str = ""
+    snippets: tuple[Scored, ...] = ()  # other files' snippets at the start of the prompt, in order
+
+
+def repo_context(sources: Sources | None, template: Template, language: str, win: Window, prefix: str, suffix: str,
+                 budget: int, count: Callable[[str], int]) -> tuple[RepoContext | None, tuple[Scored, ...]]:
+    """The snippets for a prompt whose local window is ``win``, ranked against the lines around the cursor:
+    as the prompt writes them, and with their scores (for the next request's stickiness and the status)."""
+    if sources is None or budget <= 0:
+        return None, ()
+    marker = comment_marker(language)
+    query = "".join(prefix.splitlines(keepends=True)[-QUERY_LINES_BEFORE:]) + \
+        "".join(suffix.splitlines(keepends=True)[:QUERY_LINES_AFTER])
+    chosen = tuple(select(sources.candidates((win.prefix_start, win.suffix_end)), query, prefix + suffix, budget,
+                          template.snippet_cost(count, marker), sources.previous))
+    if not chosen:
+        return None, ()
+    return RepoContext(sources.repo, sources.path, marker, [x.snippet for x in chosen]), chosen
 
 
 def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, tokenizer: TextTokenizer,
-         count: Callable[[str], int], previous: Window | None = None) -> Plan:
+         count: Callable[[str], int], previous: Window | None = None, sources: Sources | None = None) -> Plan:
     line = doc.line_text(cursor.line)
     head = line[: cursor.index]
     win = window(doc, cursor, settings.prefix_tokens, settings.suffix_tokens, count, previous)
     prefix, suffix = model_text(win.prefix.text), model_text(win.suffix.text)
+    language = language_of(doc.language_id, doc.uri)
+    ctx, chosen = repo_context(sources, template, language, win, prefix, suffix, settings.context_tokens, count)
     return Plan(
         mode=choose_mode(line, cursor.index),
         window=win,
-        token_ids=template.prompt(tokenizer, prefix, suffix, prompt_format(settings)),
+        token_ids=template.prompt(tokenizer, prefix, suffix, prompt_format(settings), ctx),
         stop_ids=template.stop_ids,
         line_suffix=line[cursor.index:],
         block_indent=indent_of(head) if head.strip() else head,
@@ -58,10 +93,11 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
         eol=doc.line_ending(cursor.line),
         prefix=prefix,
         suffix=suffix,
-        language=language_of(doc.language_id, doc.uri),
+        language=language,
         head=model_text(head),
         above=line_above(prefix),
         below=line_below(suffix),
+        snippets=chosen,
     )
 
 

@@ -121,8 +121,8 @@ def capabilities(encodings: list[str] | None = None, resolve_edits: bool = True)
 
 
 async def start(model: Path | None, log_file: Path, *, encodings: list[str] | None = None, options: Any = None,
-                resolve_edits: bool = True, initialize: bool = True, threads: int = 1) -> Client:
-    """The server on ``model`` (None: its default model), initialized unless told otherwise."""
+                resolve_edits: bool = True, initialize: bool = True, threads: int = 1, root: Path | None = None) -> Client:
+    """The server on ``model`` (None: its default model), initialized unless told otherwise, in workspace ``root``."""
     client = Client()
     client.log_file = log_file
     chosen = [] if model is None else ["--model", str(model)]
@@ -132,7 +132,8 @@ async def start(model: Path | None, log_file: Path, *, encodings: list[str] | No
         client.result = await client.initialize_async(types.InitializeParams(
             capabilities=capabilities(encodings, resolve_edits),
             initialization_options=options or {},
-            process_id=None, root_uri=None))
+            process_id=None, root_uri=root.as_uri() if root else None,
+            workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)] if root else None))
         client.initialized(types.InitializedParams())
     return client
 

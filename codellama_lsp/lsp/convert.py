@@ -144,6 +144,19 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "in_flight": server.lifecycle.running(),
         "generated_tokens": backend.generated_tokens if backend else 0,
         "token_cache": _token_cache(server.slot.ready.counter) if server.slot.ready is not None else None,
+        "context": _context(server, in_force.context_tokens),
+    }
+
+
+def _context(server: "CodeLlamaServer", budget: int) -> dict[str, Any]:
+    """Other files' snippets: the budget in force, the workspace, and what the last suggestion's prompt had."""
+    uri, snippets = server.last_context
+    return {
+        "context_tokens": budget,
+        "root": str(server.repo.root) if server.repo.root else None,
+        "document": uri or None,
+        "snippets": [{"path": x.snippet.path, "lines": [x.snippet.start + 1, x.snippet.end], "source": x.snippet.source,
+                      "score": round(x.score, 3), "tokens": x.tokens} for x in snippets],
     }
 
 

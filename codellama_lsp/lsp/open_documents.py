@@ -14,6 +14,7 @@ from typing import Literal
 from lsprotocol import types
 
 from codellama_lsp.completion.context import Window
+from codellama_lsp.completion.snippets import Scored
 from codellama_lsp.documents import Cursor, Document, PositionOutOfRange
 
 log = logging.getLogger("codellama_lsp")
@@ -25,10 +26,12 @@ class OpenDocuments:
     def __init__(self) -> None:
         self.documents: dict[str, Document] = {}
         self.windows: dict[str, Window] = {}  # each document's last context window, for sticky edges
+        self.snippets: dict[str, tuple[Scored, ...]] = {}  # each document's last snippets from other files, kept likewise
 
     def open(self, item: types.TextDocumentItem, encoding: str) -> None:
         self.documents[item.uri] = Document.from_text(item.uri, item.text, item.version, item.language_id, encoding)
         self.windows.pop(item.uri, None)
+        self.snippets.pop(item.uri, None)
 
     def change(self, params: types.DidChangeTextDocumentParams) -> None:
         doc = self.documents.get(params.text_document.uri)
@@ -46,6 +49,7 @@ class OpenDocuments:
     def close(self, uri: str) -> None:
         self.documents.pop(uri, None)
         self.windows.pop(uri, None)
+        self.snippets.pop(uri, None)
 
     def locate(self, uri: str, position: types.Position, what: str) -> tuple[Document, Cursor] | Miss:
         """The document and cursor for a request, or why there is none (logged)."""

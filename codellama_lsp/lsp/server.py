@@ -20,7 +20,8 @@ from pygls.lsp.server import LanguageServer
 
 from codellama_lsp import __version__
 from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.planning import Sources, generation_request, plan, suggestion
+from codellama_lsp.completion.snippets import Scored
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend
 from codellama_lsp.lsp import convert
@@ -34,6 +35,7 @@ from codellama_lsp.positions import negotiate
 from codellama_lsp.lsp.protocol import CodeLlamaProtocol
 from codellama_lsp.lsp.open_documents import OpenDocuments
 from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, for_device, resolve_format
+from codellama_lsp.workspace import Workspace, uri_path
 
 log = logging.getLogger("codellama_lsp")
 
@@ -48,6 +50,8 @@ class CodeLlamaServer(LanguageServer):
         self.default_model = default_model or default_model_path()
         self.slot = BackendSlot(self.model_path(settings))
         self.docs = OpenDocuments()
+        self.repo = Workspace()
+        self.last_context: tuple[str, tuple[Scored, ...]] = ("", ())  # the last suggestion's document and snippets (status)
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.docstrings = Docstrings(self.lifecycle, self.metrics)
@@ -118,6 +122,7 @@ class CodeLlamaServer(LanguageServer):
                 old.close()
         if self.slot.ready is not None:
             self.docs.windows.clear()
+            self.docs.snippets.clear()
             self.docstrings.clear()
 
     # -- documents --------------------------------------------------------------------------------------
@@ -126,9 +131,14 @@ class CodeLlamaServer(LanguageServer):
 
     def change_document(self, params: types.DidChangeTextDocumentParams) -> None:
         self.docs.change(params)
+        uri = params.text_document.uri
+        for change in params.content_changes:
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                self.repo.edited(uri, change.range.start.line + change.text.count("\n"))
 
     def close_document(self, uri: str) -> None:
         self.docs.close(uri)
+        self.repo.forget(uri)
         self.lifecycle.forget(uri)
         self.docstrings.forget(uri)
         if self.slot.ready is not None:
@@ -175,13 +185,18 @@ class CodeLlamaServer(LanguageServer):
         backend = ready.backend
         settings = self.request_settings(backend)
         where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
+        documents, ws = self.docs.documents, self.repo
+        sources = Sources(ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
+                          self.docs.snippets.get(doc.uri, ()))
         try:
             p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
-                     self.docs.windows.get(doc.uri))
+                     self.docs.windows.get(doc.uri), sources)
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
         self.docs.windows[doc.uri] = p.window
+        self.docs.snippets[doc.uri] = p.snippets
+        self.last_context = (doc.uri, p.snippets)
         request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text))
 
         async def generate() -> str:
@@ -218,6 +233,21 @@ def _initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
     ls.encoding = negotiate([str(getattr(e, "value", e)) for e in (params.capabilities.general.position_encodings or [])]
                             if params.capabilities.general else None)
     ls.apply_settings(params.initialization_options, "initializationOptions")
+    ls.repo.root = workspace_root(params)
+
+
+def workspace_root(params: types.InitializeParams) -> Path | None:
+    """The first workspace folder, else the root URI or path: where imports resolve and paths are relative to."""
+    folders = params.workspace_folders or []
+    for uri in [f.uri for f in folders] + ([params.root_uri] if params.root_uri else []):
+        path = uri_path(uri)
+        if path is not None:
+            return path
+    return Path(params.root_path) if params.root_path else None
+
+
+def _did_save(ls: CodeLlamaServer, params: types.DidSaveTextDocumentParams) -> None:
+    ls.repo.saved(params.text_document.uri)
 
 
 async def _initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> None:
@@ -289,6 +319,7 @@ def build_server(settings: Settings, default_model: Path | None = None) -> CodeL
     server.feature(types.INITIALIZED)(_initialized)
     server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(_did_change_configuration)
     server.feature(types.SHUTDOWN)(_shutdown)
+    server.feature(types.TEXT_DOCUMENT_DID_SAVE)(_did_save)
     server.feature(types.EXIT)(_exit)
     server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())(_inline_completion)
     server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(_completion)

@@ -19,6 +19,7 @@ export const SERVER_KEYS = [
   "maxNewTokens",
   "prefixTokens",
   "suffixTokens",
+  "contextTokens",
   "temperature",
   "timeBudgetMs",
 ] as const;

@@ -23,6 +23,7 @@ M.defaults = {
     maxNewTokens = nil,
     prefixTokens = nil,
     suffixTokens = nil,
+    contextTokens = nil, -- snippets from other files (0: off)
     temperature = nil,
     timeBudgetMs = nil,
   },

@@ -1,0 +1,156 @@
+"""Snippets from other files: chunks of lines, ranked against the text around the cursor, fit to a budget.
+
+The model sees only its prompt, so a name defined in another module is a guess unless
+that module's code is in the prompt. The sources (other open documents, recently edited
+ranges, the files the current one imports) give candidate chunks; this module decides
+which of them go in, and in what order, as pure functions:
+
+* ``chunks`` cuts a file into pieces of whole lines at top-level boundaries (a line that
+  starts unindented after a blank line), so a snippet is usually one definition or a few
+  small ones, not half of two.
+* ``similarity`` is the Jaccard similarity of identifier sets, the baseline llama.vim and
+  Tabby use: cheap enough for every keystroke, and it finds the chunk that shares the
+  names around the cursor.
+* ``select`` takes the best-scoring snippets that fit ``budget`` tokens, drops those the
+  local window already shows, and keeps its previous choice while that is still nearly as
+  good. The snippets go first in the prompt, so a changed choice recomputes the whole
+  prompt; stickiness is what lets the KV cache keep them while the user types.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal, Sequence
+
+Source = Literal["open", "edited", "imported"]
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words every chunk of a language has: they say nothing about which chunk is relevant.
+KEYWORDS = frozenset((
+    "and as assert async await break class continue def del elif else except False finally for from global if "
+    "import in is lambda None nonlocal not or pass raise return True try while with yield self cls "
+    "const let var function new this typeof instanceof export default extends static void null undefined "
+    "true false case switch do of interface type public private protected").split())
+
+CHUNK_MIN_LINES = 8  # a boundary before this many lines is ignored: tiny pieces lose their context
+CHUNK_MAX_LINES = 40  # a longer run is split here even without a boundary
+EDIT_RADIUS = 8  # lines around a recent edit that make its snippet
+EDIT_BONUS = 0.1  # a recently edited range is where the user's attention was: ranked a little higher
+STICKY_RATIO = 0.8  # the previous choice stays while it scores at least this share of a fresh one
+DUPLICATE = 0.9  # a snippet this similar to the local window adds nothing the model does not see
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """Lines ``start``..``end`` (0-based, end exclusive) of the file at ``path`` (workspace-relative)."""
+
+    path: str
+    start: int
+    end: int
+    text: str
+    source: Source
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """What makes two snippets the same for stickiness: the file, the place and the exact text."""
+        return self.path, self.start, self.text
+
+
+@dataclass(frozen=True)
+class Scored:
+    snippet: Snippet
+    score: float
+    tokens: int  # as rendered in the prompt (its path header included)
+
+
+def identifiers(text: str) -> frozenset[str]:
+    """The identifiers of ``text``, without the languages' keywords."""
+    return frozenset(_IDENT.findall(text)) - KEYWORDS
+
+
+def similarity(a: frozenset[str], b: frozenset[str]) -> float:
+    """Jaccard similarity of two identifier sets (0 when either is empty)."""
+    if not a or not b:
+        return 0.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def chunks(path: str, lines: Sequence[str], source: Source = "open") -> list[Snippet]:
+    """``lines`` (with or without their terminators) as snippets of whole lines, cut at top-level boundaries."""
+    out: list[Snippet] = []
+    start = 0
+
+    def close(end: int) -> None:
+        text = "".join(line if line.endswith("\n") else line + "\n" for line in lines[start:end])
+        if text.strip():
+            out.append(Snippet(path, start, end, text, source))
+
+    for i in range(1, len(lines)):
+        line = lines[i]
+        boundary = bool(line.strip()) and not line[0].isspace() and not lines[i - 1].strip()
+        if (boundary and i - start >= CHUNK_MIN_LINES) or i - start >= CHUNK_MAX_LINES:
+            close(i)
+            start = i
+    close(len(lines))
+    return out
+
+
+def around(path: str, lines: Sequence[str], line: int, radius: int = EDIT_RADIUS) -> Snippet | None:
+    """The ``radius`` lines either side of ``line``: a recently edited range's snippet."""
+    start, end = max(0, line - radius), min(len(lines), line + radius + 1)
+    if start >= end:
+        return None
+    text = "".join(x if x.endswith("\n") else x + "\n" for x in lines[start:end])
+    return Snippet(path, start, end, text, "edited") if text.strip() else None
+
+
+def _overlaps(a: Snippet, b: Snippet) -> bool:
+    return a.path == b.path and a.start < b.end and b.start < a.end
+
+
+def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, cost: Callable[[Snippet], int],
+           previous: Sequence[Scored] = ()) -> list[Scored]:
+    """The snippets for one prompt, in prompt order: within ``budget`` tokens, none the local window repeats.
+
+    ``query`` is the text around the cursor the snippets are ranked against; ``local`` is
+    the whole local window (prefix and suffix), whose near-copies are dropped; ``cost``
+    counts a snippet's tokens as rendered. The best-scoring snippets are taken greedily;
+    of two overlapping ranges of one file only the better one. ``previous`` (the last
+    prompt's choice for this document) is kept as it was while all its snippets are still
+    candidates and it scores at least ``STICKY_RATIO`` of the fresh choice. Otherwise the
+    fresh choice is ordered with the snippets it shares with ``previous`` first, in their
+    old order (the KV cache still holds them), then the others, most relevant last, next
+    to the code the model completes.
+    """
+    if budget <= 0:
+        return []
+    want, here = identifiers(query), identifiers(local)
+    scored: list[Scored] = []
+    for s in candidates:
+        ids = identifiers(s.text)
+        if s.text.strip() in local or similarity(ids, here) >= DUPLICATE:
+            continue
+        score = similarity(ids, want) + (EDIT_BONUS if s.source == "edited" else 0.0)
+        if score > 0:
+            scored.append(Scored(s, score, 0))
+    scored.sort(key=lambda x: (-x.score, x.snippet.path, x.snippet.start))
+    fresh: list[Scored] = []
+    used = 0
+    for x in scored:
+        if any(_overlaps(x.snippet, y.snippet) for y in fresh):
+            continue
+        n = cost(x.snippet)
+        if used + n <= budget:
+            fresh.append(Scored(x.snippet, x.score, n))
+            used += n
+    now = {x.snippet.key: x.score for x in scored}
+    if previous and all(p.snippet.key in now for p in previous) and sum(p.tokens for p in previous) <= budget:
+        kept = sum(now[p.snippet.key] for p in previous)
+        if kept >= STICKY_RATIO * sum(x.score for x in fresh):
+            return [Scored(p.snippet, now[p.snippet.key], p.tokens) for p in previous]
+    order = {p.snippet.key: i for i, p in enumerate(previous)}
+    old = sorted((x for x in fresh if x.snippet.key in order), key=lambda x: order[x.snippet.key])
+    new = sorted((x for x in fresh if x.snippet.key not in order), key=lambda x: x.score)
+    return old + new
