@@ -59,6 +59,7 @@ class Workspace:
     _chunks: dict[str, tuple[int | None, list[Snippet]]] = field(default_factory=dict)  # uri -> (version, chunks)
     _edits: deque[tuple[str, int]] = field(default_factory=lambda: deque(maxlen=MAX_EDITS))
     _imports: dict[str, _Imports] = field(default_factory=dict)
+    _import_lines: dict[str, tuple[int | None, tuple[str, ...]]] = field(default_factory=dict)
     _files: dict[Path, _File] = field(default_factory=dict)
     _skipped: set[Path | str] = field(default_factory=set)
 
@@ -97,6 +98,7 @@ class Workspace:
     def forget(self, uri: str) -> None:
         self._chunks.pop(uri, None)
         self._imports.pop(uri, None)
+        self._import_lines.pop(uri, None)
         self._edits = deque((e for e in self._edits if e[0] != uri), maxlen=MAX_EDITS)
 
     # -- candidates for one request ---------------------------------------------------------------------
@@ -133,11 +135,19 @@ class Workspace:
         self._chunks[doc.uri] = (doc.version, found)
         return found
 
+    def import_lines(self, doc: Document) -> tuple[str, ...]:
+        """``doc``'s import lines: one scan of its lines per document version."""
+        cached = self._import_lines.get(doc.uri)
+        if cached is None or cached[0] != doc.version:
+            cached = self._import_lines[doc.uri] = (doc.version, imports.import_lines(
+                doc.lines, language_of(doc.language_id, doc.uri)))
+        return cached[1]
+
     def _imported(self, doc: Document, language: str) -> list[Path]:
         """The workspace files ``doc`` imports, resolved again only when its import lines changed."""
         if self.root is None:
             return []
-        key = imports.import_lines(doc.lines, language)
+        key = self.import_lines(doc)
         cached = self._imports.get(doc.uri)
         if cached is not None and cached.key == key:
             return cached.files

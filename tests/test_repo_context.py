@@ -76,6 +76,17 @@ def test_chunks_cut_at_top_level_boundaries_and_cover_every_line() -> None:
     assert max(c.end - c.start for c in chunks("a.py", long)) == CHUNK_MAX_LINES
 
 
+def test_a_snippet_that_defines_a_name_the_query_uses_ranks_first() -> None:
+    from codellama_lsp.completion.snippets import definitions
+    assert definitions("def foo(x):\n    y = 1\nclass Bar:\n    pass\nMAX: int = 3\nexport const baz = 1\n"
+                       "if a == b:\n    pass\n") == {"foo", "Bar", "MAX", "baz"}
+    definition = snip("errors.py", 0, "class NotFound(Exception):\n    pass\n")
+    lookalike = snip("views.py", 0, "def show_all(request, item):\n    return render(request, item)\n")
+    query = "from .errors import NotFound\ndef show(request, item):\n    if item is None:\n        raise "
+    got = select([lookalike, definition], query, "", 100, by_chars)
+    assert got[-1].snippet == definition  # the most relevant goes last, next to the cursor
+
+
 def test_identifiers_and_similarity() -> None:
     assert identifiers("def read(self, path): return open(path)") == {"read", "path", "open"}
     a, b = identifiers("parse_header(line)"), identifiers("key, value = parse_header(line)")
@@ -106,8 +117,8 @@ def test_select_keeps_one_of_overlapping_ranges_and_puts_the_best_last() -> None
 
 
 def test_select_is_sticky_while_the_previous_choice_stays_good() -> None:
-    a = snip("a.py", 0, "def parse_header(line, key, value):\n    pass\n")
-    b = snip("b.py", 0, "def read_headers(stream, line):\n    pass\n")
+    a = snip("a.py", 0, "    parse_header(line, key, value)\n")  # uses, no definitions: Jaccard alone
+    b = snip("b.py", 0, "    read_headers(stream, line)\n")
     budget = by_chars(a)  # one of them fits
     first = select([a, b], "key, value = parse_header(line)", "", budget, by_chars)
     assert [x.snippet for x in first] == [a]
@@ -120,7 +131,7 @@ def test_select_is_sticky_while_the_previous_choice_stays_good() -> None:
     assert [x.snippet for x in select([a, b], "read_headers(stream, line)", "", budget, by_chars, first)] == [b]
     # A snippet of the previous choice that changed: a fresh choice, the unchanged ones first in their old order.
     both = select([a, b], "parse_header(line) read_headers(stream)", "", 100, by_chars)
-    a2 = snip("a.py", 0, "def parse_header(line, key, value, strict):\n    pass\n")
+    a2 = snip("a.py", 0, "    parse_header(line, key, value, strict)\n")
     again = select([a2, b], "parse_header(line) read_headers(stream)", "", 100, by_chars, both)
     assert [x.snippet for x in again] == [b, a2]
 
@@ -181,6 +192,7 @@ def test_workspace_finds_imported_open_and_edited_snippets(tmp_path: Path) -> No
     # A keystroke that leaves the import lines alone resolves nothing again.
     resolved = ws._imports[main.uri]
     main.apply_change("x", (4, 11), (4, 11))
+    main.version = 2
     ws.candidates(main, (0, 5), docs)
     assert ws._imports[main.uri] is resolved
     # An imported file changed on disk is read again (its size changed).
@@ -198,6 +210,7 @@ def test_workspace_skips_huge_binary_and_unreadable_files_logging_each_once(tmp_
     with caplog.at_level(logging.INFO, logger="codellama_lsp"):
         assert ws.candidates(main, (0, 4), {main.uri: main}) == []
         main.apply_change("import big\n", (0, 0), (0, 0))  # import lines changed: resolved again
+        main.version = 2
         assert ws.candidates(main, (0, 5), {main.uri: main}) == []
     skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert len(skipped) == 3, skipped

@@ -37,6 +37,7 @@ class Sources:
     path: str  # the current file, workspace-relative
     candidates: Callable[[tuple[int, int]], list[Snippet]]  # given the local window's first and last line
     previous: Sequence[Scored] = ()  # the snippets the last prompt for this document had
+    imports: Sequence[str] = ()  # the document's import lines: what it uses from other files, wherever the cursor is
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def repo_context(sources: Sources | None, template: Template, language: str, win
     if sources is None or budget <= 0:
         return None, ()
     marker = comment_marker(language)
-    query = "".join(prefix.splitlines(keepends=True)[-QUERY_LINES_BEFORE:]) + \
+    query = "\n".join(sources.imports) + "\n" + "".join(prefix.splitlines(keepends=True)[-QUERY_LINES_BEFORE:]) + \
         "".join(suffix.splitlines(keepends=True)[:QUERY_LINES_AFTER])
     chosen = tuple(select(sources.candidates((win.prefix_start, win.suffix_end)), query, prefix + suffix, budget,
                           template.snippet_cost(count, marker), sources.previous))

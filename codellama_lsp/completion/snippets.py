@@ -10,7 +10,10 @@ which of them go in, and in what order, as pure functions:
   small ones, not half of two.
 * ``similarity`` is the Jaccard similarity of identifier sets, the baseline llama.vim and
   Tabby use: cheap enough for every keystroke, and it finds the chunk that shares the
-  names around the cursor.
+  names around the cursor. A chunk that defines a name the query uses (a ``def``, ``class``,
+  ``function`` or top-level assignment of it) scores more: that is the declaration the
+  model needs (Tabby's "declarations" source), and the query includes the file's import
+  lines, so the definitions of imported names rank high wherever the cursor is.
 * ``select`` takes the best-scoring snippets that fit ``budget`` tokens, drops those the
   local window already shows, and keeps its previous choice while that is still nearly as
   good. The snippets go first in the prompt, so a changed choice recomputes the whole
@@ -21,11 +24,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Iterable, Literal, Sequence
 
 Source = Literal["open", "edited", "imported"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A line that defines a name: Python def/class, JS/TS function/class/const/let/var, or a top-level assignment.
+_DEFINES = re.compile(r"^(?:\s*(?:async\s+)?(?:def|class|function\*?)\s+([A-Za-z_$][\w$]*)"
+                      r"|(?:export\s+(?:default\s+)?)?(?:const|let|var|class|function\*?)\s+([A-Za-z_$][\w$]*)"
+                      r"|([A-Za-z_][\w]*)\s*(?::[^=]*)?=(?!=))", re.MULTILINE)
 # Words every chunk of a language has: they say nothing about which chunk is relevant.
 KEYWORDS = frozenset((
     "and as assert async await break class continue def del elif else except False finally for from global if "
@@ -37,6 +45,8 @@ CHUNK_MIN_LINES = 8  # a boundary before this many lines is ignored: tiny pieces
 CHUNK_MAX_LINES = 40  # a longer run is split here even without a boundary
 EDIT_RADIUS = 8  # lines around a recent edit that make its snippet
 EDIT_BONUS = 0.1  # a recently edited range is where the user's attention was: ranked a little higher
+DEFINITION_BONUS = 0.3  # per name of the query the snippet defines, up to MAX_DEFINITIONS of them
+MAX_DEFINITIONS = 3
 STICKY_RATIO = 0.8  # the previous choice stays while it scores at least this share of a fresh one
 DUPLICATE = 0.9  # a snippet this similar to the local window adds nothing the model does not see
 
@@ -50,6 +60,16 @@ class Snippet:
     end: int
     text: str
     source: Source
+
+    # Cached: the sources keep their snippets while the files are unchanged, and every keystroke scores them.
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return identifiers(self.text)
+
+    @cached_property
+    def defines(self) -> frozenset[str]:
+        """The names this snippet defines (see ``_DEFINES``)."""
+        return definitions(self.text)
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -67,6 +87,18 @@ class Scored:
 def identifiers(text: str) -> frozenset[str]:
     """The identifiers of ``text``, without the languages' keywords."""
     return frozenset(_IDENT.findall(text)) - KEYWORDS
+
+
+def definitions(text: str) -> frozenset[str]:
+    """Names ``text`` defines: functions, classes, variables at the start of a line."""
+    return frozenset(next(g for g in m.groups() if g) for m in _DEFINES.finditer(text)) - KEYWORDS
+
+
+def score(s: Snippet, query: frozenset[str]) -> float:
+    """How much ``s`` helps a completion whose surroundings use the names ``query``."""
+    defined = min(len(s.defines & query), MAX_DEFINITIONS)
+    return (similarity(s.names, query) + DEFINITION_BONUS * defined
+            + (EDIT_BONUS if s.source == "edited" else 0.0))
 
 
 def similarity(a: frozenset[str], b: frozenset[str]) -> float:
@@ -114,7 +146,7 @@ def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, c
            previous: Sequence[Scored] = ()) -> list[Scored]:
     """The snippets for one prompt, in prompt order: within ``budget`` tokens, none the local window repeats.
 
-    ``query`` is the text around the cursor the snippets are ranked against; ``local`` is
+    ``query`` is the text the snippets are ranked against (``score``); ``local`` is
     the whole local window (prefix and suffix), whose near-copies are dropped; ``cost``
     counts a snippet's tokens as rendered. The best-scoring snippets are taken greedily;
     of two overlapping ranges of one file only the better one. ``previous`` (the last
@@ -129,12 +161,11 @@ def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, c
     want, here = identifiers(query), identifiers(local)
     scored: list[Scored] = []
     for s in candidates:
-        ids = identifiers(s.text)
-        if s.text.strip() in local or similarity(ids, here) >= DUPLICATE:
+        if s.text.strip() in local or similarity(s.names, here) >= DUPLICATE:
             continue
-        score = similarity(ids, want) + (EDIT_BONUS if s.source == "edited" else 0.0)
-        if score > 0:
-            scored.append(Scored(s, score, 0))
+        value = score(s, want)
+        if value > 0:
+            scored.append(Scored(s, value, 0))
     scored.sort(key=lambda x: (-x.score, x.snippet.path, x.snippet.start))
     fresh: list[Scored] = []
     used = 0
