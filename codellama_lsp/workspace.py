@@ -24,7 +24,7 @@ from typing import Mapping
 from urllib.parse import unquote, urlparse
 
 from codellama_lsp.completion import imports
-from codellama_lsp.completion.snippets import EDIT_RADIUS, Snippet, around, chunks
+from codellama_lsp.completion.snippets import EDIT_RADIUS, Snippet, around, chunks, outline
 from codellama_lsp.completion.syntax import language_of
 from codellama_lsp.documents import Document, split_lines
 
@@ -131,7 +131,8 @@ class Workspace:
             self._skip(doc.uri, f"open document of {size} characters (more than {MAX_FILE_BYTES})")
             found: list[Snippet] = []
         else:
-            found = chunks(self.relative(doc.uri), doc.lines)
+            path = self.relative(doc.uri)
+            found = outline(path, doc.lines) + chunks(path, doc.lines)
         self._chunks[doc.uri] = (doc.version, found)
         return found
 
@@ -194,7 +195,8 @@ class Workspace:
         except UnicodeDecodeError:
             self._skip(path, "binary (not UTF-8)")
             return []
-        return chunks(self._relative_path(path), split_lines(text), "imported")
+        rel, lines = self._relative_path(path), split_lines(text)
+        return outline(rel, lines, "imported") + chunks(rel, lines, "imported")
 
     def _skip(self, what: Path | str, reason: str) -> None:
         if what not in self._skipped:

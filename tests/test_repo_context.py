@@ -148,6 +148,14 @@ def test_python_import_candidates() -> None:
     assert "pkg/sub/sibling.py" in flat  # a name imported from a package may be a module
 
 
+def test_a_parenthesised_import_is_one_line_with_all_its_names() -> None:
+    lines = ["from .errors import (\n", "    NotFound,\n", "    Gone as G,\n", ")\n", "x = 1\n", "import os\n"]
+    got = imports.import_lines(lines, "python")
+    assert got == ("from .errors import ( NotFound, Gone as G, )", "import os")
+    flat = [str(p) for tries in imports.python_candidates(PurePosixPath("pkg/m.py"), got) for p in tries]
+    assert "pkg/errors.py" in flat and "pkg/errors/NotFound.py" in flat and "pkg/errors/Gone.py" in flat
+
+
 def test_javascript_import_candidates() -> None:
     here = PurePosixPath("web/app/main.ts")
     got = imports.javascript_candidates(here, ["import { a } from './util';", "const b = require('../lib/b.js')",
@@ -224,13 +232,28 @@ CTX = RepoContext("shop", "shop/cart.py", "#", [snip("shop/items.py", 0, "class 
                                                  snip("shop/tax.py", 3, "def vat(x):\n    return x * 0.2\n")])
 
 
+def test_outline_keeps_definition_lines_and_one_file_is_one_block() -> None:
+    from codellama_lsp.completion.repo_layout import by_file
+    from codellama_lsp.completion.snippets import outline
+    lines = HELPERS.splitlines(keepends=True)
+    [o] = outline("pkg/helpers.py", lines)
+    assert o.outline and o.text == ("def parse_header(line):\ndef read_headers(stream):\nclass Frame:\n"
+                                    "    def __init__(self, payload, kind):\n")
+    c1, c2 = chunks("pkg/helpers.py", lines)[1:]
+    # An outline overlaps no range: both can be chosen.
+    got = select([o, c2, c1], "parse_header read_headers Frame payload stream", "", 1000, by_chars)
+    assert {x.snippet for x in got} == {o, c1, c2}
+    other = snip("pkg/x.py", 0, "y = 1\n")
+    assert by_file([c2, other, o, c1]) == [("pkg/helpers.py", o.text + c1.text + c2.text), ("pkg/x.py", "y = 1\n")]
+
+
 def test_comment_layout_for_families_without_repository_tokens(tokenizer_path: Path) -> None:
     from codellama_lsp.engine.tokenizer import Tokenizer
     tok = Tokenizer(tokenizer_path)
     template = detect(tok)
     assert template.repo_ids is None
     with_ctx = template.prompt(tok, "def total(cart):\n    ", "\n", "psm", CTX)
-    text = "".join(commented(s, "#") for s in CTX.snippets)
+    text = "".join(commented(s.path, s.text, "#") for s in CTX.snippets)
     assert text.startswith("# Path: shop/items.py\n# class Item:\n#     price = 0\n\n# Path: shop/tax.py\n")
     assert with_ctx == template.prompt(tok, text + "def total(cart):\n    ", "\n", "psm")
 

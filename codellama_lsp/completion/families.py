@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from codellama_lsp.completion.repo_layout import RepoContext, commented, repo_head
+from codellama_lsp.completion.repo_layout import RepoContext, by_file, commented, repo_head
 from codellama_lsp.completion.snippets import Snippet
 from codellama_lsp.completion.templates import FORMATS, Format, infill_layout
 
@@ -94,7 +94,7 @@ class Template:
                 head += repo_head(tok, self.repo_ids, context)
                 return [*head, *infill_layout(None, self.markers, tok.encode(prefix), tok.encode_infilling(suffix),
                                               self.format_for(fmt))]
-            prefix = "".join(commented(s, context.comment) for s in context.snippets) + prefix
+            prefix = "".join(commented(path, text, context.comment) for path, text in by_file(context.snippets)) + prefix
         if self.markers is None:
             return [*head, *tok.encode(prefix)]
         return infill_layout(self.bos_id, self.markers, tok.encode(prefix), tok.encode_infilling(suffix),
@@ -104,7 +104,7 @@ class Template:
         """A snippet's tokens as ``prompt`` renders it, counted by ``count`` (whose cache keeps the texts')."""
         if self.repo_ids is not None and self.markers is not None:
             return lambda s: 1 + count(s.path) + count(s.text) + 1  # separator, path, newline (about), text
-        return lambda s: count(commented(s, comment))
+        return lambda s: count(commented(s.path, s.text, comment))
 
     def describe(self) -> str:
         """For codellama.status: the family, and what it can do."""

@@ -23,9 +23,19 @@ PYTHON_BASES = ("", "src")  # a package at the root, or in the src layout
 
 
 def import_lines(lines: Iterable[str], language: str) -> tuple[str, ...]:
-    """The lines of a document that can import something, as the cache key of its imports."""
+    """The lines of a document that can import something, as the cache key of its imports; a
+    parenthesised Python import's lines are joined into one."""
     if language in PYTHON:
-        return tuple(x.strip() for x in lines if x.lstrip().startswith(("import ", "from ")))
+        out: list[str] = []
+        open_paren = False
+        for x in lines:
+            if open_paren:
+                out[-1] += " " + x.strip()
+                open_paren = ")" not in x
+            elif x.lstrip().startswith(("import ", "from ")):
+                out.append(x.strip())
+                open_paren = "(" in x and ")" not in x
+        return tuple(out)
     if language in JAVASCRIPT:
         return tuple(x.strip() for x in lines if ("import" in x or "require(" in x) and ("'." in x or '".' in x))
     return ()

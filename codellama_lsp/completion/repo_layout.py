@@ -11,7 +11,9 @@ report, Figure 4 "Repo-Level FIM format")::
     <|file_sep|>{file_path3}
     <|fim_prefix|>{code_pre}<|fim_suffix|>{code_suf}<|fim_middle|>
 
-Each text between two special tokens is encoded on its own, as a tokenizer that splits
+The model saw each file once, whole; snippets of one file go in one block, the outline
+first and then the ranges in line order (``by_file``). Each text between two special
+tokens is encoded on its own, as a tokenizer that splits
 on special tokens first encodes the whole string, so the ids are those of the documented
 text. Families without such tokens get each snippet as comments in the language's line
 comment syntax, headed by its path, at the start of the prefix.
@@ -45,16 +47,26 @@ class RepoContext:
     snippets: Sequence[Snippet]
 
 
-def commented(s: Snippet, marker: str) -> str:
-    """``s`` as comments headed by its path: code the model reads without taking it as the current file's."""
-    body = "".join(f"{marker} {line}".rstrip() + "\n" for line in s.text.splitlines())
-    return f"{marker} Path: {s.path}\n{body}\n"
+def commented(path: str, text: str, marker: str) -> str:
+    """``text`` as comments headed by its ``path``: code the model reads without taking it as the current file's."""
+    body = "".join(f"{marker} {line}".rstrip() + "\n" for line in text.splitlines())
+    return f"{marker} Path: {path}\n{body}\n"
+
+
+def by_file(snippets: Sequence[Snippet]) -> list[tuple[str, str]]:
+    """(path, text) per file, files in the order of their first snippet; in a file, its outline first,
+    then its ranges in line order."""
+    files: dict[str, list[Snippet]] = {}
+    for s in snippets:
+        files.setdefault(s.path, []).append(s)
+    return [(path, "".join(s.text for s in sorted(group, key=lambda s: (not s.outline, s.start))))
+            for path, group in files.items()]
 
 
 def repo_head(tok: Any, ids: tuple[int, int], ctx: RepoContext) -> list[int]:
-    """The repository layout's ids before the FIM part: the repo name, each snippet's block, the current path."""
+    """The repository layout's ids before the FIM part: the repo name, each file's block, the current path."""
     repo_name, file_sep = ids
     out = [repo_name, *tok.encode(f"{ctx.repo}\n")]
-    for s in ctx.snippets:
-        out += [file_sep, *tok.encode(f"{s.path}\n{s.text.rstrip(chr(10))}\n")]
+    for path, text in by_file(ctx.snippets):
+        out += [file_sep, *tok.encode(f"{path}\n{text.rstrip(chr(10))}\n")]
     return [*out, file_sep, *tok.encode(f"{ctx.path}\n")]

@@ -8,6 +8,11 @@ which of them go in, and in what order, as pure functions:
 * ``chunks`` cuts a file into pieces of whole lines at top-level boundaries (a line that
   starts unindented after a blank line), so a snippet is usually one definition or a few
   small ones, not half of two.
+* ``outline`` keeps only a file's definition lines (``def``/``class``/``function`` lines and
+  top-level assignments, as written, with their indentation): a stub of the module, as
+  a ``.pyi`` file or a "repo map" gives it. A cross-file name is usually one the other
+  module defines, and its outline shows all of them with their signatures in a fraction
+  of the file's tokens.
 * ``similarity`` is the Jaccard similarity of identifier sets, the baseline llama.vim and
   Tabby use: cheap enough for every keystroke, and it finds the chunk that shares the
   names around the cursor. A chunk that defines a name the query uses (a ``def``, ``class``,
@@ -43,6 +48,9 @@ KEYWORDS = frozenset((
 
 CHUNK_MIN_LINES = 8  # a boundary before this many lines is ignored: tiny pieces lose their context
 CHUNK_MAX_LINES = 40  # a longer run is split here even without a boundary
+OUTLINE_MAX_LINES = 60  # an outline longer than this is split into pieces of it
+_DEFINITION_LINE = re.compile(r"^\s*(?:@|(?:export\s+)?(?:default\s+)?(?:async\s+)?(?:def|class|function)\b)"
+                              r"|^(?:export\s+)?(?:const|let|var)\s|^[A-Za-z_]\w*\s*(?::[^=]*)?=(?!=)")
 EDIT_RADIUS = 8  # lines around a recent edit that make its snippet
 EDIT_BONUS = 0.1  # a recently edited range is where the user's attention was: ranked a little higher
 DEFINITION_BONUS = 0.3  # per name of the query the snippet defines, up to MAX_DEFINITIONS of them
@@ -60,6 +68,7 @@ class Snippet:
     end: int
     text: str
     source: Source
+    outline: bool = False  # the file's definition lines only (``outline``), not a range of it
 
     # Cached: the sources keep their snippets while the files are unchanged, and every keystroke scores them.
     @cached_property
@@ -129,6 +138,18 @@ def chunks(path: str, lines: Sequence[str], source: Source = "open") -> list[Sni
     return out
 
 
+def outline(path: str, lines: Sequence[str], source: Source = "open") -> list[Snippet]:
+    """``lines``' definition lines (decorators and signatures as written, top-level assignments), in
+    pieces of at most ``OUTLINE_MAX_LINES``."""
+    picked = [(i, line.rstrip()) for i, line in enumerate(lines) if _DEFINITION_LINE.match(line)]
+    out = []
+    for at in range(0, len(picked), OUTLINE_MAX_LINES):
+        part = picked[at:at + OUTLINE_MAX_LINES]
+        text = "".join(line[:200] + "\n" for _, line in part)
+        out.append(Snippet(path, part[0][0], part[-1][0] + 1, text, source, outline=True))
+    return out
+
+
 def around(path: str, lines: Sequence[str], line: int, radius: int = EDIT_RADIUS) -> Snippet | None:
     """The ``radius`` lines either side of ``line``: a recently edited range's snippet."""
     start, end = max(0, line - radius), min(len(lines), line + radius + 1)
@@ -139,7 +160,8 @@ def around(path: str, lines: Sequence[str], line: int, radius: int = EDIT_RADIUS
 
 
 def _overlaps(a: Snippet, b: Snippet) -> bool:
-    return a.path == b.path and a.start < b.end and b.start < a.end
+    """Two ranges of one file that share lines (an outline shares none: it is another view of the file)."""
+    return a.path == b.path and not (a.outline or b.outline) and a.start < b.end and b.start < a.end
 
 
 def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, cost: Callable[[Snippet], int],
