@@ -25,9 +25,10 @@ and absolute imports resolve), the package's other modules are opened with didOp
 editor with the package's files open), and the module is opened with the expected text cut
 from its line; the request is ``textDocument/inlineCompletion`` at the cursor. The cursor
 ends its line, so the server asks for a multi-line suggestion; its first line is scored
-(exact match after stripping trailing whitespace). Two servers run the same tasks, one
-after the other: ``contextTokens`` at the server's default (with context) and 0 (without).
-Both use the server's CPU budgets (``contextTokens`` 512 for the one with context) except
+(exact match after stripping trailing whitespace). Two servers run the same tasks, each
+task to one and then the other: ``contextTokens`` at the server's default (with context)
+and 0 (without).
+Both use the server's CPU budgets (``contextTokens`` 1024 for the one with context) except
 that the time budget is lifted (60 s), so that the machine's load is not scored,
 ``maxNewTokens`` is ``MAX_NEW_TOKENS`` (only the first line is scored), and ``prefixTokens`` is
 ``PREFIX_TOKENS`` (512, half the default), which halves the prefill of every task whose
@@ -283,15 +284,19 @@ async def quality(tasks: list[Task], model: Path, threads: int, logs: Path, cont
     with_ctx = {**base, **({"contextTokens": context_tokens} if context_tokens is not None else {})}
     rows: list[dict[str, Any]] = [{"module": str(t.module), "line": t.line + 1, "name": t.name,
                                    "expected": t.expected} for t in tasks]
-    for name, settings in (("without", {**base, "contextTokens": 0}), ("with", with_ctx)):
-        p = Pass(name, settings, model, threads, logs)
-        try:
-            for row, t in zip(rows, tasks):
+    # Two servers side by side, each task to both in turn: each keeps its own KV cache, and the
+    # partial report compares the two on the same tasks as it goes.
+    passes = [Pass("without", {**base, "contextTokens": 0}, model, threads, logs),
+              Pass("with", with_ctx, model, threads, logs)]
+    try:
+        for row, t in zip(rows, tasks):
+            for p in passes:
                 got, ms, snippets = await p.run(t)
-                row[name] = {"suggestion": got, "exact": exact(t, got), "ms": round(ms, 1),
-                             "snippets": [(s["path"], s["lines"], s["source"]) for s in snippets]}
-                report(rows)
-        finally:
+                row[p.name] = {"suggestion": got, "exact": exact(t, got), "ms": round(ms, 1),
+                               "snippets": [(s["path"], s["lines"], s["source"]) for s in snippets]}
+            report(rows)
+    finally:
+        for p in passes:
             await p.close()
     return summarize(rows)
 

@@ -98,7 +98,7 @@ def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, s
 # Budgets for a local engine on the CPU, where they are the latency: in PSM (the only layout
 # Qwen2.5-Coder has) every keystroke recomputes the suffix, at about 100 tokens/s on two cores
 # for the default model. Measured (README, "Budgets on the CPU"): CPU_BUDGETS_MEASURED.
-CPU_BUDGETS: dict[str, Any] = {"suffix_tokens": 64, "time_budget_ms": 2000.0, "context_tokens": 512}
+CPU_BUDGETS: dict[str, Any] = {"suffix_tokens": 64, "time_budget_ms": 2000.0}
 
 
 def for_device(s: Settings, on_cpu: bool) -> Settings:

@@ -87,6 +87,16 @@ def test_a_snippet_that_defines_a_name_the_query_uses_ranks_first() -> None:
     assert got[-1].snippet == definition  # the most relevant goes last, next to the cursor
 
 
+def test_a_module_the_query_names_ranks_above_a_lookalike() -> None:
+    from codellama_lsp.completion.snippets import module_name
+    assert [module_name(p) for p in ("pkg/io.py", "pkg/sub/__init__.py", "web/lib/index.ts", "a.py")] == \
+        ["io", "sub", "lib", "a"]
+    io = snip("pkg/io.py", 0, "    def read(self):\n        return self.source\n")
+    lookalike = snip("pkg/other.py", 0, "    def read(self):\n        return self.data\n")
+    got = select([lookalike, io], "from pkg import io\nsource = io.", "", by_chars(io), by_chars)
+    assert [x.snippet for x in got] == [io]
+
+
 def test_identifiers_and_similarity() -> None:
     assert identifiers("def read(self, path): return open(path)") == {"read", "path", "open"}
     a, b = identifiers("parse_header(line)"), identifiers("key, value = parse_header(line)")

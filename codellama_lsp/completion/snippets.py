@@ -18,7 +18,8 @@ which of them go in, and in what order, as pure functions:
   names around the cursor. A chunk that defines a name the query uses (a ``def``, ``class``,
   ``function`` or top-level assignment of it) scores more: that is the declaration the
   model needs (Tabby's "declarations" source), and the query includes the file's import
-  lines, so the definitions of imported names rank high wherever the cursor is.
+  lines, so the definitions of imported names rank high wherever the cursor is; so do
+  the snippets of a module the query names (``from pkg import io`` ... ``io.``).
 * ``select`` takes the best-scoring snippets that fit ``budget`` tokens, drops those the
   local window already shows, and keeps its previous choice while that is still nearly as
   good. The snippets go first in the prompt, so a changed choice recomputes the whole
@@ -48,13 +49,17 @@ KEYWORDS = frozenset((
 
 CHUNK_MIN_LINES = 8  # a boundary before this many lines is ignored: tiny pieces lose their context
 CHUNK_MAX_LINES = 40  # a longer run is split here even without a boundary
-OUTLINE_MAX_LINES = 60  # an outline longer than this is split into pieces of it
+# An outline longer than this is split into pieces of it: 24 definition lines are 200-300
+# tokens, so a piece fits beside others in the CPU's 512-token budget.
+OUTLINE_MAX_LINES = 24
+OUTLINE_LINE_CHARS = 120  # a signature's first 120 characters: its name and first parameters
 _DEFINITION_LINE = re.compile(r"^\s*(?:@|(?:export\s+)?(?:default\s+)?(?:async\s+)?(?:def|class|function)\b)"
                               r"|^(?:export\s+)?(?:const|let|var)\s|^[A-Za-z_]\w*\s*(?::[^=]*)?=(?!=)")
 EDIT_RADIUS = 8  # lines around a recent edit that make its snippet
 EDIT_BONUS = 0.1  # a recently edited range is where the user's attention was: ranked a little higher
 DEFINITION_BONUS = 0.3  # per name of the query the snippet defines, up to MAX_DEFINITIONS of them
 MAX_DEFINITIONS = 3
+MODULE_BONUS = 0.3  # the snippet's module is named in the query (``import io`` ... ``io.``): it is used here
 STICKY_RATIO = 0.8  # the previous choice stays while it scores at least this share of a fresh one
 DUPLICATE = 0.9  # a snippet this similar to the local window adds nothing the model does not see
 
@@ -103,10 +108,18 @@ def definitions(text: str) -> frozenset[str]:
     return frozenset(next(g for g in m.groups() if g) for m in _DEFINES.finditer(text)) - KEYWORDS
 
 
+def module_name(path: str) -> str:
+    """The name a file is imported by: its stem, or its folder's name for a package's ``__init__``/``index``."""
+    parts = path.rsplit("/", 2)
+    stem = parts[-1].split(".", 1)[0]
+    return parts[-2] if stem in ("__init__", "index") and len(parts) > 1 else stem
+
+
 def score(s: Snippet, query: frozenset[str]) -> float:
     """How much ``s`` helps a completion whose surroundings use the names ``query``."""
     defined = min(len(s.defines & query), MAX_DEFINITIONS)
     return (similarity(s.names, query) + DEFINITION_BONUS * defined
+            + (MODULE_BONUS if module_name(s.path) in query else 0.0)
             + (EDIT_BONUS if s.source == "edited" else 0.0))
 
 
@@ -145,7 +158,7 @@ def outline(path: str, lines: Sequence[str], source: Source = "open") -> list[Sn
     out = []
     for at in range(0, len(picked), OUTLINE_MAX_LINES):
         part = picked[at:at + OUTLINE_MAX_LINES]
-        text = "".join(line[:200] + "\n" for _, line in part)
+        text = "".join(line[:OUTLINE_LINE_CHARS] + "\n" for _, line in part)
         out.append(Snippet(path, part[0][0], part[-1][0] + 1, text, source, outline=True))
     return out
 
