@@ -21,6 +21,10 @@ export const SERVER_KEYS = [
   "suffixTokens",
   "temperature",
   "timeBudgetMs",
+  "chat",
+  "instructMaxTokens",
+  "instructTimeBudgetMs",
+  "docstrings",
 ] as const;
 
 /** Settings that only take effect when the server process is started again. */
