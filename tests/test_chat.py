@@ -77,3 +77,6 @@ def test_prompts_carry_what_each_action_needs() -> None:
     assert "- line 3: x" in instruct.dialog("fix", code, ["line 3: x"])[1].content
     assert "`area`" in instruct.docstring_dialog(code, "area")[1].content
     assert instruct.docstring_text('```\n"""Area of a box."""\n```') == "Area of a box."
+    whole = '```python\ndef area(w, h):\n    """\n    Area of a box.\n\n    w: width\n    """\n    return w * h\n```'
+    assert instruct.docstring_text(whole) == "Area of a box.\n\n    w: width"
+    assert instruct.docstring_text('def f():\n    """Cut off by the limit') == "Cut off by the limit"

@@ -76,7 +76,14 @@ def placed(code: str, like: str) -> str:
     return body + ("\n" if like.endswith("\n") else "")
 
 
+_TRIPLE_QUOTED = re.compile(r"(\"\"\"|''')(.*?)(?:\1|$)", re.S)
+
+
 def docstring_text(answer: str) -> str:
-    """A docstring answer without the fences or quotes a model may still put around it."""
+    """A docstring answer without the fences or quotes a model may still put around it; when it wrote the
+    whole function (Qwen2.5-Coder-0.5B often does), the first triple-quoted string in it."""
     text = code_in(answer) if _FENCE.search(answer) else answer
-    return text.strip().strip('"').strip("'").strip()
+    quoted = _TRIPLE_QUOTED.search(text)
+    if quoted is not None:
+        text = quoted[2]
+    return text.strip().strip("\"'").strip()
