@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import textwrap
 import time
 import uuid
 from dataclasses import dataclass
@@ -173,25 +174,25 @@ def request_for(call: Call, doc: Document, code: str, chat: Chat, ready: Ready, 
     return GenerationRequest(prompt=chat.prompt(ready.backend.tokenizer, dialog), infilling=False,
                              max_new_tokens=settings.instruct_max_tokens, temperature=settings.temperature,
                              time_budget_ms=settings.instruct_time_budget_ms, stop_ids=chat.stop_ids,
-                             on_text=lambda text: on_text(text) and None)
+                             on_text=on_text)
 
 
 def result_edit(call: Call, doc: Document, end: Cursor, code: str, answer: str) -> tuple[types.Range, str]:
     """Where the answer goes and its text: Edit and Fix replace the code; Write tests go below it."""
     body = instruct.code_in(answer)
+    eol = doc.line_ending(min(end.line, len(doc.lines) - 1))  # the model writes LF; the document keeps its own
     if call.action in ("edit", "fix"):
-        return call.range, instruct.placed(body, code)
-    # Below the code, at the start of the next line: the tests stay next to what they test, and
-    # any client applies this (a new file would need resource operations many lack).
+        return call.range, instruct.placed(body, code).replace("\n", eol)
+    # Below the code, after a blank line: the tests stay next to what they test, and any client
+    # applies this (a new file would need resource operations many clients lack).
+    tests = textwrap.dedent(body).strip("\n").replace("\n", eol) + eol
     line = end.line + 1 if end.index > 0 else end.line
-    eol = doc.line_ending(max(0, min(end.line, len(doc.lines) - 1)))
-    if line >= len(doc.lines):
-        last = len(doc.lines) - 1
-        at = types.Position(line=last, character=len(doc.line_text(last)))
-        lead = eol if doc.lines[last].strip("\r\n") or not doc.lines[last].endswith(("\n", "\r")) else ""
-        return types.Range(start=at, end=at), lead + eol + instruct.placed(body, "\n").replace("\n", eol)
-    at = types.Position(line=line, character=0)
-    return types.Range(start=at, end=at), eol + instruct.placed(body, "\n").replace("\n", eol) + eol
+    if line < len(doc.lines):
+        at = types.Position(line=line, character=0)
+        return types.Range(start=at, end=at), eol + tests
+    last = len(doc.lines) - 1  # the code ends the document, on a line without a line break
+    at = types.Position(line=last, character=len(doc.lines[last]))
+    return types.Range(start=at, end=at), eol * 2 + tests
 
 
 async def run(server: Any, call: Call, ready: Ready, chat: Chat, settings: Settings,
@@ -216,7 +217,7 @@ async def run(server: Any, call: Call, ready: Ready, chat: Chat, settings: Setti
         return {"error": f"{title}: the code is too long for the model's {limit}-token context "
                          f"({len(request.prompt)} + {request.max_new_tokens} tokens); select less"}
     await stream.begin(request.cancel.set)
-    outcome = "failed"
+    outcome, computed_for = "failed", doc.version
     try:
         result = await counted_generation(ready.backend, request, metrics, f"{title} in {call.uri}")
         if result is None:
@@ -229,7 +230,7 @@ async def run(server: Any, call: Call, ready: Ready, chat: Chat, settings: Setti
         if call.action == "explain":
             return {"action": "explain", "markdown": result.text.strip()}
         now = server.docs.documents.get(call.uri)
-        if now is not doc or doc.version != (call.version if call.version is not None else doc.version):
+        if now is not doc or doc.version != computed_for:
             return {"error": f"{title}: the document changed while the model was writing; nothing was changed"}
         where, text = result_edit(call, doc, end, code, result.text)
         if not text.strip():
