@@ -13,6 +13,8 @@ the default real model, greedy. Reported per variant:
 * ``present``: the cleaned docstring is not empty (what the hover shows at all);
 * ``mentions``: of the functions with parameters, the share of parameters the docstring
   names (as a whole word), averaged over functions;
+* ``complete``: the share that ends a sentence (``.``, ``!``, ``?``, or a closing bracket or
+  backquote) rather than stopping mid-sentence at the token limit or time budget;
 * p50 latency.
 
 Variants (``--variants``): infilling with the ``closed`` layout (the closing quotes start the
@@ -97,6 +99,10 @@ def stdlib(limit: int) -> list[tuple[str, str, int, list[str]]]:
     return out
 
 
+def complete(text: str) -> bool:
+    return bool(re.search(r"[.!?)\]`]\s*$", text))
+
+
 def mentions(text: str, params: list[str]) -> float | None:
     if not params:
         return None
@@ -140,11 +146,12 @@ def main() -> None:
                 named.append(share)
             samples[layout].append((pid, text))
         results["variants"][layout] = {"present": sum(present) / len(present), "mentions": statistics.mean(named),
-                                      "p50_ms": statistics.median(ms)}
+                                       "complete": sum(complete(t) for _, t in samples[layout]) / len(tasks),
+                                       "p50_ms": statistics.median(ms)}
     print(f"docstrings for {results['n']} functions ({HUMANEVAL} HumanEval, {STDLIB} stdlib), {path.name}\n")
-    print("| variant | present | parameters named | p50 ms |\n|---|---:|---:|---:|")
+    print("| variant | present | parameters named | complete | p50 ms |\n|---|---:|---:|---:|---:|")
     for layout, r in results["variants"].items():
-        print(f"| {layout} | {r['present']:.0%} | {r['mentions']:.0%} | {r['p50_ms']:.0f} |")
+        print(f"| {layout} | {r['present']:.0%} | {r['mentions']:.0%} | {r['complete']:.0%} | {r['p50_ms']:.0f} |")
     for layout, rows in samples.items():
         print(f"\n{layout}, the first three:")
         for pid, text in rows[:3] + rows[HUMANEVAL:HUMANEVAL + 3]:

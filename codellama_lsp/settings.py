@@ -61,7 +61,7 @@ class Settings:
     instruct_max_tokens: int = 512
     instruct_time_budget_ms: float = 120_000.0
     # How docstrings are written (hover, "Generate docstring"): "infill" between the signature and
-    # the body, or "instruct", asked of the chat model; see DOCSTRINGS_MEASURED in completion/docstring.py.
+    # the body, or "instruct", asked of the chat model; infill, as measured (DOCSTRINGS_MEASURED in completion/docstring.py).
     docstrings: str = "infill"
     # The fields the client set; the budgets it did not set follow the device (``for_device``).
     given: frozenset[str] = frozenset()

@@ -40,6 +40,14 @@ Style = Literal["python", "jsdoc"]
 Layout = Literal["closed", "open"]
 LAYOUTS: tuple[Layout, ...] = ("closed", "open")
 LAYOUT: Layout = "open"
+# DOCSTRINGS_MEASURED: infilling ("open") stays the default over asking the chat model
+# (``instruct_request``, setting ``docstrings``). On the default model, 60 functions (40 HumanEval,
+# 20 stdlib; benchmarks/docstrings.py, one run, 1 thread): infilling gave a docstring for 97 % of
+# them, named 65 % of their parameters, ended 68 % of them at a sentence's end, p50 2.6 s;
+# Instruct 100 %, 77 %, 23 %, p50 5.1 s. Instruct names more parameters, but its longer prompt (the
+# whole function and the request) and wordier answers take twice as long, and within the same
+# 5 s budget most of its docstrings stop mid-sentence (read by hand: "Sorts every third element
+# in the list `l` in" against infilling's "Sorts every third element in the list.").
 
 PYTHON_DEFS = {"function_definition": "function", "class_definition": "class"}
 JS_DEFS = {
