@@ -279,7 +279,7 @@ def test_vscode_instruct_edit_selection_on_the_real_model(code_server_factory, s
                                                          real_gguf: Path, tmp_path: Path):
     """On the real default model, with short answers: the Refactor menu offers the Instruct actions;
     "Edit selection…" asks for the instruction in an input box, and the server's edit replaces the
-    selection (the whole file), which is saved."""
+    selection (the whole file), which is saved; "Explain" opens its answer as a markdown preview."""
     server = code_server_factory({
         "codellamaLsp.server.command": server_command[0],
         "codellamaLsp.server.args": ["--stdio", "--model", str(real_gguf), "--threads", "1"],
@@ -306,3 +306,6 @@ def test_vscode_instruct_edit_selection_on_the_real_model(code_server_factory, s
     answer = edits[-1]
     assert answer.get("applied") is True and "plus" in answer["text"], answer
     assert saved == answer["text"], (saved, answer)
+    explained = [a for a in answers if isinstance(a, dict) and a.get("action") == "explain"]
+    assert explained and explained[-1]["markdown"].strip(), answers
+    assert "Preview" in result["previewTab"], result["previewTab"]

@@ -63,7 +63,8 @@ async function fromPalette(page, quickInput, title) {
 
 /**
  * "Edit selection…" on the whole file, from the Command Palette's "Refactor...": the input
- * box takes the instruction, and the server's edit lands in the editor, which is saved.
+ * box takes the instruction, and the server's edit lands in the editor, which is saved. Then
+ * "Explain", whose answer opens as a markdown preview.
  */
 async function instructEdit(page, editor, quickInput) {
   await editor.locator(".view-lines").click();
@@ -84,6 +85,18 @@ async function instructEdit(page, editor, quickInput) {
   const shot = path.join(cfg.artifacts, "vscode-instruct.png");
   await page.screenshot({ path: shot });
   result.screenshots.push(shot);
+
+  // "Explain" at the cursor: the answer opens as a markdown preview beside the code.
+  await page.keyboard.press("Control+Home");
+  await fromPalette(page, quickInput, "Refactor...");
+  await page.locator(".action-widget .monaco-list-row", { hasText: "Explain" }).first().click();
+  const preview = page.locator(".tab", { hasText: "Preview" }).first();
+  await preview.waitFor({ state: "visible" });
+  result.previewTab = await preview.innerText();
+  log("explanation shown in", JSON.stringify(result.previewTab));
+  const shot2 = path.join(cfg.artifacts, "vscode-explain.png");
+  await page.screenshot({ path: shot2 });
+  result.screenshots.push(shot2);
 }
 
 let page;

@@ -50,10 +50,14 @@ export async function runInstruct(args: unknown[], next: Next, log: vscode.LogOu
   return answer;
 }
 
-/** The explanation as an untitled markdown document beside the code, shown as its preview. */
+/**
+ * The explanation as an untitled markdown document beside the code, shown as its preview: the
+ * preview opens in the active group, so the document is made active there first and the code
+ * stays in view.
+ */
 async function showMarkdown(markdown: string): Promise<void> {
   const doc = await vscode.workspace.openTextDocument({ language: "markdown", content: markdown });
-  await vscode.window.showTextDocument(doc, { viewColumn: vscode.ViewColumn.Beside, preview: true, preserveFocus: true });
+  await vscode.window.showTextDocument(doc, { viewColumn: vscode.ViewColumn.Beside, preview: true });
   try {
     await vscode.commands.executeCommand("markdown.showPreview", doc.uri);
   } catch {
