@@ -89,7 +89,11 @@ async function instructEdit(page, editor, quickInput) {
   // "Explain" at the cursor: the answer opens as a markdown preview beside the code.
   await page.keyboard.press("Control+Home");
   await fromPalette(page, quickInput, "Refactor...");
+  log("choose Explain");
   await page.locator(".action-widget .monaco-list-row", { hasText: "Explain" }).first().click();
+  // The answer opens as an untitled markdown document, then as its preview.
+  await page.locator(".tab", { hasText: "Untitled-1" }).first().waitFor({ state: "visible" });
+  log("explanation opened; waiting for its preview");
   const preview = page.locator(".tab", { hasText: "Preview" }).first();
   await preview.waitFor({ state: "visible" });
   result.previewTab = await preview.innerText();
