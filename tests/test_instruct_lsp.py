@@ -135,6 +135,16 @@ async def test_each_action_end_to_end(real_client: Client) -> None:
     assert status["generated_tokens"] < 1024 + 4 * ANSWER_TOKENS, status
 
 
+async def test_docstrings_by_instruct(real_client: Client) -> None:
+    """The docstrings setting "instruct": the hover's docstring is asked of the chat model."""
+    client = real_client
+    await client.configure(docstrings="instruct")
+    hover = await client.text_document_hover_async(types.HoverParams(
+        text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(7, 5)))
+    assert hover is not None and "**`shout`** (generated docstring)" in hover.contents.value, hover
+    assert f"docstring for shout in {URI} by the chat model" in client.log()
+
+
 async def test_a_model_without_a_chat_template_offers_none(tmp_path: Path) -> None:
     """The demo model (a Code Llama vocabulary, no chat template): only the docstring action, and status says why."""
     client = await start(BUNDLED_MODEL, tmp_path / "server.log")

@@ -55,6 +55,8 @@ class Docstrings:
             request = ds.instruct_request(doc, d, settings, chat, backend.tokenizer) if asks_chat else \
                 ds.generation_request(doc, d, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri))
 
+            log.debug("docstring for %s in %s by %s", d.name, doc.uri, "the chat model" if asks_chat else "infilling")
+
             async def run() -> str:
                 result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {doc.uri}")
                 if result is None:

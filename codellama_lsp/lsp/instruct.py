@@ -18,7 +18,7 @@ import textwrap
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lsprotocol import types
 
@@ -31,6 +31,9 @@ from codellama_lsp.lsp import convert
 from codellama_lsp.lsp.loading import Ready
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
 from codellama_lsp.settings import Settings
+
+if TYPE_CHECKING:
+    from codellama_lsp.lsp.server import CodeLlamaServer
 
 log = logging.getLogger("codellama_lsp")
 
@@ -130,7 +133,7 @@ def offered(doc: Document, rng: types.Range, diagnostics: list[types.Diagnostic]
 class Streamed:
     """A generation's text as work-done progress: begun and created by the server, reported throttled."""
 
-    def __init__(self, server: Any, title: str) -> None:
+    def __init__(self, server: "CodeLlamaServer", title: str) -> None:
         self.server, self.title = server, title
         self.token: str | None = None
         self.last = 0.0
@@ -195,7 +198,7 @@ def result_edit(call: Call, doc: Document, end: Cursor, code: str, answer: str) 
     return types.Range(start=at, end=at), eol * 2 + tests
 
 
-async def run(server: Any, call: Call, ready: Ready, chat: Chat, settings: Settings,
+async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, settings: Settings,
               metrics: Metrics) -> dict[str, Any]:
     """Generate ``call``'s answer and deliver it: markdown for Explain, ``workspace/applyEdit`` for the others."""
     title = instruct.TITLES[call.action]
