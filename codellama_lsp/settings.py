@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Literal, Mapping
 
+from codellama_lsp.completion.chat import CHAT_SETTINGS
 from codellama_lsp.completion.families import FAMILY_SETTINGS
 from codellama_lsp.completion.templates import Format
 from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES
@@ -57,6 +58,15 @@ class Settings:
     # (codellama_lsp.engine.engine, ``reuse_suffix``). Off: it is approximate, and on the default
     # model it cost most exact matches (benchmarks/quality.py, ours_typed; README).
     reuse_suffix: bool = False
+    # Instruct actions (completion/chat.py, instruct.py): the chat layout ("auto": the model's own chat
+    # template, if it has one), and the budgets of one answer. 512 tokens holds an explanation or a
+    # 40-line function; 120 s is what 512 tokens take on 2 CPU cores at the default model's ~5 tok/s.
+    chat: str = "auto"
+    instruct_max_tokens: int = 512
+    instruct_time_budget_ms: float = 120_000.0
+    # How docstrings are written (hover, "Generate docstring"): "infill" between the signature and
+    # the body, or "instruct", asked of the chat model; infill, as measured (DOCSTRINGS_MEASURED in completion/docstring.py).
+    docstrings: str = "infill"
     # The fields the client set; the budgets it did not set follow the device (``for_device``).
     given: frozenset[str] = frozenset()
 
@@ -207,6 +217,10 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "compile": ("compile", _choice(*COMPILE_CHOICES), _same),
     "quantize": ("quantize", _choice(*QUANTIZE_CHOICES), _same),
     "reuseSuffix": ("reuse_suffix", _bool, _same),
+    "chat": ("chat", _choice(*CHAT_SETTINGS), _same),
+    "instructMaxTokens": ("instruct_max_tokens", _int_range(1, 4096), _same),
+    "instructTimeBudgetMs": ("instruct_time_budget_ms", _number_range(100, 600_000), float),
+    "docstrings": ("docstrings", _choice("infill", "instruct"), _same),
 }
 assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)} - {"given"}
 

@@ -27,6 +27,8 @@ class Client(LanguageClient):
         self.progress: list[types.ProgressParams] = []
         self.configuration: Any = None
         self.log_file: Path | None = None
+        self.applied_edits: list[types.ApplyWorkspaceEditParams] = []
+        self.apply_edits = True  # what the client answers workspace/applyEdit
 
         @self.feature(types.WINDOW_SHOW_MESSAGE)
         def _show(params: types.ShowMessageParams) -> None:
@@ -39,6 +41,11 @@ class Client(LanguageClient):
         @self.feature(types.PROGRESS)
         def _progress(params: types.ProgressParams) -> None:
             self.progress.append(params)
+
+        @self.feature(types.WORKSPACE_APPLY_EDIT)
+        def _apply_edit(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
+            self.applied_edits.append(params)
+            return types.ApplyWorkspaceEditResult(applied=self.apply_edits)
 
         @self.feature(types.WORKSPACE_CONFIGURATION)
         def _configuration(params: types.ConfigurationParams) -> list[Any]:
@@ -104,6 +111,11 @@ class Client(LanguageClient):
         items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
         return items[0].insert_text if items else ""
 
+    async def instruct(self, argument: dict[str, Any]) -> dict[str, Any]:
+        """Run an Instruct action's command, as a client does once the user chose the action."""
+        return await self.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="codellama.instruct", arguments=[argument]))
+
     async def configure(self, **settings: Any) -> None:
         self.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"codellama": settings}))
         await self.status()  # a round trip: the notification before it has been handled
@@ -113,7 +125,7 @@ def capabilities(encodings: list[str] | None = None, resolve_edits: bool = True)
     return types.ClientCapabilities(
         general=types.GeneralClientCapabilities(position_encodings=encodings) if encodings else None,
         window=types.WindowClientCapabilities(work_done_progress=True),
-        workspace=types.WorkspaceClientCapabilities(configuration=True),
+        workspace=types.WorkspaceClientCapabilities(configuration=True, apply_edit=True),
         text_document=types.TextDocumentClientCapabilities(
             code_action=types.CodeActionClientCapabilities(
                 resolve_support=types.ClientCodeActionResolveOptions(properties=["edit"]) if resolve_edits else None)),

@@ -91,6 +91,9 @@ class _Metadata:
         return tokens, [int(t) for t in types]
 
 
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
+
+
 def special_tokens_of(tokens: list[str], types: list[int]) -> dict[str, int]:
     """Text -> id of every control and user-defined token."""
     return {t: i for i, (t, k) in enumerate(zip(tokens, types)) if k in (TT.CONTROL, TT.USER_DEFINED)}
@@ -273,7 +276,13 @@ def load_gguf_tokenizer(source: str | Path | gguf.GGUFReader) -> GgufBpeTokenize
     meta = _Metadata(reader, path)
     kind = meta.require(_K.MODEL)
     if kind == "gpt2":
-        return GgufBpeTokenizer(meta)
-    if kind == "llama":
-        return _llama_tokenizer(meta)
-    raise CheckpointError(f"{path}: tokenizer model {kind!r} is not supported (supported: gpt2, llama)")
+        tok: GgufBpeTokenizer | GgufSentencePieceTokenizer = GgufBpeTokenizer(meta)
+    elif kind == "llama":
+        tok = _llama_tokenizer(meta)
+    else:
+        raise CheckpointError(f"{path}: tokenizer model {kind!r} is not supported (supported: gpt2, llama)")
+    # The model's own chat template (jinja, GGUF key tokenizer.chat_template): which chat layout
+    # it was tuned on, if any (completion/chat.py reads it; it is never rendered).
+    template = meta.get(CHAT_TEMPLATE_KEY)
+    tok.chat_template = template if isinstance(template, str) else None
+    return tok

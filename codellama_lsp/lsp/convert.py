@@ -55,9 +55,21 @@ def hover(d: ds.Definition, text: str) -> types.Hover:
     return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=ds.markdown(d, text)))
 
 
-def wants_rewrite(only: Sequence[str] | None) -> bool:
-    """Whether a code action request's ``only`` filter admits our refactor.rewrite actions."""
-    return not only or any(types.CodeActionKind.RefactorRewrite.value.startswith(k) for k in only)
+def admits(only: Sequence[str] | None, kind: str) -> bool:
+    """Whether a code action request's ``only`` filter admits actions of ``kind`` (kinds are dot-separated
+    hierarchies: ``refactor`` admits ``refactor.rewrite``)."""
+    return not only or any(kind == k or kind.startswith(k + ".") for k in only)
+
+
+# The Instruct actions' kinds: under refactor (VS Code's Refactor menu) and quickfix (the lightbulb's fixes).
+INSTRUCT_KINDS = {"explain": "refactor.codellama.explain", "tests": "refactor.codellama.tests",
+                  "edit": "refactor.codellama.edit", "fix": "quickfix.codellama.fix"}
+
+
+def instruct_action(title: str, action: str, argument: dict[str, Any], command: str) -> types.CodeAction:
+    """An Instruct action: the client runs ``command`` with ``argument`` when it is chosen."""
+    return types.CodeAction(title=f"codellama: {title}", kind=INSTRUCT_KINDS[action],
+                            command=types.Command(title=title, command=command, arguments=[argument]))
 
 
 def resolves_edits(caps: types.ClientCapabilities) -> bool:
@@ -137,6 +149,8 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "budgets": {k: getattr(in_force, k) for k in ("prefix_tokens", "suffix_tokens", "max_new_tokens",
                                                      "time_budget_ms")},
         "family": server.slot.template.describe() if server.slot.template else None,
+        # Whether the Instruct actions are offered: the chat layout, or why there is none.
+        "chat": server.chat().describe() if server.slot.ready is not None else None,
         "position_encoding": server.encoding,
         "open_documents": len(server.docs.documents),
         **server.metrics.snapshot(),

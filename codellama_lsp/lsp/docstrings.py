@@ -12,6 +12,8 @@ import logging
 from typing import Callable
 
 from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion import instruct
+from codellama_lsp.completion.chat import Chat
 from codellama_lsp.documents import Document
 from codellama_lsp.lsp.lifecycle import Lifecycle
 from codellama_lsp.lsp.loading import Ready
@@ -34,11 +36,13 @@ class Docstrings:
         self.cache.forget(uri)
 
     async def generate(self, doc: Document, line: int, version: int | None, header: str | None, ready: Ready,
-                       settings: Settings, current: Callable[[str], Document | None]
+                       settings: Settings, chat: Chat, current: Callable[[str], Document | None]
                        ) -> tuple[Document, ds.Definition, str] | None:
         """The docstring for the definition at ``line`` of ``doc`` as of ``version``, and where it now is.
 
         ``current(uri)`` gives the document as it is after generation, which may have changed.
+        Written by infilling, or by the chat model when the ``docstrings`` setting says
+        "instruct" and the model has a chat layout.
         """
         d = ds.definition_for(doc, line, version, header)
         if d is None:
@@ -47,12 +51,17 @@ class Docstrings:
         text = self.cache.get(key)
         if text is None:
             backend, computed_for = ready.backend, doc.version
-            request = ds.generation_request(doc, d, settings, ready.template, backend.tokenizer,
-                                            ready.counter_for(doc.uri))
+            asks_chat = settings.docstrings == "instruct" and chat.available
+            request = ds.instruct_request(doc, d, settings, chat, backend.tokenizer) if asks_chat else \
+                ds.generation_request(doc, d, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri))
+
+            log.debug("docstring for %s in %s by %s", d.name, doc.uri, "the chat model" if asks_chat else "infilling")
 
             async def run() -> str:
                 result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {doc.uri}")
-                return "" if result is None else ds.clean(result.text, d.style)
+                if result is None:
+                    return ""
+                return ds.clean(instruct.docstring_text(result.text) if asks_chat else result.text, d.style)
 
             outcome = await self.lifecycle.run(("docstring", doc.uri), key, lambda _: run())
             text = outcome[1] if outcome else ""

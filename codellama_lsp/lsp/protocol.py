@@ -24,6 +24,8 @@ gets back) can be hardened without touching the handlers. What it adds to pygls:
 
 from __future__ import annotations
 
+import contextvars
+
 import collections.abc
 import enum
 import logging
@@ -201,6 +203,10 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
+# The id of the request whose handler is running: what a command's task is cancelled by.
+REQUEST_ID: contextvars.ContextVar[Any] = contextvars.ContextVar("codellama_request_id", default=None)
+
+
 class CodeLlamaProtocol(LanguageServerProtocol):
     """pygls' protocol with our own document store and a JSON-RPC 2.0 answer to everything."""
 
@@ -331,7 +337,17 @@ class CodeLlamaProtocol(LanguageServerProtocol):
             log.warning("request %s: invalid params for %s: %s", echo(msg_id), method, exc)
             self._reply_error(msg_id, INVALID_PARAMS, f"Invalid params for {method}: {exc}")
             return
-        super().handle_message(message)
+        token = REQUEST_ID.set(msg_id)  # tasks the handler starts now inherit it (contextvars are copied)
+        try:
+            super().handle_message(message)
+        finally:
+            REQUEST_ID.reset(token)
+
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        """pygls cancels a request's future, but a command's coroutine runs as a task of its own (under an id
+        pygls makes up): the server cancels that one by the request's id."""
+        super()._handle_cancel_notification(msg_id)
+        self._server.cancel_request(msg_id)
 
     def _notification(self, value: dict[str, Any], method: str) -> None:
         if self._shutdown and method != types.EXIT:

@@ -25,6 +25,9 @@ from codellama_lsp.completion.snippets import Scored
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend
 from codellama_lsp.lsp import convert
+from codellama_lsp.completion.chat import Chat, detect_chat
+from codellama_lsp.completion.instruct import TITLES
+from codellama_lsp.lsp import instruct
 from codellama_lsp.lsp.docstrings import Docstrings
 from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
 from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into
@@ -32,7 +35,7 @@ from codellama_lsp.lsp.log import attach_to_running_loop as attach_log_to_client
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
 from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
-from codellama_lsp.lsp.protocol import CodeLlamaProtocol
+from codellama_lsp.lsp.protocol import REQUEST_ID, CodeLlamaProtocol
 from codellama_lsp.lsp.open_documents import OpenDocuments
 from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, for_device, resolve_format
 from codellama_lsp.workspace import Workspace, uri_path
@@ -59,6 +62,7 @@ class CodeLlamaServer(LanguageServer):
         self.shutdown_requested = False
         self._load_task: asyncio.Task | None = None
         self._fit_note: str | None = None  # the last budget-cut warning shown, so it is shown once
+        self.commands: dict[Any, asyncio.Task] = {}  # running codellama.instruct commands by request id
 
     # -- errors -----------------------------------------------------------------------------------------
     def report_server_error(self, error: Exception, source: Any) -> None:
@@ -210,6 +214,53 @@ class CodeLlamaServer(LanguageServer):
 
         return generate()
 
+    # -- Instruct actions -------------------------------------------------------------------------------
+    def chat(self) -> Chat:
+        """The loaded model's chat layout (``chat`` setting), or none and why: what status and actions use."""
+        ready = self.slot.ready
+        return Chat(None, f"the model is {self.slot.state}") if ready is None else \
+            detect_chat(ready.backend.tokenizer, self.settings.chat)
+
+    async def apply(self, edit: types.WorkspaceEdit, label: str) -> bool:
+        """Send ``edit`` with workspace/applyEdit; whether the client applied it (it refuses a stale version)."""
+        try:
+            answer = await self.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=label))
+        except Exception as exc:  # noqa: BLE001 - a client that cannot apply edits gets the edit in the answer
+            log.warning("workspace/applyEdit failed: %s", exc)
+            return False
+        return bool(answer and answer.applied)
+
+    def cancel_request(self, msg_id: Any) -> None:
+        task = self.commands.get(msg_id)
+        if task is not None:
+            task.cancel()
+
+    async def run_instruct(self, args: Any) -> dict[str, Any]:
+        """An Instruct action's answer; cancelled by ``$/cancelRequest`` of its executeCommand request."""
+        msg_id, task = REQUEST_ID.get(), asyncio.current_task()
+        if msg_id is None or task is None:
+            return await self._instruct(args)
+        self.commands[msg_id] = task
+        try:
+            return await self._instruct(args)
+        finally:
+            self.commands.pop(msg_id, None)
+
+    async def _instruct(self, args: Any) -> dict[str, Any]:
+        call = instruct.parse_call(args)
+        if isinstance(call, str):
+            log.warning("%s", call)
+            return {"error": call}
+        ready, chat = self.slot.ready, self.chat()
+        if ready is None or not chat.available:
+            return {"error": f"no Instruct actions: {chat.describe()}"}
+        settings = self.request_settings(ready.backend)
+        try:
+            return await instruct.run(self, call, ready, chat, settings, self.metrics)
+        except asyncio.CancelledError:
+            self.metrics.count("cancelled")
+            raise
+
     # -- docstrings -------------------------------------------------------------------------------------
     async def docstring(self, uri: str, position: types.Position, version: int | None = None,
                         header: str | None = None) -> tuple[Document, ds.Definition, str] | None:
@@ -223,7 +274,7 @@ class CodeLlamaServer(LanguageServer):
                 return None
             doc = found[0]
         return await self.docstrings.generate(doc, position.line, version, header, ready,
-                                              self.request_settings(ready.backend), self.docs.documents.get)
+                                              self.request_settings(ready.backend), self.chat(), self.docs.documents.get)
 
 
 # -- handlers ---------------------------------------------------------------------------------------------
@@ -289,13 +340,18 @@ async def _hover(ls: CodeLlamaServer, params: types.HoverParams) -> types.Hover 
 
 async def _code_action(ls: CodeLlamaServer, params: types.CodeActionParams) -> list[types.CodeAction]:
     doc, start = ls.docs.documents.get(params.text_document.uri), params.range.start
-    if doc is None or not convert.wants_rewrite(params.context.only) or not 0 <= start.line < len(doc.lines):
+    if doc is None or not 0 <= start.line < len(doc.lines):
         return []
+    only = params.context.only
+    actions = [convert.instruct_action(TITLES[a], a, arg, instruct.COMMAND)
+               for a, arg in instruct.offered(doc, params.range, params.context.diagnostics, ls.chat())
+               if convert.admits(only, convert.INSTRUCT_KINDS[a])]
     d = ds.find_definition(doc, start.line)
-    if d is None or d.has_docstring:
-        return []
+    if d is None or d.has_docstring or not convert.admits(only, types.CodeActionKind.RefactorRewrite.value):
+        return actions
     action = convert.docstring_action(doc.uri, start, doc.version, ds.header_text(doc, d))
-    return [action] if convert.resolves_edits(ls.client_capabilities) else [await _resolve_code_action(ls, action)]
+    resolved = action if convert.resolves_edits(ls.client_capabilities) else await _resolve_code_action(ls, action)
+    return [resolved, *actions]
 
 
 async def _resolve_code_action(ls: CodeLlamaServer, action: types.CodeAction) -> types.CodeAction:
@@ -307,6 +363,10 @@ async def _resolve_code_action(ls: CodeLlamaServer, action: types.CodeAction) ->
     if found is not None:
         action.edit = convert.docstring_edit(*found, ls.client_capabilities)
     return action
+
+
+async def _instruct(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
+    return await ls.run_instruct(args)
 
 
 def _status(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
@@ -325,7 +385,9 @@ def build_server(settings: Settings, default_model: Path | None = None) -> CodeL
     server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(_completion)
     server.feature(types.TEXT_DOCUMENT_HOVER)(_hover)
     server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
-        code_action_kinds=[types.CodeActionKind.RefactorRewrite], resolve_provider=True))(_code_action)
+        code_action_kinds=[types.CodeActionKind.RefactorRewrite, *convert.INSTRUCT_KINDS.values()],
+        resolve_provider=True))(_code_action)
     server.feature(types.CODE_ACTION_RESOLVE)(_resolve_code_action)
     server.command(STATUS_COMMAND)(_status)
+    server.command(instruct.COMMAND)(_instruct)
     return server

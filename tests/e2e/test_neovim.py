@@ -470,3 +470,38 @@ def test_help_tags_after_a_fresh_install(nvim_factory, tmp_path: Path):
     assert links
     broken = [t for t in links if t not in _lua(n, "return vim.fn.getcompletion(..., 'help')", t)]
     assert not broken, broken
+
+
+def test_instruct_edit_selection_and_explain_on_the_real_model(nvim_factory, server_command: list[str],
+                                                               real_gguf: Path, tmp_path: Path):
+    """On the real default model (it has a chat template), with short answers: "Edit selection…"
+    on a visual selection asks for the instruction with vim.ui.input and replaces the selection
+    with the server's edit; "Explain" at the cursor shows markdown in a floating window."""
+    cmd = [server_command[0], "--stdio", "--model", str(real_gguf), "--threads", "1"]
+    n = nvim_factory({"cmd": cmd, "settings": {"instructMaxTokens": 40}})
+    path = tmp_path / "shout.py"
+    original = 'def shout(text):\n    return text.upper() + "!"\n'
+    path.write_text(original, encoding="utf-8")
+    _open_and_wait_ready(n, path)
+
+    n.input("ggVj")
+    _wait(lambda: n.api.get_mode()["mode"] == "V", 5, "visual line mode")
+    _lua(n, """
+        vim.lsp.buf.code_action({apply = true, filter = function(a) return a.title == 'codellama: Edit selection…' end})
+    """)
+    _wait(lambda: n.api.get_mode()["mode"] == "c" or n.api.get_mode()["blocking"], 60,
+          f"the instruction prompt (mode {n.api.get_mode()}, messages {_messages(n)!r})")
+    n.input("rename the function to yell<CR>")
+    before = original.rstrip("\n").split("\n")
+    _wait(lambda: n.current.buffer[:] != before, SUGGEST_TIMEOUT, "the edit to be applied")
+    answer = _lua(n, "return require('codellama.instruct').last_answer")
+    assert answer and answer.get("applied") is True, answer
+    # The selection was the whole buffer (to the end of its last line): it is now the answer's code.
+    assert _buffer_text(n) == answer["text"] and "yell" in answer["text"], (_buffer_text(n), answer)
+
+    n.input("<Esc>gg")
+    _lua(n, "vim.lsp.buf.code_action({apply = true, filter = function(a) return a.title == 'codellama: Explain' end})")
+    window = _wait(lambda: _floats(n), SUGGEST_TIMEOUT, "the explanation's floating window")
+    answer = _lua(n, "return require('codellama.instruct').last_answer")
+    assert answer["markdown"].strip() and window[0][1].strip(), (answer, window)
+    assert _lua(n, "return vim.bo[vim.api.nvim_win_get_buf(...)].filetype", window[0][0]) == "markdown"

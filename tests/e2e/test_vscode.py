@@ -273,3 +273,39 @@ def test_vscode_inline_suggestion_tab_and_hover(code_server, tmp_path: Path):
     assert re.search(r"\[info\] codellama_lsp: model ready", log), log[-3000:]
     errors = [line for line in log.splitlines() if "[error]" in line]
     assert not errors, "\n".join(errors)
+
+
+def test_vscode_instruct_edit_selection_on_the_real_model(code_server_factory, server_command: list[str],
+                                                         real_gguf: Path, tmp_path: Path):
+    """On the real default model, with short answers: the Refactor menu offers the Instruct actions;
+    "Edit selection…" asks for the instruction in an input box, and the server's edit replaces the
+    selection (the whole file), which is saved; "Explain" opens its answer as a markdown preview."""
+    server = code_server_factory({
+        "codellamaLsp.server.command": server_command[0],
+        "codellamaLsp.server.args": ["--stdio", "--model", str(real_gguf), "--threads", "1"],
+        "codellamaLsp.instructMaxTokens": 40,
+    })
+    result, context = _drive({
+        "playwrightCore": str(PLAYWRIGHT_CORE),
+        "chromium": str(CHROMIUM),
+        "url": server["url"],
+        "file": "sample.py",
+        "mode": "instruct",
+        "instruction": "rename the function to plus",
+        "artifacts": str(ARTIFACTS),
+        "timeoutMs": 300000,
+    }, tmp_path, server)
+    assert any("codellama: Explain" in a for a in result["actions"]), result["actions"]
+    saved = (server["workspace"] / "sample.py").read_text(encoding="utf-8")
+    trace = "".join(p.read_text(encoding="utf-8", errors="replace")
+                    for p in server["data"].glob("logs/**/*Code Llama LSP Trace*.log"))
+    answers = [json.JSONDecoder().raw_decode(trace, m.end())[0] for m in
+               re.finditer(r"Received response 'workspace/executeCommand - \(\d+\)'.*?\nResult: ", trace)]
+    edits = [a for a in answers if isinstance(a, dict) and a.get("action") == "edit"]  # not codellama.status's
+    assert edits, f"no codellama.instruct answer in the LSP trace\n{context}"
+    answer = edits[-1]
+    assert answer.get("applied") is True and "plus" in answer["text"], answer
+    assert saved == answer["text"], (saved, answer)
+    explained = [a for a in answers if isinstance(a, dict) and a.get("action") == "explain"]
+    assert explained and explained[-1]["markdown"].strip(), answers
+    assert "Preview" in result["previewTab"], result["previewTab"]

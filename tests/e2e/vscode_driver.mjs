@@ -1,7 +1,9 @@
 // Drives VS Code (code-server) in headless Chromium with playwright-core, for
 // tests/e2e/test_vscode.py. Usage:
 //   node vscode_driver.mjs <config.json>
-// config: { playwrightCore, url, file, typeChunks, hoverWord, artifacts, timeoutMs }
+// config: { playwrightCore, url, file, typeChunks, hoverWord, artifacts, timeoutMs, mode, instruction }
+// mode: "startFailure" (a server that cannot start), "instruct" (Edit selection… with
+// `instruction`), else typing, ghost text, Tab, hover, toggle and status.
 // Writes a JSON result to stdout's last line: { ghostText, hoverText, screenshots }.
 
 import { createRequire } from "node:module";
@@ -28,6 +30,79 @@ const browser = await chromium.launch({
   ],
 });
 const result = { screenshots: [] };
+
+/** Wait until the extension's status bar item says the server's model is loaded. */
+async function waitForReady(page) {
+  const serverState = await page.waitForFunction(
+    () => {
+      const item = [...document.querySelectorAll(".statusbar-item")].find((e) => /Code Llama/.test(e.textContent));
+      if (!item) return null;
+      if (item.querySelector(".codicon-check, .codicon-sparkle")) return "ready";
+      if (item.querySelector(".codicon-error")) return `error: ${item.getAttribute("aria-label") ?? item.textContent}`;
+      return null;
+    },
+    null,
+    { timeout },
+  );
+  const state = await serverState.jsonValue();
+  log("server", state);
+  if (state !== "ready") {
+    throw new Error(`the extension reports a server ${state}`);
+  }
+}
+
+/** Run the command titled `title` from the Command Palette. */
+async function fromPalette(page, quickInput, title) {
+  await page.keyboard.press("Control+Shift+P");
+  await quickInput.waitFor({ state: "visible" });
+  await quickInput.fill(`>${title}`);
+  const name = title.split(": ").pop();
+  await page.locator(".quick-input-list .monaco-list-row", { hasText: name }).first().waitFor({ state: "visible" });
+  await page.keyboard.press("Enter");
+}
+
+/**
+ * "Edit selection…" on the whole file, from the Command Palette's "Refactor...": the input
+ * box takes the instruction, and the server's edit lands in the editor, which is saved. Then
+ * "Explain", whose answer opens as a markdown preview.
+ */
+async function instructEdit(page, editor, quickInput) {
+  await editor.locator(".view-lines").click();
+  await page.keyboard.press("Control+A");
+  await fromPalette(page, quickInput, "Refactor...");
+  const row = page.locator(".action-widget .monaco-list-row", { hasText: "Edit selection" }).first();
+  await row.waitFor({ state: "visible" });
+  result.actions = await page.locator(".action-widget .monaco-list-row").allInnerTexts();
+  log("code actions", JSON.stringify(result.actions));
+  await row.click();
+  await page.locator(".quick-input-widget", { hasText: "How should the selected code change?" }).waitFor({ state: "visible" });
+  await quickInput.fill(cfg.instruction);
+  await page.keyboard.press("Enter");
+  await page.locator(".tab.active.dirty").waitFor({ state: "visible" }); // the edit was applied
+  await page.keyboard.press("Control+S");
+  await page.locator(".tab.active.dirty").waitFor({ state: "detached", timeout: 15000 });
+  log("edited and saved");
+  const shot = path.join(cfg.artifacts, "vscode-instruct.png");
+  await page.screenshot({ path: shot });
+  result.screenshots.push(shot);
+
+  // "Explain" at the cursor: the answer opens as a markdown preview beside the code.
+  await page.keyboard.press("Control+Home");
+  await fromPalette(page, quickInput, "Refactor...");
+  log("choose Explain");
+  await page.locator(".action-widget .monaco-list-row", { hasText: "Explain" }).first().click();
+  // The answer opens as an untitled markdown document, then as its preview.
+  await page.locator(".tab", { hasText: "Untitled-1" }).first().waitFor({ state: "visible" });
+  log("explanation opened; waiting for its preview");
+  const preview = page.locator(".tab", { hasText: "Preview" }).first();
+  await preview.waitFor({ state: "visible" });
+  result.previewTab = await preview.innerText();
+  log("explanation shown in", JSON.stringify(result.previewTab));
+  const shot2 = path.join(cfg.artifacts, "vscode-explain.png");
+  await page.screenshot({ path: shot2 });
+  result.screenshots.push(shot2);
+}
+
 let page;
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -71,23 +146,11 @@ try {
     await page.locator(".settings-editor").first().waitFor({ state: "visible" });
     await page.locator(".setting-item-contents", { hasText: "Server: Command" }).first().waitFor({ state: "visible" });
     result.settingsOpened = true;
+  } else if (cfg.mode === "instruct") {
+    await waitForReady(page);
+    await instructEdit(page, editor, quickInput);
   } else {
-    const serverState = await page.waitForFunction(
-      () => {
-        const item = [...document.querySelectorAll(".statusbar-item")].find((e) => /Code Llama/.test(e.textContent));
-        if (!item) return null;
-        if (item.querySelector(".codicon-check, .codicon-sparkle")) return "ready";
-        if (item.querySelector(".codicon-error")) return `error: ${item.getAttribute("aria-label") ?? item.textContent}`;
-        return null;
-      },
-      null,
-      { timeout },
-    );
-    const state = await serverState.jsonValue();
-    log("server", state);
-    if (state !== "ready") {
-      throw new Error(`the extension reports a server ${state}`);
-    }
+    await waitForReady(page);
 
     // Type at the end of the file.
     await editor.locator(".view-lines").click();
@@ -176,11 +239,7 @@ try {
 
     // Toggle Suggestions from the Command Palette: the setting flips, live.
     await page.keyboard.press("Escape");
-    await page.keyboard.press("Control+Shift+P");
-    await quickInput.waitFor({ state: "visible" });
-    await quickInput.fill(">Code Llama: Toggle Suggestions");
-    await page.locator(".quick-input-list .monaco-list-row", { hasText: "Toggle Suggestions" }).first().waitFor({ state: "visible" });
-    await page.keyboard.press("Enter");
+    await fromPalette(page, quickInput, "Code Llama: Toggle Suggestions");
     await page.waitForFunction(
       () => [...document.querySelectorAll(".statusbar-item")].some((e) => /Code Llama.*\(off\)/.test(e.textContent)),
       null,

@@ -4,7 +4,8 @@
 // `codellamaLsp.*` settings to it, and lets vscode-languageclient map the LSP 3.18
 // `textDocument/inlineCompletion` capability onto VS Code's own inline-suggestion UI
 // (ghost text, Tab to accept). Hover docstrings and the "Generate docstring" code
-// action come through the client the same way.
+// action come through the client the same way; the Instruct actions need a little help
+// from the client (instruct.ts).
 
 import * as vscode from "vscode";
 import {
@@ -15,6 +16,7 @@ import {
 } from "vscode-languageclient/node";
 import { StatusItem, describeStatus } from "./status";
 import { SECTION, SERVER_SECTION, serverSettings, serverSettingsChanged, restartSettingsChanged } from "./settings";
+import { INSTRUCT_COMMAND, runInstruct } from "./instruct";
 import { INSTALL_HINT, expandHome, findExecutable, missingCommand } from "./command";
 
 let client: LanguageClient | undefined;
@@ -122,6 +124,9 @@ async function start(): Promise<void> {
           );
         },
       },
+      // Instruct actions: ask for Edit's instruction first, show Explain's markdown after (instruct.ts).
+      executeCommand: async (command, args, next) =>
+        command === INSTRUCT_COMMAND ? runInstruct(args, async (c, a) => next(c, a), log) : next(command, args),
       provideInlineCompletionItems: async (document, position, context, token, next) => {
         if (!enabled()) {
           return null;

@@ -22,6 +22,10 @@ export const SERVER_KEYS = [
   "contextTokens",
   "temperature",
   "timeBudgetMs",
+  "chat",
+  "instructMaxTokens",
+  "instructTimeBudgetMs",
+  "docstrings",
 ] as const;
 
 /** Settings that only take effect when the server process is started again. */

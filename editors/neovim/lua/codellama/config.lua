@@ -26,6 +26,11 @@ M.defaults = {
     contextTokens = nil, -- snippets from other files (0: off)
     temperature = nil,
     timeBudgetMs = nil,
+    -- Instruct code actions (Explain, Write tests, Fix, Edit selection…; :help codellama-instruct)
+    chat = nil, -- "auto" (the model's chat template) | "chatml" | "codellama" | "off"
+    instructMaxTokens = nil, -- longest answer (server default 512)
+    instructTimeBudgetMs = nil, -- longest time one answer may take (server default 120000)
+    docstrings = nil, -- "infill" | "instruct": how hover docstrings are written
   },
   -- Set 'omnifunc' to vim.lsp.omnifunc in attached buffers (<C-x><C-o> completes the
   -- suggestion as a popup item); false leaves 'omnifunc' alone.

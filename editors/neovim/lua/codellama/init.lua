@@ -1,6 +1,7 @@
 -- codellama.nvim: Neovim client for codellama-lsp. See :help codellama.
 local config = require("codellama.config")
 local suggest = require("codellama.suggest")
+local instruct = require("codellama.instruct")
 
 local M = {}
 
@@ -327,6 +328,7 @@ end
 function M.setup(opts)
   local o = config.set(opts)
   suggest.set_keymaps()
+  instruct.register()
   ensure_helptags()
 
   vim.api.nvim_create_autocmd("LspAttach", {
