@@ -31,7 +31,7 @@ ends its line, so the server asks for a multi-line suggestion; its first line is
 (exact match after stripping trailing whitespace). Two servers run the same tasks, each
 task to one and then the other: ``contextTokens`` at the server's default (with context)
 and 0 (without).
-Both use the server's CPU budgets (``contextTokens`` 1024 for the one with context) except
+Both use the server's CPU budgets (``contextTokens`` 512 for the one with context) except
 that the time budget is lifted (60 s), so that the machine's load is not scored,
 ``maxNewTokens`` is ``MAX_NEW_TOKENS`` (only the first line is scored), and ``prefixTokens`` is
 ``PREFIX_TOKENS`` (512, half the default), which halves the prefill of every task whose
