@@ -7,10 +7,13 @@ Construction of the task set, so that anyone can rebuild it:
   ``MIN_MODULES`` and ``MAX_MODULES`` other ``.py`` modules directly in it (test folders and
   vendored copies left out). Each module that ``ast`` parses gives its top-level names:
   functions, classes and assigned names of at least four characters, dunders left out.
-* Lines: a line of module M qualifies where a NAME token (``tokenize``) is a name defined at
-  top level in another module of M's package, not defined in M, and not used in M before
-  that line outside import statements: the first use of a cross-file name, where the
-  local file shows at most its import. Comments, strings and import lines do not count.
+* Lines: a line of module M qualifies where a NAME token (``tokenize``) is the first use in M
+  (import statements aside) of a name M imports from another module of its own package:
+  either imported itself (``from .io import FileInput`` ... ``FileInput``; an absolute import
+  must name the package), or reached through an imported module of the package
+  (``from . import io`` ... ``io.FileInput``), and defined at top level in that module, not in
+  M. The local file shows at most the import; the definition is in the other module.
+  Comments, strings and import lines do not count.
   The cursor goes just before that token; the expected text is the rest of the line,
   trailing whitespace stripped (the layout of CrossCodeEval, Ding et al. 2023: complete the
   statement from the cross-file API on). At most ``PER_MODULE`` lines per module.
@@ -28,7 +31,7 @@ ends its line, so the server asks for a multi-line suggestion; its first line is
 (exact match after stripping trailing whitespace). Two servers run the same tasks, each
 task to one and then the other: ``contextTokens`` at the server's default (with context)
 and 0 (without).
-Both use the server's CPU budgets (``contextTokens`` 1024 for the one with context) except
+Both use the server's CPU budgets (``contextTokens`` 512 for the one with context) except
 that the time budget is lifted (60 s), so that the machine's load is not scored,
 ``maxNewTokens`` is ``MAX_NEW_TOKENS`` (only the first line is scored), and ``prefixTokens`` is
 ``PREFIX_TOKENS`` (512, half the default), which halves the prefill of every task whose
@@ -135,8 +138,33 @@ def import_lines(tree: ast.Module) -> set[int]:
             for n in range(node.lineno, (node.end_lineno or node.lineno) + 1)}
 
 
-def module_tasks(pkg: Path, module: Path, text: str, defined_elsewhere: set[str], own: set[str],
-                 imports_at: set[int]) -> list[Task]:
+def package_imports(tree: ast.Module, pkg: Path, names: dict[str, set[str]]) -> tuple[dict[str, str], dict[str, str]]:
+    """What module M imports from its own package: {name bound in M: the module defining it} for names,
+    and {alias bound in M: module} for the package's modules imported as such (``from . import io``)."""
+    direct: dict[str, str] = {}
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = node.module or ""
+        if node.level == 0 and module.split(".")[-1] != pkg.name and not module.startswith(pkg.name + "."):
+            continue  # not this package (an absolute import must name it)
+        last = module.split(".")[-1] if module else ""
+        for a in node.names:
+            bound = a.asname or a.name
+            if last in names and last != pkg.name and a.name in names[last]:
+                direct[bound] = last  # from .io import FileInput
+            elif a.name in names:
+                aliases[bound] = a.name  # from . import io
+    return direct, aliases
+
+
+def module_tasks(pkg: Path, module: Path, text: str, tree: ast.Module, names: dict[str, set[str]]) -> list[Task]:
+    """The qualifying lines of ``module`` (see the docstring): first uses of names it imports from
+    another module of its package, directly or as ``module.name``."""
+    direct, aliases = package_imports(tree, pkg, names)
+    own = names.get(module.stem, set())
+    imports_at = import_lines(tree)
     out: list[Task] = []
     seen: set[str] = set()
     lines = text.splitlines()
@@ -144,17 +172,18 @@ def module_tasks(pkg: Path, module: Path, text: str, defined_elsewhere: set[str]
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return []
-    for tok in tokens:
+    for i, tok in enumerate(tokens):
         if tok.type != tokenize.NAME or tok.start[0] in imports_at:
             continue
         name, (row, col) = tok.string, tok.start
-        if name in seen:
+        if name in seen or name in own:
             continue
         seen.add(name)
-        if name not in defined_elsewhere or name in own:
+        via_alias = (i >= 2 and tokens[i - 1].string == "." and tokens[i - 2].string in aliases
+                     and name in names[aliases[tokens[i - 2].string]])
+        if name not in direct and not via_alias:
             continue
-        line = lines[row - 1]
-        expected = line[col:].rstrip()
+        expected = lines[row - 1][col:].rstrip()
         if tok.end[0] != row or not expected:
             continue
         out.append(Task(pkg, module, row - 1, col, expected, name))
@@ -172,11 +201,8 @@ def build_tasks(roots: list[Path]) -> dict[Path, list[Task]]:
                 trees[m] = ast.parse(t)
             except (SyntaxError, ValueError):
                 continue
-        names = {m: top_level_names(tree) for m, tree in trees.items()}
-        tasks: list[Task] = []
-        for m, tree in trees.items():
-            elsewhere = set().union(*(n for other, n in names.items() if other != m))
-            tasks += module_tasks(pkg, m, texts[m], elsewhere, names[m], import_lines(tree))
+        names = {m.stem: top_level_names(tree) for m, tree in trees.items()}
+        tasks = [t for m, tree in trees.items() for t in module_tasks(pkg, m, texts[m], tree, names)]
         if tasks:
             by_package[pkg] = tasks
     return by_package

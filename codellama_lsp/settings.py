@@ -107,8 +107,9 @@ def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, s
 
 # Budgets for a local engine on the CPU, where they are the latency: in PSM (the only layout
 # Qwen2.5-Coder has) every keystroke recomputes the suffix, at about 100 tokens/s on two cores
-# for the default model. Measured (README, "Budgets on the CPU"): CPU_BUDGETS_MEASURED.
-CPU_BUDGETS: dict[str, Any] = {"suffix_tokens": 64, "time_budget_ms": 2000.0}
+# for the default model, and a changed choice of other files' snippets recomputes the whole
+# prompt after them. Measured (README, "Budgets on the CPU", "Context from other files").
+CPU_BUDGETS: dict[str, Any] = {"suffix_tokens": 64, "time_budget_ms": 2000.0, "context_tokens": 512}
 
 
 def for_device(s: Settings, on_cpu: bool) -> Settings:
