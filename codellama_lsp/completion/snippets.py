@@ -137,7 +137,7 @@ def chunks(path: str, lines: Sequence[str], source: Source = "open") -> list[Sni
     start = 0
 
     def close(end: int) -> None:
-        text = "".join(line if line.endswith("\n") else line + "\n" for line in lines[start:end])
+        text = _joined(lines[start:end])
         if text.strip():
             out.append(Snippet(path, start, end, text, source))
 
@@ -168,8 +168,13 @@ def around(path: str, lines: Sequence[str], line: int, radius: int = EDIT_RADIUS
     start, end = max(0, line - radius), min(len(lines), line + radius + 1)
     if start >= end:
         return None
-    text = "".join(x if x.endswith("\n") else x + "\n" for x in lines[start:end])
+    text = _joined(lines[start:end])
     return Snippet(path, start, end, text, "edited") if text.strip() else None
+
+
+def _joined(lines: Sequence[str]) -> str:
+    """Lines with or without their terminators as one text, each ending in a newline."""
+    return "".join(x if x.endswith("\n") else x + "\n" for x in lines)
 
 
 def _overlaps(a: Snippet, b: Snippet) -> bool:

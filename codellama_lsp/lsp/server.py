@@ -190,8 +190,9 @@ class CodeLlamaServer(LanguageServer):
         settings = self.request_settings(backend)
         where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
         documents, ws = self.docs.documents, self.repo
-        sources = Sources(ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
-                          self.docs.snippets.get(doc.uri, ()), ws.import_lines(doc))
+        sources = None if settings.context_tokens <= 0 else Sources(  # off: no scan of the document at all
+            ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
+            self.docs.snippets.get(doc.uri, ()), ws.import_lines(doc))
         try:
             p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
                      self.docs.windows.get(doc.uri), sources)
