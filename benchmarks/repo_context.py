@@ -272,7 +272,8 @@ class Pass:
         client.open(uri, text)
         self.opened.append(uri)
 
-    async def run(self, t: Task) -> tuple[str, float, list[dict[str, Any]]]:
+    async def run(self, t: Task) -> tuple[str, float, dict[str, Any]]:
+        """The suggestion at ``t``'s cursor, its latency, and the status's ``context`` (what the prompt had)."""
         client = await self.ensure(t)
         text = cut(t.module.read_text(encoding="utf-8"), t)
         uri = t.module.as_uri()
@@ -287,8 +288,7 @@ class Pass:
         t0 = time.perf_counter()
         got = await client.inline(t.module.as_uri(), t.line, t.column)
         ms = (time.perf_counter() - t0) * 1000
-        snippets = (await client.status())["context"]["snippets"]
-        return got, ms, snippets
+        return got, ms, (await client.status())["context"]
 
     async def close(self) -> None:
         if self.client is not None:
@@ -317,9 +317,10 @@ async def quality(tasks: list[Task], model: Path, threads: int, logs: Path, cont
     try:
         for row, t in zip(rows, tasks):
             for p in passes:
-                got, ms, snippets = await p.run(t)
+                got, ms, context = await p.run(t)
                 row[p.name] = {"suggestion": got, "exact": exact(t, got), "ms": round(ms, 1),
-                               "snippets": [(s["path"], s["lines"], s["source"]) for s in snippets]}
+                               "snippets": [(s["path"], s["lines"], s["source"]) for s in context["snippets"]],
+                               "header_lines": context["header_lines"]}
             report(rows)
     finally:
         for p in passes:
@@ -339,6 +340,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["gained"] = sum(r["with"]["exact"] and not r["without"]["exact"] for r in done)
     out["lost"] = sum(r["without"]["exact"] and not r["with"]["exact"] for r in done)
     out["with_snippets"] = sum(bool(r["with"]["snippets"]) for r in done)
+    out["with_header"] = sum(r["with"].get("header_lines", 0) > 0 for r in done)
     found = [r for r in done if any(Path(r["module"]).parent.joinpath(Path(s[0]).name).exists() and
                                     _defines(Path(r["module"]).parent / Path(s[0]).name, r["name"])
                                     for s in r["with"]["snippets"])]
@@ -388,7 +390,8 @@ async def typing_latency(t: Task, model: Path, threads: int, logs: Path, keystro
 
 def table(q: dict[str, Any], lat: dict[str, Any] | None) -> str:
     rows = [f"{q['n']} cross-file lines; the definition's file was among the snippets for "
-            f"{q.get('definition_file_in_context', 0)}, some snippet for {q.get('with_snippets', 0)}", "",
+            f"{q.get('definition_file_in_context', 0)}, some snippet for {q.get('with_snippets', 0)}; the file's "
+            f"imports above the window were put back for {q.get('with_header', 0)}", "",
             "| context | EM | p50 per task |", "|---|---:|---:|"]
     for name in ("without", "with"):
         if f"em_{name}_context" in q:

@@ -47,6 +47,13 @@ class _Imports:
     files: list[Path]
 
 
+@dataclass(frozen=True)
+class _ImportLines:
+    version: int | None
+    spans: tuple[tuple[int, int], ...]  # each import statement's first and last line
+    lines: tuple[str, ...]  # the ones that may name a workspace file, each joined into one line
+
+
 @dataclass
 class _File:
     stamp: tuple[int, int]  # (size, mtime_ns) when read
@@ -59,7 +66,7 @@ class Workspace:
     _chunks: dict[str, tuple[int | None, list[Snippet]]] = field(default_factory=dict)  # uri -> (version, chunks)
     _edits: deque[tuple[str, int]] = field(default_factory=lambda: deque(maxlen=MAX_EDITS))
     _imports: dict[str, _Imports] = field(default_factory=dict)
-    _import_lines: dict[str, tuple[int | None, tuple[str, ...]]] = field(default_factory=dict)
+    _import_lines: dict[str, _ImportLines] = field(default_factory=dict)
     _files: dict[Path, _File] = field(default_factory=dict)
     _skipped: set[Path | str] = field(default_factory=set)
 
@@ -137,12 +144,21 @@ class Workspace:
         return found
 
     def import_lines(self, doc: Document) -> tuple[str, ...]:
-        """``doc``'s import lines: one scan of its lines per document version."""
+        """``doc``'s import lines that may name workspace files: one scan of its lines per document version."""
+        return self._scan(doc).lines
+
+    def import_spans(self, doc: Document) -> tuple[tuple[int, int], ...]:
+        """Where ``doc``'s import statements are (first and last line each), from the same scan."""
+        return self._scan(doc).spans
+
+    def _scan(self, doc: Document) -> _ImportLines:
         cached = self._import_lines.get(doc.uri)
-        if cached is None or cached[0] != doc.version:
-            cached = self._import_lines[doc.uri] = (doc.version, imports.import_lines(
-                doc.lines, language_of(doc.language_id, doc.uri)))
-        return cached[1]
+        if cached is None or cached.version != doc.version:
+            language = language_of(doc.language_id, doc.uri)
+            spans = imports.import_spans(doc.lines, language)
+            cached = self._import_lines[doc.uri] = _ImportLines(doc.version, spans,
+                                                                imports.import_lines(doc.lines, language, spans))
+        return cached
 
     def _imported(self, doc: Document, language: str) -> list[Path]:
         """The workspace files ``doc`` imports, resolved again only when its import lines changed."""

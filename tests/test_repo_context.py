@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -166,6 +167,26 @@ def test_a_parenthesised_import_is_one_line_with_all_its_names() -> None:
     assert "pkg/errors.py" in flat and "pkg/errors/NotFound.py" in flat and "pkg/errors/Gone.py" in flat
 
 
+def test_the_header_is_the_files_own_imports_above_the_window() -> None:
+    text = ("import os\nfrom .errors import (\n    NotFound,\n)\n\n\ndef f():\n    import json\n    return 1\n\n"
+            "x = 2\nimport late\n")
+    lines = text.splitlines(keepends=True)
+    spans = imports.import_spans(lines, "python")
+    assert spans == ((0, 0), (1, 3), (7, 7), (11, 11))
+    assert imports.import_lines(lines, "python", spans) == imports.import_lines(lines, "python")
+
+    def words(t: str) -> int:
+        return len(t.split())
+
+    # Top-level imports ending above the window's first line, as written; not one inside a function.
+    assert imports.header(lines, spans, 11, 100, words) == "import os\nfrom .errors import (\n    NotFound,\n)\n"
+    assert imports.header(lines, spans, 2, 100, words) == "import os\n"  # the window shows the rest
+    assert imports.header(lines, spans, 11, 3, words) == "import os\n"  # the budget: whole statements only
+    assert imports.header(lines, spans, 0, 100, words) == ""
+    js = ["import { a } from './a';\n", "const b = require('b');\n", "// important\n", "f(a, b);\n"]
+    assert imports.header(js, imports.import_spans(js, "typescript"), 3, 100, words) == "".join(js[:2])
+
+
 def test_javascript_import_candidates() -> None:
     here = PurePosixPath("web/app/main.ts")
     got = imports.javascript_candidates(here, ["import { a } from './util';", "const b = require('../lib/b.js')",
@@ -257,6 +278,26 @@ def test_outline_keeps_definition_lines_and_one_file_is_one_block() -> None:
     assert by_file([c2, other, o, c1]) == [("pkg/helpers.py", o.text + c1.text + c2.text), ("pkg/x.py", "y = 1\n")]
 
 
+def test_the_header_opens_the_prefix_of_a_window_cut_below_the_imports(tmp_path: Path, tokenizer_path: Path) -> None:
+    from codellama_lsp.engine.tokenizer import Tokenizer
+    tok = Tokenizer(tokenizer_path)
+    template = detect(tok)
+    body = "".join(f"def step_{i}(state):\n    return state + {i}\n\n\n" for i in range(40))
+    main = doc(tmp_path / "main.py", "from .helpers import read_headers\nimport os\n\n\n" + body + "def run(s):\n    return ")
+    ws = Workspace(tmp_path)
+    cursor = main.cursor(len(main.lines) - 1, 11)
+    settings = resolve_format(Settings(prefix_tokens=64, suffix_tokens=16, context_tokens=256), "psm")
+    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: [], (), ws.import_lines(main), ws.import_spans(main))
+    count = TokenCounter(tok.encode)
+    p = plan(main, cursor, settings, template, tok, count, None, sources)
+    assert p.window.prefix_start > 1 and p.header == "from .helpers import read_headers\nimport os\n"
+    assert not p.prefix.startswith("from")  # post-processing sees the window only
+    assert p.token_ids == template.prompt(tok, p.header + p.prefix, p.suffix, "psm")
+    # A window that shows the imports gets no header; contextTokens 0 (no sources) none either.
+    assert plan(main, cursor, replace(settings, prefix_tokens=4096), template, tok, count, None, sources).header == ""
+    assert plan(main, cursor, settings, template, tok, count).header == ""
+
+
 def test_comment_layout_for_families_without_repository_tokens(tokenizer_path: Path) -> None:
     from codellama_lsp.engine.tokenizer import Tokenizer
     tok = Tokenizer(tokenizer_path)
@@ -321,11 +362,13 @@ async def client(endless_model_dir: Path, workspace: Path, tmp_path_factory: pyt
     await stop(c)
 
 
-def expected(engine: Engine, main: Document, ws: Workspace, line: int, col: int) -> tuple[str, tuple[Scored, ...]]:
+def expected(engine: Engine, main: Document, ws: Workspace, line: int, col: int,
+             prefix_tokens: int = 1024) -> tuple[str, tuple[Scored, ...]]:
     """What the server must answer, in process: the same plan with the same snippet sources."""
-    settings = resolve_format(Settings(time_budget_ms=60000.0, max_new_tokens=8, context_tokens=256),
-                              engine.preferred_format)
-    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: ws.candidates(main, lines, {main.uri: main}))
+    settings = resolve_format(Settings(time_budget_ms=60000.0, max_new_tokens=8, context_tokens=256,
+                                       prefix_tokens=prefix_tokens), engine.preferred_format)
+    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: ws.candidates(main, lines, {main.uri: main}), (),
+                      ws.import_lines(main), ws.import_spans(main))
     p = plan(main, main.cursor(line, col), settings, detect(engine.tokenizer), engine.tokenizer,
              TokenCounter(engine.tokenizer.encode), None, sources)
     return suggestion(engine.generate(generation_request(p, settings)).text, p), p.snippets
@@ -345,6 +388,26 @@ async def test_imported_file_snippets_reach_the_prompt_and_the_status(client: Cl
     assert context["root"] == str(workspace) and context["document"] == uri and context["context_tokens"] == 256
     assert [(s["path"], s["source"]) for s in context["snippets"]] == [("pkg/helpers.py", "imported")] * len(snippets)
     assert all(s["tokens"] > 0 and s["score"] > 0 for s in context["snippets"])
+
+
+@over_lsp
+async def test_the_files_imports_above_the_window_reach_the_prompt_and_the_status(client: Client, engine: Engine,
+                                                                                  workspace: Path) -> None:
+    path = workspace / "pkg" / "long.py"
+    body = "".join(f"def step_{i}(state):\n    return state + {i}\n\n\n" for i in range(40))
+    text = "from .helpers import read_headers\nimport os\n\n\n" + body + "def run(stream):\n    return "
+    last = text.count("\n")
+    client.open(path.as_uri(), text)
+    await client.configure(prefixTokens=64)
+    try:
+        got = await client.inline(path.as_uri(), last, 11)
+        context = (await client.status())["context"]
+    finally:
+        await client.configure(prefixTokens=1024)
+    want, _ = expected(engine, Document.from_text(path.as_uri(), text, 1, "python"), Workspace(workspace), last, 11,
+                       prefix_tokens=64)
+    assert context["header_lines"] == 2 and context["document"] == path.as_uri()
+    assert got == want
 
 
 @over_lsp

@@ -86,9 +86,12 @@ class Template:
         """The ids whose continuation is the middle; without FIM markers, the prefix alone (plain completion).
 
         ``context`` (other files' snippets) goes first: in the family's repository layout
-        when it has one, else as path-headed comments at the start of the prefix.
+        when it has one, else as path-headed comments at the start of the prefix. Its header
+        (the file's own imports above the window) opens the prefix, as the file opens.
         """
         head = [] if self.bos_id is None else [self.bos_id]
+        if context is not None:
+            prefix = context.header + prefix
         if context is not None and context.snippets:
             if self.repo_ids is not None and self.markers is not None:
                 head += repo_head(tok, self.repo_ids, context)

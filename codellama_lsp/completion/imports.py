@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 _PY_FROM = re.compile(r"^\s*from\s+(\.*)([\w.]*)\s+import\s+\(?\s*([^#]*)")
 _PY_IMPORT = re.compile(r"^\s*import\s+([^#]+)")
@@ -22,23 +22,59 @@ JS_EXTENSIONS = (".ts", ".tsx", ".js", ".jsx", ".mjs", ".cjs")
 PYTHON_BASES = ("", "src")  # a package at the root, or in the src layout
 
 
-def import_lines(lines: Iterable[str], language: str) -> tuple[str, ...]:
-    """The lines of a document that can import something, as the cache key of its imports; a
-    parenthesised Python import's lines are joined into one."""
+def import_spans(lines: Sequence[str], language: str) -> tuple[tuple[int, int], ...]:
+    """(first, last) line of each statement that can import something: Python's ``import``/``from``
+    (a parenthesised one's lines together), JavaScript's lines with ``import`` or ``require(``."""
+    out: list[tuple[int, int]] = []
     if language in PYTHON:
-        out: list[str] = []
         open_paren = False
-        for x in lines:
+        for i, x in enumerate(lines):
             if open_paren:
-                out[-1] += " " + x.strip()
+                out[-1] = (out[-1][0], i)
                 open_paren = ")" not in x
             elif x.lstrip().startswith(("import ", "from ")):
-                out.append(x.strip())
+                out.append((i, i))
                 open_paren = "(" in x and ")" not in x
-        return tuple(out)
-    if language in JAVASCRIPT:
-        return tuple(x.strip() for x in lines if ("import" in x or "require(" in x) and ("'." in x or '".' in x))
-    return ()
+    elif language in JAVASCRIPT:
+        out = [(i, i) for i, x in enumerate(lines) if "import" in x or "require(" in x]
+    return tuple(out)
+
+
+def import_lines(lines: Sequence[str], language: str, spans: Sequence[tuple[int, int]] | None = None) -> tuple[str, ...]:
+    """The lines of a document that can import from the workspace, as the cache key of its imports; a
+    parenthesised Python import's lines are joined into one. ``spans``: ``import_spans`` already taken."""
+    spans = import_spans(lines, language) if spans is None else spans
+    joined = tuple(" ".join(x.strip() for x in lines[a:b + 1]) for a, b in spans)
+    if language in JAVASCRIPT:  # only a relative specifier names a workspace file
+        return tuple(x for x in joined if "'." in x or '".' in x)
+    return joined
+
+
+def header(lines: Sequence[str], spans: Sequence[tuple[int, int]], before: int, budget: int,
+           count: Callable[[str], int]) -> str:
+    """The file's top-level import statements that end above line ``before``, as written, in file order,
+    within ``budget`` tokens.
+
+    A prefix window cut far below a file's imports no longer shows which names the file took
+    from its other modules, and the model, seeing a name's first use, guesses a similar one
+    (``LoadBalancer`` for the imported ``ELBBackend``). Put back in front of the window, the
+    import statements say it, for a few dozen tokens.
+    """
+    out: list[str] = []
+    used = 0
+    for a, b in spans:
+        if b >= before:
+            break
+        first = lines[a]
+        if first[:1] in (" ", "\t") or not (first.startswith(("import", "from ")) or "require(" in first):
+            continue  # an import inside a function, or a line that only mentions one: not the file's own
+        text = "".join(x if x.endswith(("\n", "\r")) else x + "\n" for x in lines[a:b + 1])
+        n = count(text)
+        if used + n > budget:
+            break
+        out.append(text)
+        used += n
+    return "".join(out)
 
 
 def _names(text: str) -> list[str]:

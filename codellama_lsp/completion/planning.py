@@ -18,6 +18,7 @@ from codellama_lsp.generation import GenerationRequest, TextTokenizer
 
 from codellama_lsp.completion.postprocess import (STEPS, Mode, Step, block_end, choose_mode, finish, indent_of, line_above,
                                                   line_below, loop_end, next_code_line, repeats_neighbour, suffix_repeat)
+from codellama_lsp.completion import imports
 from codellama_lsp.completion.families import Template
 from codellama_lsp.completion.repo_layout import RepoContext, comment_marker
 from codellama_lsp.completion.snippets import Scored, Snippet, select
@@ -38,6 +39,7 @@ class Sources:
     candidates: Callable[[tuple[int, int]], list[Snippet]]  # given the local window's first and last line
     previous: Sequence[Scored] = ()  # the snippets the last prompt for this document had
     imports: Sequence[str] = ()  # the document's import lines: what it uses from other files, wherever the cursor is
+    import_spans: Sequence[tuple[int, int]] = ()  # where its import statements are (first and last line)
 
 
 @dataclass(frozen=True)
@@ -57,22 +59,32 @@ class Plan:
     above: str = ""  # the nearest non-blank lines above and below the cursor's line, as written
     below: str = ""
     snippets: tuple[Scored, ...] = ()  # other files' snippets at the start of the prompt, in order
+    header: str = ""  # the file's import statements above the window, in front of the prefix
 
 
-def repo_context(sources: Sources | None, template: Template, language: str, win: Window, prefix: str, suffix: str,
-                 budget: int, count: Callable[[str], int]) -> tuple[RepoContext | None, tuple[Scored, ...]]:
-    """The snippets for a prompt whose local window is ``win``, ranked against the lines around the cursor:
-    as the prompt writes them, and with their scores (for the next request's stickiness and the status)."""
+# At most this share of the context budget goes to the file's own imports above the window.
+HEADER_SHARE = 0.5
+
+
+def repo_context(sources: Sources | None, template: Template, language: str, lines: Sequence[str], win: Window,
+                 prefix: str, suffix: str, budget: int,
+                 count: Callable[[str], int]) -> tuple[RepoContext | None, tuple[Scored, ...]]:
+    """The context from outside the local window, for a prompt whose window is ``win`` in a document of
+    ``lines``: the file's import statements above the window, and other files' snippets ranked
+    against the lines around the cursor, as the prompt writes them, with the snippets' scores
+    (for the next request's stickiness and the status)."""
     if sources is None or budget <= 0:
         return None, ()
+    head = model_text(imports.header(lines, sources.import_spans, win.prefix_start, int(budget * HEADER_SHARE), count))
+    budget -= count(head) if head else 0
     marker = comment_marker(language)
     query = "\n".join(sources.imports) + "\n" + "".join(prefix.splitlines(keepends=True)[-QUERY_LINES_BEFORE:]) + \
         "".join(suffix.splitlines(keepends=True)[:QUERY_LINES_AFTER])
-    chosen = tuple(select(sources.candidates((win.prefix_start, win.suffix_end)), query, prefix + suffix, budget,
-                          template.snippet_cost(count, marker), sources.previous))
-    if not chosen:
+    chosen = tuple(select(sources.candidates((win.prefix_start, win.suffix_end)), query, head + prefix + suffix,
+                          budget, template.snippet_cost(count, marker), sources.previous))
+    if not chosen and not head:
         return None, ()
-    return RepoContext(sources.repo, sources.path, marker, [x.snippet for x in chosen]), chosen
+    return RepoContext(sources.repo, sources.path, marker, [x.snippet for x in chosen], head), chosen
 
 
 def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, tokenizer: TextTokenizer,
@@ -82,7 +94,8 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
     win = window(doc, cursor, settings.prefix_tokens, settings.suffix_tokens, count, previous)
     prefix, suffix = model_text(win.prefix.text), model_text(win.suffix.text)
     language = language_of(doc.language_id, doc.uri)
-    ctx, chosen = repo_context(sources, template, language, win, prefix, suffix, settings.context_tokens, count)
+    ctx, chosen = repo_context(sources, template, language, doc.lines, win, prefix, suffix, settings.context_tokens,
+                               count)
     return Plan(
         mode=choose_mode(line, cursor.index),
         window=win,
@@ -99,6 +112,7 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
         above=line_above(prefix),
         below=line_below(suffix),
         snippets=chosen,
+        header=ctx.header if ctx is not None else "",
     )
 
 

@@ -45,6 +45,7 @@ class RepoContext:
     path: str  # the current file, workspace-relative
     comment: str  # the current language's line comment marker
     snippets: Sequence[Snippet]
+    header: str = ""  # the current file's import statements above its window: they open the prefix
 
 
 def commented(path: str, text: str, marker: str) -> str:

@@ -164,13 +164,14 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
 
 def _context(server: "CodeLlamaServer", budget: int) -> dict[str, Any]:
     """Other files' snippets: the budget in force, the workspace, and what the last suggestion's prompt had."""
-    uri, snippets = server.last_context
+    uri, snippets, header = server.last_context
     return {
         "context_tokens": budget,
         "root": str(server.repo.root) if server.repo.root else None,
         "document": uri or None,
         "snippets": [{"path": x.snippet.path, "lines": [x.snippet.start + 1, x.snippet.end], "source": x.snippet.source,
                       "score": round(x.score, 3), "tokens": x.tokens} for x in snippets],
+        "header_lines": header.count("\n"),  # the file's own import lines put back in front of the window
     }
 
 

@@ -54,7 +54,8 @@ class CodeLlamaServer(LanguageServer):
         self.slot = BackendSlot(self.model_path(settings))
         self.docs = OpenDocuments()
         self.repo = Workspace()
-        self.last_context: tuple[str, tuple[Scored, ...]] = ("", ())  # the last suggestion's document and snippets (status)
+        # The last suggestion's document, snippets and header of imports (for the status).
+        self.last_context: tuple[str, tuple[Scored, ...], str] = ("", (), "")
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.docstrings = Docstrings(self.lifecycle, self.metrics)
@@ -192,7 +193,7 @@ class CodeLlamaServer(LanguageServer):
         documents, ws = self.docs.documents, self.repo
         sources = None if settings.context_tokens <= 0 else Sources(  # off: no scan of the document at all
             ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
-            self.docs.snippets.get(doc.uri, ()), ws.import_lines(doc))
+            self.docs.snippets.get(doc.uri, ()), ws.import_lines(doc), ws.import_spans(doc))
         try:
             p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
                      self.docs.windows.get(doc.uri), sources)
@@ -201,7 +202,7 @@ class CodeLlamaServer(LanguageServer):
             return asyncio.sleep(0, "")
         self.docs.windows[doc.uri] = p.window
         self.docs.snippets[doc.uri] = p.snippets
-        self.last_context = (doc.uri, p.snippets)
+        self.last_context = (doc.uri, p.snippets, p.header)
         request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text))
 
         async def generate() -> str:
