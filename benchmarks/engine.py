@@ -158,10 +158,9 @@ def load(kind: str, model: Path, threads: int, device: str) -> Engine:
         given = kind.split(":")[1:]
         dtype, quantize, compile = [*given, *("float32", "none", "off")[len(given):]]
         return Engine.load(model, device=device, dtype=dtype, context_length=4096, quantize=quantize, compile=compile)
-    from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
-    from codellama_lsp.engine.llamacpp import LlamaCppRunner
+    from codellama_lsp.engine.llamacpp import open_llamacpp
 
-    return Engine(LlamaCppRunner(model, 4096, threads), load_gguf_tokenizer(model))
+    return open_llamacpp(model, 4096, threads)  # as the server opens it: drafts only where batch-invariant
 
 
 def measure(kind: str, model: Path, threads: int, keystrokes: int, bandwidth: float, device: str) -> dict[str, Any]:

@@ -75,11 +75,12 @@ def test_the_runner_reports_what_status_shows(engine: Engine) -> None:
     assert engine.context_length == CONTEXT and engine.preferred_format is None
 
 
-def test_every_batch_size_gives_the_same_logits(engine: Engine, real_gguf: Path) -> None:
-    """18 tokens in one decode, in decodes of 4 (all logits) or 16 (the last's), or one at a time: the same bits.
+def test_batch_invariance_is_measured_and_drafts_follow_it(engine: Engine, real_gguf: Path) -> None:
+    """18 tokens in one decode, in decodes of 4 (all logits) or 16 (the last's), or one at a time.
 
-    This is what makes reuse and drafts exact on llama.cpp (see engine.llamacpp._TILED_MM):
-    a token's logits, keys and values do not depend on the batch it was computed in.
+    Where this CPU's kernels give the same bits every way, reuse and drafts are exact on
+    llama.cpp (see engine.llamacpp._TILED_MM). Where they do not (an AVX-512 EPYC here), the
+    runner must not claim invariance, and the server's engine checks no drafts.
     """
     from codellama_lsp.engine.llamacpp import LlamaCppRunner
 
@@ -94,6 +95,8 @@ def test_every_batch_size_gives_the_same_logits(engine: Engine, real_gguf: Path)
         last = small.forward(tokens, 0, last_only=True)
         small.truncate(0)
         one_by_one = torch.cat([small.forward([t], i, last_only=True) for i, t in enumerate(tokens)])
+        claimed = small.batch_invariant  # measured in sequence 1: sequence 0 keeps its cache
+        small.forward(tokens[:1], len(tokens), last_only=True)  # sequence 0 still ends where it did
         engine.runner.truncate(0)
         engine.runner.forward([tokens[1]], 0, last_only=False)  # overwrites llama.cpp's logits, not ours
     finally:
@@ -101,8 +104,12 @@ def test_every_batch_size_gives_the_same_logits(engine: Engine, real_gguf: Path)
         engine.reset_cache()
     assert whole.shape == (len(tokens), engine.runner.n_vocab) and whole.dtype == torch.float32
     assert torch.equal(whole, kept)
-    assert torch.equal(parts, whole) and torch.equal(one_by_one, whole)
-    assert last.shape == (1, whole.shape[1]) and torch.equal(last[0], whole[-1])
+    exact = torch.equal(parts, whole) and torch.equal(one_by_one, whole) and torch.equal(last[0], whole[-1])
+    assert exact or not claimed, "the runner claims batch invariance its kernels do not have"
+    assert engine.draft_tokens == (8 if engine.runner.batch_invariant else 0)
+    if not exact:
+        pytest.skip("this CPU's llama.cpp kernels round a token differently alone and in a batch "
+                    f"(max logit difference {(one_by_one - whole).abs().max().item():.3f}); drafts are off")
 
 
 def template_free_tokens(engine: Engine) -> list[int]:
@@ -151,7 +158,7 @@ def test_close_frees_and_is_idempotent(real_gguf: Path) -> None:
 def test_reuse_gives_the_same_tokens_as_fresh_computation(engine: Engine, plain: Engine, template: Template) -> None:
     """Keystrokes typing 'data = f.read()' at the cursor: each answer equals a fresh computation's."""
     engine.reset_cache()
-    engine.draft_tokens = 0  # reuse alone; drafts are the next test's
+    drafts, engine.draft_tokens = engine.draft_tokens, 0  # reuse alone; drafts are the next test's
     reused = 0
     try:
         typed = "data = f.read()"
@@ -162,13 +169,15 @@ def test_reuse_gives_the_same_tokens_as_fresh_computation(engine: Engine, plain:
             assert got.reused_tokens + got.computed_tokens == got.prompt_tokens and want.reused_tokens == 0
             reused += got.reused_tokens
     finally:
-        engine.draft_tokens = 8
+        engine.draft_tokens = drafts
     assert reused > 0
 
 
 def test_typing_through_a_suggestion_accepts_drafts_and_changes_nothing(engine: Engine, plain: Engine,
                                                                          template: Template) -> None:
     """Each keystroke that follows the last suggestion is answered from checked drafts, token for token."""
+    if not engine.runner.batch_invariant:
+        pytest.skip("this CPU's llama.cpp kernels are not batch-invariant, so the engine checks no drafts")
     engine.reset_cache()
     first = engine.generate(request(template, engine, max_new_tokens=16))
     assert first.text.strip(), "the model suggested nothing here; pick a prompt it completes"

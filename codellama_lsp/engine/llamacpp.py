@@ -27,6 +27,7 @@ quantization, and only llama.cpp reads the weights.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -109,8 +110,10 @@ _BACKEND_READY = False
 # every batch size gives the same bits (tested), for a fifth less prefill speed (94 -> 74
 # tok/s of CPU time in one paired run; see codellama_lsp.backends.ENGINES); decode is
 # unchanged. llama.cpp reads the variable once per process, at the first matrix product; a
-# value already in the environment is left as it is.
+# value already in the environment is left as it is. Other kernels are chosen by CPU, and on some
+# a batch rounds differently all the same; the runner measures it (``batch_invariant``).
 _TILED_MM = "GGML_CPU_TILED_MM"
+INVARIANCE_TOKENS = 16  # tokens of the batch-invariance check (LlamaCppRunner.batch_invariant)
 
 
 def _bindings() -> Any:
@@ -303,6 +306,37 @@ class LlamaCppRunner:
                     f"token ids below {self.n_vocab})")
         return f"{where}: fatal error in llama.cpp"
 
+    @functools.cached_property
+    def batch_invariant(self) -> bool:
+        """Whether this CPU's kernels give a token the same logits computed alone and in a batch.
+
+        Measured once, in the scratch sequence 1 (the cached sequence 0 is left alone): the last
+        logits after ``INVARIANCE_TOKENS`` tokens computed in one decode, in two of uneven sizes,
+        and one decode per token. llama.cpp picks its matrix kernels by CPU and batch size
+        (weights repacked for AVX2/AVX-512 take multiples of 4 rows, the rest go row by row),
+        and on some CPUs they round differently. On an AVX-512 EPYC here, with the repacked
+        weights, 101 of 101 positions of textwrap.py differed between a one-token decode and a
+        batch (up to 0.51 in a logit, the greedy token at 3), and 95 of 101 without them, though
+        the first few positions often agree; the AVX2 machines of earlier runs gave the same
+        bits. Where a batch rounds differently, checking drafts in one pass is not decoding them
+        one by one, so the engine then checks none (``open_llamacpp``).
+        """
+        if self._ctx is None:
+            raise LlamaCppError("the llama.cpp runner is closed")
+        tokens = [(7919 * i) % self.n_vocab for i in range(1, INVARIANCE_TOKENS + 1)]
+        split = INVARIANCE_TOKENS // 3
+        lasts = []
+        for batches in ([tokens], [tokens[:split], tokens[split:]], [[t] for t in tokens]):
+            try:
+                at = 0
+                for b in batches:
+                    row = self._decode(b, at, False, seq=1)
+                    at += len(b)
+                lasts.append(row)
+            finally:
+                self._lib.llama_memory_seq_rm(self._memory, 1, -1, -1)
+        return all(torch.equal(lasts[0], x) for x in lasts[1:])
+
     def truncate(self, n: int) -> None:
         """Drop positions ``n..`` of sequence 0 from the KV memory: a new prefix's stale tail, or rejected drafts."""
         if self._ctx is None:
@@ -360,6 +394,8 @@ class LlamaCppRunner:
 def open_llamacpp(path: str | Path, context_length: int, threads: int, **options: Any) -> "Engine":
     """An ``Engine`` on llama.cpp for the GGUF at ``path``; ``options`` are ``Engine``'s (reuse, draft_tokens, ...).
 
+    Unless ``draft_tokens`` is given, drafts are on only where the runner is batch-invariant.
+
     The file's metadata is read once, by our ``GGUFReader``: the tokenizer and the
     quantization's name come from it, and llama.cpp reads the weights. The reader is opened
     first so a missing or malformed file gets our CheckpointError, naming the problem.
@@ -374,4 +410,8 @@ def open_llamacpp(path: str | Path, context_length: int, threads: int, **options
     field = reader.get_field("general.file_type")
     file_type = int(field.contents()) if field is not None else None
     runner = LlamaCppRunner(path, context_length, threads, file_type=file_type)
+    if "draft_tokens" not in options and not runner.batch_invariant:
+        log.info("llama.cpp's kernels on this CPU round a token differently alone and in a batch, "
+                 "so lookup drafts are off: checking them in one pass could change the greedy text")
+        options["draft_tokens"] = 0
     return Engine(runner, tokenizer, **options)
