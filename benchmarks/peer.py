@@ -60,11 +60,16 @@ from codellama_lsp.devtools.lsp_client import Client, start, stop
 from codellama_lsp.engine.gguf_export import export_gguf
 from codellama_lsp.lsp.loading import default_model_path
 from codellama_lsp.lsp.metrics import percentile
+from codellama_lsp.settings import CPU_BUDGETS
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
 START_LINE = 300  # 0-based; about 2,500 prefix tokens of textwrap.py before it
 # The time budget is lifted so latency is what each side computes, not where the budget cut it.
 LSP_SETTINGS = {"maxNewTokens": 64, "timeBudgetMs": 20000, "format": "psm"}
+# Both sides get the local engine's CPU budgets, set explicitly: left to the server, a remote
+# backend gets a server's (a 256-token suffix, 1024 context tokens), so its prompts would be
+# longer and the two sides would not compute the same tokens.
+SAME_BUDGETS = {"suffixTokens": CPU_BUDGETS["suffix_tokens"], "contextTokens": CPU_BUDGETS["context_tokens"]}
 REUSED = re.compile(r" (\d+)/(\d+) tokens reused")
 PREFIX_HIT = re.compile(r"prefix-match hit, remaining (\d+) prompt tokens to eval")
 # llama.cpp's per-request timing line: "eval time = 123.45 ms / 10 runs (...)"
@@ -238,7 +243,8 @@ def decode_speed(server_log: str) -> float | None:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     trace = make_trace(args.keystrokes)
-    settings = {**LSP_SETTINGS, **({"suffixTokens": args.suffix_tokens} if args.suffix_tokens is not None else {})}
+    settings = {**LSP_SETTINGS, **SAME_BUDGETS,
+                **({"suffixTokens": args.suffix_tokens} if args.suffix_tokens is not None else {})}
     results: dict[str, Any] = {"model": str(args.model), "keystrokes": args.keystrokes, "interval_ms": args.interval_ms,
                                "threads": args.threads, "settings": settings,
                                "source": f"{SOURCE.name} from line {START_LINE + 1}"}
@@ -304,7 +310,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None,
                     help="a .gguf file or checkpoint directory (default: the server's default model)")
     ap.add_argument("--threads", type=int, default=1, help="threads for each side (default: 1)")
-    ap.add_argument("--suffix-tokens", type=int, help="the suffixTokens setting for both sides (default: the server's)")
+    ap.add_argument("--suffix-tokens", type=int, help="the suffixTokens setting for both sides (default: the CPU budget's)")
     ap.add_argument("--sides", default="local,llamacpp", help="which sides run (default: local,llamacpp)")
     ap.add_argument("--keystrokes", type=int, default=80)
     ap.add_argument("--interval-ms", type=float, default=120.0, help="typing interval of the typed pass")
