@@ -68,7 +68,7 @@ def header(lines: Sequence[str], spans: Sequence[tuple[int, int]], before: int, 
         first = lines[a]
         if first[:1] in (" ", "\t") or not (first.startswith(("import", "from ")) or "require(" in first):
             continue  # an import inside a function, or a line that only mentions one: not the file's own
-        text = "".join(x if x.endswith(("\n", "\r")) else x + "\n" for x in lines[a:b + 1])
+        text = "".join(lines[a:b + 1])  # lines above the window: each has its terminator
         n = count(text)
         if used + n > budget:
             break
