@@ -206,7 +206,8 @@ def report(r: dict[str, Any]) -> None:
         ("bytes read per decode step", f"{r['bytes_per_step'] / gb:.3f} GB (weights + KV at position "
                                        f"{PROMPT_TOKENS + DECODE_STEPS // 2})"),
         ("memory bandwidth (best of before and after)",
-         f"{r['memory_bandwidth_gb_s']:.1f} GB/s (copy {r['copy_gb_s']:.1f}, float32 GEMV {r['gemv_gb_s']:.1f})"),
+         f"{r['memory_bandwidth_gb_s']:.1f} GB/s (copy {r['copy_gb_s']:.1f}, read {r['read_gb_s']:.1f}, "
+         f"float32 GEMV {r['gemv_gb_s']:.1f})"),
         ("decode, fraction of the bandwidth limit", f"{r['decode_bandwidth_fraction']:.2f}"),
         (f"{r['dtype']} GEMV (decode's kernel)", f"{r['model_gemv_gb_s']:.1f} GB/s: decode reads at "
                                                  f"{r['decode_kernel_fraction']:.2f} of it"),

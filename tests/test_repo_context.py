@@ -17,7 +17,7 @@ import torch
 from codellama_lsp.completion import imports
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.completion.families import QWEN_CODER, bind, detect
-from codellama_lsp.completion.planning import Sources, generation_request, plan, suggestion
+from codellama_lsp.completion.planning import HEADER_SHARE, Sources, generation_request, plan, suggestion
 from codellama_lsp.completion.repo_layout import RepoContext, commented
 from codellama_lsp.completion.snippets import (CHUNK_MAX_LINES, Scored, Snippet, chunks, identifiers, select,
                                                similarity)
@@ -85,7 +85,12 @@ def test_a_snippet_that_defines_a_name_the_query_uses_ranks_first() -> None:
     lookalike = snip("views.py", 0, "def show_all(request, item):\n    return render(request, item)\n")
     query = "from .errors import NotFound\ndef show(request, item):\n    if item is None:\n        raise "
     got = select([lookalike, definition], query, "", 100, by_chars)
-    assert got[-1].snippet == definition  # the most relevant goes last, next to the cursor
+    # Another module's look-alike code shares names (request, item) but defines none of the
+    # query's and is not a module it names: no reason to go in. Recently edited, it is one.
+    assert [x.snippet for x in got] == [definition]
+    edited = replace(lookalike, source="edited")
+    got = select([edited, definition], query, "", 100, by_chars)
+    assert [x.snippet for x in got] == [edited, definition]  # the most relevant goes last, next to the cursor
 
 
 def test_a_module_the_query_names_ranks_above_a_lookalike() -> None:
@@ -128,8 +133,9 @@ def test_select_keeps_one_of_overlapping_ranges_and_puts_the_best_last() -> None
 
 
 def test_select_is_sticky_while_the_previous_choice_stays_good() -> None:
-    a = snip("a.py", 0, "    parse_header(line, key, value)\n")  # uses, no definitions: Jaccard alone
-    b = snip("b.py", 0, "    read_headers(stream, line)\n")
+    # Recent edits that use names and define none: ranked by Jaccard alone (plus the same edit bonus).
+    a = snip("a.py", 0, "    parse_header(line, key, value)\n", "edited")
+    b = snip("b.py", 0, "    read_headers(stream, line)\n", "edited")
     budget = by_chars(a)  # one of them fits
     first = select([a, b], "key, value = parse_header(line)", "", budget, by_chars)
     assert [x.snippet for x in first] == [a]
@@ -142,7 +148,7 @@ def test_select_is_sticky_while_the_previous_choice_stays_good() -> None:
     assert [x.snippet for x in select([a, b], "read_headers(stream, line)", "", budget, by_chars, first)] == [b]
     # A snippet of the previous choice that changed: a fresh choice, the unchanged ones first in their old order.
     both = select([a, b], "parse_header(line) read_headers(stream)", "", 100, by_chars)
-    a2 = snip("a.py", 0, "    parse_header(line, key, value, strict)\n")
+    a2 = snip("a.py", 0, "    parse_header(line, key, value, strict)\n", "edited")
     again = select([a2, b], "parse_header(line) read_headers(stream)", "", 100, by_chars, both)
     assert [x.snippet for x in again] == [b, a2]
 
@@ -286,13 +292,23 @@ def test_the_header_opens_the_prefix_of_a_window_cut_below_the_imports(tmp_path:
     main = doc(tmp_path / "main.py", "from .helpers import read_headers\nimport os\n\n\n" + body + "def run(s):\n    return ")
     ws = Workspace(tmp_path)
     cursor = main.cursor(len(main.lines) - 1, 11)
-    settings = resolve_format(Settings(prefix_tokens=64, suffix_tokens=16, context_tokens=256), "psm")
-    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: [], (), ws.import_lines(main), ws.import_spans(main))
     count = TokenCounter(tok.encode)
+    definition = snip("helpers.py", 0, 'def read_headers(stream):\n    """The headers of an HTTP message, as a dict,'
+                                        ' up to the blank line."""\n    headers = {}\n    for line in stream:\n'
+                                        '        key, value = line.split(":", 1)\n        headers[key] = value\n'
+                                        '    return headers\n')
+    cost = template.snippet_cost(count, "#")(definition)
+    # The snippet takes the whole contextTokens: the header comes on top of it, not out of it.
+    settings = resolve_format(Settings(prefix_tokens=64, suffix_tokens=16, context_tokens=cost), "psm")
+    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: [definition], (), ws.import_lines(main),
+                      ws.import_spans(main))
     p = plan(main, cursor, settings, template, tok, count, None, sources)
     assert p.window.prefix_start > 1 and p.header == "from .helpers import read_headers\nimport os\n"
+    assert [x.snippet for x in p.snippets] == [definition]
     assert not p.prefix.startswith("from")  # post-processing sees the window only
-    assert p.token_ids == template.prompt(tok, p.header + p.prefix, p.suffix, "psm")
+    context = RepoContext(ws.name, ws.relative(main.uri), "#", [definition], p.header)
+    assert p.token_ids == template.prompt(tok, p.prefix, p.suffix, "psm", context)
+    assert count(p.header) <= cost * HEADER_SHARE
     # A window that shows the imports gets no header; contextTokens 0 (no sources) none either.
     assert plan(main, cursor, replace(settings, prefix_tokens=4096), template, tok, count, None, sources).header == ""
     assert plan(main, cursor, settings, template, tok, count).header == ""
