@@ -15,7 +15,7 @@ machine holds), loads it through the engine's real path, and measures:
   pass, no drafts). A decode step reads every weight once (the embedding table aside:
   one row) plus the KV cache up to its position, so decode is memory-bound: bytes per
   step x tok/s over this machine's bandwidth (measured in the same run, before and after
-  the model, best kept, by ``benchmarks/engine.py``'s copy and float32 GEMV) is the
+  the model, best kept, by ``benchmarks/engine.py``'s copy, read and float32 GEMV) is the
   fraction of the limit reached.
   The same GEMV in the model's dtype is also shown: on a CPU without fast bfloat16 GEMV
   that kernel, not the memory, is decode's ceiling;
