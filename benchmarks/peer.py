@@ -24,7 +24,10 @@ Two passes over the trace:
 * sequential: each keystroke waits for its suggestion; gives the first request's latency
   (a file just opened, after a three-keystroke warm-up in another file with the same text,
   whose cache it may reuse), p50/p95 latency over the keystrokes after it, and the prompt
-  tokens computed per keystroke (the rest came from a KV cache);
+  tokens computed per keystroke (the rest came from a KV cache); and those keystrokes split:
+  the ones the LSP answered without the model (typed through: nothing computed) and their
+  p50, and the p50 of the ones the model computed. When more than half are typed through,
+  the overall p50 is an LSP round trip, the same code on both sides, not the engine;
 * typed: keystrokes every ``--interval-ms`` whatever the answers; gives the answered
   ratio (keystrokes whose request was not superseded by the next one, nor failed).
 
@@ -222,11 +225,17 @@ async def run_side(name: str, client: Client, computed: Callable[[str], int], tr
         latencies, recomputed = await sequential(side, trace, f"file:///seq-{name}.py")
     answered = await typed(side, trace, f"file:///typed-{name}.py", interval_ms)
     # The first request of a just-opened file computes its whole prompt; the keystrokes after it are the typing.
+    # Split: keystrokes the LSP answered without the model (typed through, nothing computed), and the others.
+    typing = list(zip(latencies[1:], recomputed[1:]))
+    model = [ms for ms, n in typing if n > 0]
     return {
         "first_ms": latencies[0],
         "first_computed": recomputed[0],
         "p50_ms": percentile(latencies[1:], 0.5),
         "p95_ms": percentile(latencies[1:], 0.95),
+        "without_model": len(typing) - len(model),
+        "without_model_p50_ms": percentile([ms for ms, n in typing if n == 0], 0.5),
+        "model_p50_ms": percentile(model, 0.5),
         "answered_ratio": answered,
         "recomputed_per_keystroke": sum(recomputed[1:]) / len(recomputed[1:]),
         "latencies_ms": [round(x, 1) for x in latencies],
@@ -288,16 +297,22 @@ def finish(results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def table(r: dict[str, Any]) -> str:
-    rows = ["| backend | first ms (tokens) | p50 ms | p95 ms | answered | prompt tokens computed / keystroke |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| backend | first ms (tokens) | p50 ms | p95 ms | answered | prompt tokens computed / keystroke | "
+            "without the model: n, p50 ms | with it: p50 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for side, label in (("local", f"local engine ({r.get('local', {}).get('engine')})"),
                         ("llamacpp", "llama-cpp-python server")):
         if side not in r:
             continue
         s = r[side]
         rows.append(f"| {label} | {s['first_ms']:.0f} ({s['first_computed']}) | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | "
-                    f"{s['answered_ratio']:.0%} | {s['recomputed_per_keystroke']:.1f} |")
+                    f"{s['answered_ratio']:.0%} | {s['recomputed_per_keystroke']:.1f} | "
+                    f"{s['without_model']}, {_ms(s['without_model_p50_ms'])} | {_ms(s['model_p50_ms'])} |")
     if "local" not in r or "llamacpp" not in r:
         return "\n".join(rows)
     speed = r["llamacpp"].get("decode_tok_s")
