@@ -227,14 +227,14 @@ async def run_side(name: str, client: Client, computed: Callable[[str], int], tr
     # The first request of a just-opened file computes its whole prompt; the keystrokes after it are the typing.
     # Split: keystrokes the LSP answered without the model (typed through, nothing computed), and the others.
     typing = list(zip(latencies[1:], recomputed[1:]))
-    model = [ms for ms, n in typing if n > 0]
+    typed_through, model = [ms for ms, n in typing if n == 0], [ms for ms, n in typing if n > 0]
     return {
         "first_ms": latencies[0],
         "first_computed": recomputed[0],
         "p50_ms": percentile(latencies[1:], 0.5),
         "p95_ms": percentile(latencies[1:], 0.95),
-        "without_model": len(typing) - len(model),
-        "without_model_p50_ms": percentile([ms for ms, n in typing if n == 0], 0.5),
+        "without_model": len(typed_through),
+        "without_model_p50_ms": percentile(typed_through, 0.5),
         "model_p50_ms": percentile(model, 0.5),
         "answered_ratio": answered,
         "recomputed_per_keystroke": sum(recomputed[1:]) / len(recomputed[1:]),

@@ -208,10 +208,8 @@ def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, c
     want, here = identifiers(query), identifiers(local)
     scored: list[Scored] = []
     for s in candidates:
-        if s.text.strip() in local or similarity(s.names, here) >= DUPLICATE:
-            continue
-        value = score(s, want)
-        if value > 0:
+        value = score(s, want)  # first: most candidates score 0, and need no search of the window
+        if value > 0 and s.text.strip() not in local and similarity(s.names, here) < DUPLICATE:
             scored.append(Scored(s, value, 0))
     scored.sort(key=lambda x: (-x.score, x.snippet.path, x.snippet.start))
     fresh: list[Scored] = []

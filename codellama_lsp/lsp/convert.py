@@ -145,7 +145,7 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "load_ms": server.slot.load_ms,
         # Draft tokens checked per forward pass; 0 where the llama.cpp engine found this CPU's kernels
         # not batch-invariant (engine.llamacpp.LlamaCppRunner.batch_invariant). None: a remote backend.
-        "draft_tokens": getattr(backend, "draft_tokens", None) if backend else None,
+        "draft_tokens": getattr(backend, "draft_tokens", None),
         "settings": {k: v for k, v in asdict(server.settings).items() if k != "given"},
         "format": in_force.format if backend else None,
         # The budgets requests use: the device's where the client set none, cut to the context.
