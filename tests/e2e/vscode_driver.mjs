@@ -86,8 +86,11 @@ async function instructEdit(page, editor, quickInput) {
   await page.screenshot({ path: shot });
   result.screenshots.push(shot);
 
-  // "Explain" at the cursor: the answer opens as a markdown preview beside the code.
-  await page.keyboard.press("Control+Home");
+  // "Explain" on the whole (edited) file: the answer opens as a markdown preview beside the code.
+  // A selection, not the cursor: at a cursor the action is offered only inside a definition,
+  // and where the model's edit put one differs between CPUs.
+  await editor.locator(".view-lines").click();
+  await page.keyboard.press("Control+A");
   await fromPalette(page, quickInput, "Refactor...");
   log("choose Explain");
   await page.locator(".action-widget .monaco-list-row", { hasText: "Explain" }).first().click();
