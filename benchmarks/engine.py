@@ -15,7 +15,9 @@ memory bandwidth. For each engine configuration on one model this prints:
   ``fastest_configuration`` names the one with the most tok/s;
 * a keystroke replay: ``--keystrokes`` characters typed into a real source file, a greedy
   infilling request (32 new tokens at most, drafts on, as served) after each, with the KV
-  cache reused between requests and without; p50/p95 latency and tokens computed.
+  cache reused between requests and without; p50/p95 latency and tokens computed;
+* the draft tokens checked per pass as served, and for llama.cpp whether its tiled matrix
+  kernel is on (``codellama_lsp.engine.llamacpp_kernels``: by what this CPU was measured to do).
 
     python benchmarks/engine.py [--model PATH] [--engines torch,llamacpp] [--threads 1] [--json PATH]
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sysconfig
 import time
@@ -185,7 +188,10 @@ def measure(kind: str, model: Path, threads: int, keystrokes: int, bandwidth: fl
         "decode_tok_s": decode,
         "bytes_per_step": step_bytes,
         "decode_bandwidth_fraction": step_bytes * decode / (bandwidth * 1e9),
+        "draft_tokens": engine.draft_tokens,
     }
+    if kind == "llamacpp":  # the kernel open_llamacpp chose (codellama_lsp.engine.llamacpp_kernels)
+        out["tiled_kernel"] = os.environ.get("GGML_CPU_TILED_MM") != "0"
     for reuse in (True, False):
         for key, value in replay(engine, trace, template.stop_ids, reuse).items():
             out[f"replay_{key}_{'reuse' if reuse else 'noreuse'}"] = value
@@ -230,15 +236,24 @@ def main() -> None:
           f"{bandwidth['memory_bandwidth_gb_s']:.1f} GB/s")
     keys = ["prompt_tokens", "prefill_tok_s", "decode_tok_s", "bytes_per_step", "decode_bandwidth_fraction",
             "replay_p50_ms_reuse", "replay_p50_ms_noreuse", "replay_p95_ms_reuse", "replay_p95_ms_noreuse",
-            "replay_computed_tokens_per_keystroke_reuse", "replay_computed_tokens_per_keystroke_noreuse"]
+            "replay_computed_tokens_per_keystroke_reuse", "replay_computed_tokens_per_keystroke_noreuse",
+            "draft_tokens", "tiled_kernel"]
     names = list(results["configurations"])
     print(f"| metric | {' | '.join(names)} |\n|---|{'---:|' * len(names)}")
     for key in keys:
-        cells = [results["configurations"][n][key] for n in names]
-        print(f"| {key} | " + " | ".join(f"{c:,.2f}" if isinstance(c, float) else f"{c:,}" for c in cells) + " |")
+        cells = [results["configurations"][n].get(key) for n in names]
+        print(f"| {key} | " + " | ".join(_cell(c) for c in cells) + " |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)  # benchmarks/results/ is not in git
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:  # a key only some configurations have (tiled_kernel: llama.cpp's)
+        return "-"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from codellama_lsp.engine.checkpoint import save_checkpoint
 from codellama_lsp.engine.model import Transformer
 from lsp_harness import endless_copy
 
-# llama.cpp reads this once per process, at its first matrix product; the llamacpp engine sets it
-# before loading (engine/llamacpp.py: every batch size then gives the same logits). Tests that use
-# llama.cpp directly (quantizing, tokenizing) may run first in this process, so it is set here too.
+# llama.cpp reads this once per process, at its first matrix product. Off in the tests and in the
+# servers they start, whatever an earlier process measured on this CPU (engine/llamacpp_kernels.py):
+# where every batch size then gives the same logits, the tests check that it does.
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 TINY_ARGS = dict(

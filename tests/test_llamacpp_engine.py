@@ -79,7 +79,7 @@ def test_batch_invariance_is_measured_and_drafts_follow_it(engine: Engine, real_
     """18 tokens in one decode, in decodes of 4 (all logits) or 16 (the last's), or one at a time.
 
     Where this CPU's kernels give the same bits every way, reuse and drafts are exact on
-    llama.cpp (see engine.llamacpp._TILED_MM). Where they do not (an AVX-512 EPYC here), the
+    llama.cpp (see engine.llamacpp_kernels). Where they do not (an AVX-512 EPYC here), the
     runner must not claim invariance, and the server's engine checks no drafts.
     """
     from codellama_lsp.engine.llamacpp import LlamaCppRunner

@@ -39,9 +39,9 @@ BACKENDS = ("local", *PROTOCOLS)
 # Decoding is memory-bound: llama.cpp reads 4.5-bit blocks where float32 reads 32 bits per
 # weight, and decodes twice as fast. Prefill is compute-bound, and PyTorch's float32 GEMM
 # beats llama.cpp's per-row Q4_K dot products there. (Its tiled K-quant kernel was 94 against
-# 74 tok/s in a paired run, but it rounds differently from the per-row one, so it is off for exact
-# reuse and drafts: engine.llamacpp._TILED_MM; its repacked-weight buffers are off on a CPU
-# that reports AMX: engine.llamacpp.cpu_advertises_amx.) An editor's requests reuse all but
+# 74 tok/s in a paired run, but it rounds differently from the per-row one, so it is off where
+# that makes reuse and drafts exact: engine.llamacpp_kernels; its repacked-weight buffers are off
+# on a CPU that reports AMX: engine.llamacpp.cpu_advertises_amx.) An editor's requests reuse all but
 # a few prompt tokens and then decode tens, so decode speed is what a user waits for, and
 # llama.cpp needs a quarter of the memory. A GPU, or a checkpoint that is not GGUF, goes to
 # torch; so does an explicit dtype, compile or quantize, which only torch honours.

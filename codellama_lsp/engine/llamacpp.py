@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.metadata
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from codellama_lsp.engine import llamacpp_kernels as kernels
 from codellama_lsp.engine.config import CheckpointError
 
 if TYPE_CHECKING:
@@ -101,25 +103,16 @@ class _Log:
 
 _LOG = _Log()
 _BACKEND_READY = False
-# llama.cpp's CPU backend multiplies K-quant weights by a batch of 8 or more tokens with its
-# "tiled" kernel (ggml/src/ggml-cpu/tiled/tiled.cpp) and by fewer with the per-row dot
-# product; the two round differently (logits here differ by up to 0.4). Then a token's keys
-# and values depend on how it was batched: a reused prefix would hold other numbers than a
-# fresh prefill computes, and checking 8 drafts in one pass would not be a one-token decode,
-# so reuse and drafts could change a greedy suggestion at a near-tie. With the switch off,
-# every batch size gives the same bits (tested), for a fifth less prefill speed (94 -> 74
-# tok/s of CPU time in one paired run; see codellama_lsp.backends.ENGINES); decode is
-# unchanged. llama.cpp reads the variable once per process, at the first matrix product; a
-# value already in the environment is left as it is. Other kernels are chosen by CPU, and on some
-# a batch rounds differently all the same; the runner measures it (``batch_invariant``).
-_TILED_MM = "GGML_CPU_TILED_MM"
+# llama.cpp's tiled K-quant kernel rounds differently from its per-row one: off by default,
+# so that every batch size gives the same bits; ``open_llamacpp`` turns it on where this CPU
+# was measured to round a batch differently anyway (codellama_lsp.engine.llamacpp_kernels).
 INVARIANCE_TOKENS = 16  # tokens of the batch-invariance check (LlamaCppRunner.batch_invariant)
 
 
 def _bindings() -> Any:
     """llama-cpp-python's ``llama_cpp`` module, with its log routed to ours and the backend initialised."""
     global _BACKEND_READY
-    os.environ.setdefault(_TILED_MM, "0")
+    os.environ.setdefault(kernels.SWITCH, "0")
     try:
         import llama_cpp
     except ImportError as exc:
@@ -130,6 +123,14 @@ def _bindings() -> Any:
         llama_cpp.llama_backend_init()
         _BACKEND_READY = True
     return llama_cpp
+
+
+def _installed_version() -> str:
+    """llama-cpp-python's version, read without importing it (the import is ``_bindings``'s)."""
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def cpu_advertises_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -395,21 +396,29 @@ def open_llamacpp(path: str | Path, context_length: int, threads: int, **options
     """An ``Engine`` on llama.cpp for the GGUF at ``path``; ``options`` are ``Engine``'s (reuse, draft_tokens, ...).
 
     Unless ``draft_tokens`` is given, drafts are on only where the runner is batch-invariant.
+    The tiled matrix kernel is on where an earlier process measured that it is not, with the
+    kernel off (``llamacpp_kernels``); the first process on a CPU measures and keeps the answer.
 
     The file's metadata is read once, by our ``GGUFReader``: the tokenizer and the
     quantization's name come from it, and llama.cpp reads the weights. The reader is opened
     first so a missing or malformed file gets our CheckpointError, naming the problem.
     """
+    from codellama_lsp.engine.default_model import cache_dir
     from codellama_lsp.engine.engine import Engine
     from codellama_lsp.engine.gguf_reader import open_gguf
     from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
 
-    _bindings()  # fail first, and fast, when llama-cpp-python is missing
     reader = open_gguf(Path(path))
-    tokenizer = load_gguf_tokenizer(reader)
     field = reader.get_field("general.file_type")
     file_type = int(field.contents()) if field is not None else None
+    memo = cache_dir() / kernels.MEMO_FILE
+    key = kernels.memo_key(_installed_version(), quantization_name(file_type))
+    tiled = kernels.choose(memo, key)  # before llama.cpp's first matrix product reads the switch
+    _bindings()  # fails here, before the tokenizer's load, when llama-cpp-python is missing
+    tokenizer = load_gguf_tokenizer(reader)
     runner = LlamaCppRunner(path, context_length, threads, file_type=file_type)
+    if not tiled:
+        kernels.record(memo, key, runner.batch_invariant)
     if "draft_tokens" not in options and not runner.batch_invariant:
         log.info("llama.cpp's kernels on this CPU round a token differently alone and in a batch, "
                  "so lookup drafts are off: checking them in one pass could change the greedy text")
