@@ -24,17 +24,25 @@ Two passes over the trace:
 * sequential: each keystroke waits for its suggestion; gives the first request's latency
   (a file just opened, after a three-keystroke warm-up in another file with the same text,
   whose cache it may reuse), p50/p95 latency over the keystrokes after it, and the prompt
-  tokens computed per keystroke (the rest came from a KV cache); and those keystrokes split:
-  the ones the LSP answered without the model (typed through: nothing computed) and their
-  p50, and the p50 of the ones the model computed. When more than half are typed through,
-  the overall p50 is an LSP round trip, the same code on both sides, not the engine;
+  tokens computed per keystroke (the rest came from a KV cache; a prefetch's count with the
+  keystroke after which it ran); and those keystrokes split by the LSP's own count
+  (``codellama.status``): the ones it answered without waiting for the model (typed
+  through the shown suggestion, or prefetched while it was shown: ``prefetch``) and their
+  p50, and the p50 of the ones that waited. When more than half did not wait, the overall
+  p50 is an LSP round trip, the same code on both sides, not the engine;
 * typed: keystrokes every ``--interval-ms`` whatever the answers; gives the answered
   ratio (keystrokes whose request was not superseded by the next one, nor failed).
+
+``--accept-pause-ms N`` replaces the sequential pass's typing with a user who accepts every
+suggestion (Tab) after reading it for N ms, and starts a new line where there is none:
+``--keystrokes`` requests, each at the end of what the last one inserted. It measures the
+prefetch (``--prefetch on|off``, the LSP's ``prefetch`` setting): the suggestion at the
+shown one's end, computed while the user reads.
 
 llama.cpp's decode tok/s is read from its server's own timing lines over the sequential pass.
 
     python benchmarks/peer.py [--model PATH] [--threads 1] [--keystrokes 80] [--interval-ms 120]
-                              [--suffix-tokens N] [--json PATH]
+                              [--suffix-tokens N] [--prefetch on|off] [--accept-pause-ms N] [--json PATH]
                               [--profile-local STACKS.txt]   # py-spy samples of the local LSP's sequential pass
 
 The default model is the server's (the real Qwen2.5-Coder-0.5B GGUF when installed). Run it
@@ -125,21 +133,65 @@ class Side:
     computed: Callable[[str], int]  # prompt tokens computed for one request, from the LSP log's new lines
 
 
-async def sequential(side: Side, trace: Trace, uri: str) -> tuple[list[float], list[int]]:
-    """Latency (ms) and prompt tokens computed of each keystroke's request, each awaited before the next."""
+# How the LSP answered a keystroke without waiting for the model (codellama.status's request counts).
+WITHOUT_WAITING = ("typed_through", "prefetched")
+
+
+async def sequential(side: Side, trace: Trace, uri: str) -> tuple[list[float], list[int], list[str]]:
+    """Latency (ms), prompt tokens computed and the LSP's outcome of each keystroke's request, each
+    awaited before the next. Tokens a prefetch computed in the background count for the keystroke
+    after which they were logged."""
     client = side.client
     client.open(uri, trace.text)
+    edits = [(ch, (line, col), (line + 1, 0) if ch == "\n" else (line, col + 1)) for line, col, ch in trace.positions()]
+    return await _requests(side, uri, iter(edits))
+
+
+async def accepting(side: Side, trace: Trace, uri: str, rounds: int, pause_s: float) -> tuple[list[float], list[int], list[str]]:
+    """As ``sequential``, for a user who accepts every suggestion (Tab) after reading it for
+    ``pause_s``, and starts a new line where there is none: ``rounds`` requests, each at the
+    end of the text the last one inserted."""
+    client = side.client
+    client.open(uri, trace.text)
+    shown = {"text": ""}
+
+    def edits():
+        line, col = trace.line, trace.column
+        for i in range(rounds):
+            text = shown["text"] or ("\n" if i else "")  # the first request is at the trace's start
+            pieces = text.split("\n")
+            end = (line + len(pieces) - 1, (col if len(pieces) == 1 else 0) + len(pieces[-1]))
+            yield text, (line, col), end
+            line, col = end
+
+    async def read(text: str) -> None:
+        shown["text"] = text
+        if text:
+            await asyncio.sleep(pause_s)
+
+    return await _requests(side, uri, edits(), read)
+
+
+async def _requests(side: Side, uri: str, edits, after=None) -> tuple[list[float], list[int], list[str]]:
+    """Each (text, inserted at, cursor after) edit, then the request at its cursor, awaited and timed."""
+    client = side.client
     lsp_log = LogTail(client.log_file)  # type: ignore[arg-type]
-    latencies, computed = [], []
-    for version, (line, col, ch) in enumerate(trace.positions(), 2):
-        client.change(uri, version, ch, (line, col), (line, col))
-        cursor = (line + 1, 0) if ch == "\n" else (line, col + 1)
+    latencies, computed, outcomes = [], [], []
+    counts = (await client.status())["requests"]
+    for version, (text, at, cursor) in enumerate(edits, 2):
+        client.change(uri, version, text, at, at)
         t0 = time.perf_counter()
-        await client.inline(uri, *cursor)
+        shown = await client.inline(uri, *cursor)
         latencies.append((time.perf_counter() - t0) * 1000)
         await asyncio.sleep(0.05)  # let the log lines land
         computed.append(side.computed(lsp_log.new()))
-    return latencies, computed
+        now = (await client.status())["requests"]
+        outcomes.append(next((k for k in (*WITHOUT_WAITING, "typed_ahead", "answered", "empty", "superseded")
+                              if now.get(k, 0) > counts.get(k, 0)), "other"))
+        counts = now
+        if after is not None:
+            await after(shown)
+    return latencies, computed, outcomes
 
 
 async def typed(side: Side, trace: Trace, uri: str, interval_ms: float) -> float:
@@ -154,7 +206,7 @@ async def typed(side: Side, trace: Trace, uri: str, interval_ms: float) -> float
         await asyncio.sleep(interval_ms / 1000)
     await asyncio.gather(*pending)
     after = (await client.status())["requests"]
-    done = sum(after.get(k, 0) - before.get(k, 0) for k in ("answered", "empty", "typed_through"))
+    done = sum(after.get(k, 0) - before.get(k, 0) for k in ("answered", "empty", "typed_ahead", *WITHOUT_WAITING))
     return done / len(pending)
 
 
@@ -215,31 +267,39 @@ def hot_frames(stacks: Path, top: int = 12) -> tuple[list[tuple[str, float]], li
 
 
 async def run_side(name: str, client: Client, computed: Callable[[str], int], trace: Trace,
-                   interval_ms: float, profile: Path | None = None) -> dict[str, Any]:
+                   interval_ms: float, profile: Path | None = None, accept_pause_s: float = 0.0) -> dict[str, Any]:
     status = await client.wait_loaded(120)
     if status["state"] != "ready":
         raise RuntimeError(f"{name}: the LSP did not get ready: {status['error']}\n{client.log()[-2000:]}")
     side = Side(name, client, computed)
     await sequential(side, Trace(trace.text, trace.line, trace.column, trace.typed[:3]), f"file:///warmup-{name}.py")
+    prefetches = (await client.status())["prefetches"]
     with sampled(client.process.pid, profile):
-        latencies, recomputed = await sequential(side, trace, f"file:///seq-{name}.py")
+        latencies, recomputed, outcomes = await (
+            accepting(side, trace, f"file:///seq-{name}.py", len(trace.typed), accept_pause_s) if accept_pause_s
+            else sequential(side, trace, f"file:///seq-{name}.py"))
+    prefetches = (await client.status())["prefetches"] - prefetches  # begun computing in that pass
     answered = await typed(side, trace, f"file:///typed-{name}.py", interval_ms)
     # The first request of a just-opened file computes its whole prompt; the keystrokes after it are the typing.
-    # Split: keystrokes the LSP answered without the model (typed through, nothing computed), and the others.
-    typing = list(zip(latencies[1:], recomputed[1:]))
-    typed_through, model = [ms for ms, n in typing if n == 0], [ms for ms, n in typing if n > 0]
+    # Split: keystrokes the LSP answered without waiting for the model (typed through, or prefetched
+    # while the user typed), and the others.
+    typing = list(zip(latencies[1:], outcomes[1:]))
+    without, model = [ms for ms, o in typing if o in WITHOUT_WAITING], [ms for ms, o in typing if o not in WITHOUT_WAITING]
     return {
         "first_ms": latencies[0],
         "first_computed": recomputed[0],
         "p50_ms": percentile(latencies[1:], 0.5),
         "p95_ms": percentile(latencies[1:], 0.95),
-        "without_model": len(typed_through),
-        "without_model_p50_ms": percentile(typed_through, 0.5),
+        "without_model": len(without),
+        "prefetched": sum(o == "prefetched" for _, o in typing),
+        "prefetches": prefetches,
+        "without_model_p50_ms": percentile(without, 0.5),
         "model_p50_ms": percentile(model, 0.5),
         "answered_ratio": answered,
         "recomputed_per_keystroke": sum(recomputed[1:]) / len(recomputed[1:]),
         "latencies_ms": [round(x, 1) for x in latencies],
         "computed": recomputed,
+        "outcomes": outcomes,
     }
 
 
@@ -252,9 +312,10 @@ def decode_speed(server_log: str) -> float | None:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     trace = make_trace(args.keystrokes)
-    settings = {**LSP_SETTINGS, **SAME_BUDGETS,
+    settings = {**LSP_SETTINGS, **SAME_BUDGETS, "prefetch": args.prefetch == "on",
                 **({"suffixTokens": args.suffix_tokens} if args.suffix_tokens is not None else {})}
     results: dict[str, Any] = {"model": str(args.model), "keystrokes": args.keystrokes, "interval_ms": args.interval_ms,
+                               "accept_pause_ms": args.accept_pause_ms,
                                "threads": args.threads, "settings": settings,
                                "source": f"{SOURCE.name} from line {START_LINE + 1}"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,7 +325,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             client = await start(args.model, scratch / "local.log", options=settings, threads=args.threads)
             try:
                 results["local"] = await run_side("local", client, lsp_computed, trace, args.interval_ms,
-                                                  args.profile_local)
+                                                  args.profile_local, args.accept_pause_ms / 1000)
                 results["local"]["engine"] = (await client.status()).get("engine")
             finally:
                 await stop(client)
@@ -279,7 +340,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 server_log = LogTail(server.log)
                 computed = llama_cpp_python_computed(server_log)
-                results["llamacpp"] = await run_side("llamacpp", client, computed, trace, args.interval_ms)
+                results["llamacpp"] = await run_side("llamacpp", client, computed, trace, args.interval_ms,
+                                                     accept_pause_s=args.accept_pause_ms / 1000)
                 results["llamacpp"]["decode_tok_s"] = decode_speed(server.read_log())
             finally:
                 await stop(client)
@@ -303,7 +365,7 @@ def _ms(value: float | None) -> str:
 
 def table(r: dict[str, Any]) -> str:
     rows = ["| backend | first ms (tokens) | p50 ms | p95 ms | answered | prompt tokens computed / keystroke | "
-            "without the model: n, p50 ms | with it: p50 ms |",
+            "without waiting for the model: n (prefetched), p50 ms | waiting: p50 ms |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for side, label in (("local", f"local engine ({r.get('local', {}).get('engine')})"),
                         ("llamacpp", "llama-cpp-python server")):
@@ -312,7 +374,8 @@ def table(r: dict[str, Any]) -> str:
         s = r[side]
         rows.append(f"| {label} | {s['first_ms']:.0f} ({s['first_computed']}) | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | "
                     f"{s['answered_ratio']:.0%} | {s['recomputed_per_keystroke']:.1f} | "
-                    f"{s['without_model']}, {_ms(s['without_model_p50_ms'])} | {_ms(s['model_p50_ms'])} |")
+                    f"{s['without_model']} ({s['prefetched']}), {_ms(s['without_model_p50_ms'])} | "
+                    f"{_ms(s['model_p50_ms'])} |")
     if "local" not in r or "llamacpp" not in r:
         return "\n".join(rows)
     speed = r["llamacpp"].get("decode_tok_s")
@@ -326,6 +389,10 @@ def main() -> None:
                     help="a .gguf file or checkpoint directory (default: the server's default model)")
     ap.add_argument("--threads", type=int, default=1, help="threads for each side (default: 1)")
     ap.add_argument("--suffix-tokens", type=int, help="the suffixTokens setting for both sides (default: the CPU budget's)")
+    ap.add_argument("--prefetch", choices=("on", "off"), default="on", help="the prefetch setting for both sides")
+    ap.add_argument("--accept-pause-ms", type=float, default=0.0,
+                    help="instead of typing the trace, accept every suggestion (as with Tab) after this pause, "
+                         "--keystrokes times; 0: type the trace")
     ap.add_argument("--sides", default="local,llamacpp", help="which sides run (default: local,llamacpp)")
     ap.add_argument("--keystrokes", type=int, default=80)
     ap.add_argument("--interval-ms", type=float, default=120.0, help="typing interval of the typed pass")

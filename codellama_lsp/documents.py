@@ -9,6 +9,7 @@ document's size.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -102,6 +103,22 @@ class Document:
             # Not the document's end: the region ends with a terminator, so its rest is "".
             replaced.pop()
         self.lines[first: b.line + 1] = replaced
+
+    def inserted(self, at: Cursor, text: str) -> tuple["Document", Cursor]:
+        """A copy with ``text`` typed at ``at`` (no version), and the cursor after it: the
+        document once a suggestion shown there is typed or accepted."""
+        line = self.lines[at.line]
+        replaced = split_lines(line[: at.index] + text + line[at.index:])
+        if at.line < len(self.lines) - 1:  # the line keeps its terminator: the rest after it is ""
+            replaced.pop()
+        lines = self.lines[: at.line] + replaced + self.lines[at.line + 1:]
+        typed = split_lines(text)
+        end = Cursor(at.line + len(typed) - 1, (at.index if len(typed) == 1 else 0) + len(typed[-1]))
+        return Document(self.uri, lines, None, self.language_id, self.encoding), end
+
+    def digest(self) -> str:
+        """A digest of the text: tells whether two states of a document are the same text."""
+        return hashlib.blake2b(self.text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
     def line_ending(self, line: int) -> str:
         """The line ending in use near ``line`` (its own, the one above, the first line's), else LF.

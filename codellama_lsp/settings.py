@@ -58,6 +58,9 @@ class Settings:
     # (codellama_lsp.engine.engine, ``reuse_suffix``). Off: it is approximate, and on the default
     # model it cost most exact matches (benchmarks/quality.py, ours_typed; README).
     reuse_suffix: bool = False
+    # Compute the next suggestion, at the end of the one shown, while the user types it or before
+    # they accept it (codellama_lsp.lsp.lifecycle); measured by benchmarks/peer.py (README).
+    prefetch: bool = True
     # Instruct actions (completion/chat.py, instruct.py): the chat layout ("auto": the model's own chat
     # template, if it has one), and the budgets of one answer. 512 tokens holds an explanation or a
     # 40-line function; 120 s is what 512 tokens take on 2 CPU cores at the default model's ~5 tok/s.
@@ -218,6 +221,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "compile": ("compile", _choice(*COMPILE_CHOICES), _same),
     "quantize": ("quantize", _choice(*QUANTIZE_CHOICES), _same),
     "reuseSuffix": ("reuse_suffix", _bool, _same),
+    "prefetch": ("prefetch", _bool, _same),
     "chat": ("chat", _choice(*CHAT_SETTINGS), _same),
     "instructMaxTokens": ("instruct_max_tokens", _int_range(1, 4096), _same),
     "instructTimeBudgetMs": ("instruct_time_budget_ms", _number_range(100, 600_000), float),

@@ -1,4 +1,4 @@
-"""Per-document supersede and typed-through reuse; metrics."""
+"""Per-document supersede, typed-through reuse and prefetch; metrics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from codellama_lsp.generation import GenerationResult
-from codellama_lsp.lsp.lifecycle import Anchor, Lifecycle, Shown, rest_after_typing, typed_since
+from codellama_lsp.lsp.lifecycle import Ahead, Anchor, Lifecycle, Shown, rest_after_typing, typed_since
 from codellama_lsp.lsp.metrics import Metrics, percentile
 
 
@@ -116,3 +116,74 @@ def test_metrics() -> None:
     snap = m.snapshot()
     assert snap["kv_reuse_ratio"] == 0.75 and snap["typed_through_hits"] == 1 and snap["draft_acceptance"] == 0.75
     assert snap["latency_p50_ms"] in (10.0, 30.0) and snap["latency_p95_ms"] == 30.0
+
+
+# -- prefetch ----------------------------------------------------------------------------------------------
+
+END = Anchor(0, "x = foo(1)", "")  # where the shown suggestion "foo(1)" ends once it is typed or accepted
+
+
+async def test_a_finished_prefetch_answers_that_place_in_that_text_only() -> None:
+    life, calls = Lifecycle(), []
+
+    async def fresh(_) -> str:
+        calls.append(1)
+        return "fresh"
+
+    life.prefetch("a.py", Ahead(END, "text-1"), lambda _: _quick(" + 2"), 0)
+    await asyncio.sleep(0.05)
+    assert await life.suggest("a.py", END, 5, fresh, lambda: "text-2") == ("fresh", "answered")  # other text
+    life.prefetch("a.py", Ahead(END, "text-1"), lambda _: _quick(" + 2"), 0)
+    await asyncio.sleep(0.05)
+    assert await life.suggest("a.py", END, 6, fresh, lambda: "text-1") == (" + 2", "prefetched")
+    assert calls == [1] and life.prefetches == 2
+    # Remembered as shown: typing its start is typed through.
+    assert await life.suggest("a.py", Anchor(0, "x = foo(1) +", ""), 7, fresh, lambda: "x") == (" 2", "typed_through")
+
+
+async def test_a_request_joins_a_running_prefetch_of_its_place() -> None:
+    life, started, stopped = Lifecycle(), [], []
+    life.prefetch("a.py", Ahead(END, "t"), lambda _: _slow(" + 2", started, stopped), 0)
+    await asyncio.sleep(0.01)
+    joined = asyncio.ensure_future(life.suggest("a.py", END, 5, lambda _: _quick("fresh"), lambda: "t"))
+    await asyncio.sleep(0.01)
+    assert not joined.done() and life.shared == 1 and started == [" + 2"]
+    life.forget("a.py")
+    assert await joined == ("", "superseded") and stopped == [" + 2"]
+
+
+async def test_any_other_computation_cancels_a_running_prefetch() -> None:
+    life, started, stopped = Lifecycle(), [], []
+    life.prefetch("a.py", Ahead(END, "t"), lambda _: _slow("a", started, stopped), 0)
+    life.prefetch("b.py", Ahead(END, "t"), lambda _: _slow("b", started, stopped), 0)
+    await asyncio.sleep(0.01)
+    # Elsewhere in a.py: supersedes a.py's prefetch; and b.py's, which would hold the engine.
+    assert await life.suggest("a.py", Anchor(0, "y", ""), 5, lambda _: _quick("y"), lambda: "t") == ("y", "answered")
+    await asyncio.sleep(0.01)
+    assert sorted(stopped) == ["a", "b"]
+    # And a prefetch does not displace a computation already running for the document.
+    running = asyncio.ensure_future(life.run(("completion", "a.py"), 1, lambda _: _slow("real", started, stopped)))
+    await asyncio.sleep(0.01)
+    life.prefetch("a.py", Ahead(END, "t"), lambda _: _quick("guess"), 0)
+    await asyncio.sleep(0.01)
+    assert life.prefetches == 2 and not running.done()
+    life.forget("a.py")
+    assert await running is None
+
+
+async def test_a_prefetch_waits_for_a_pause_that_every_keystroke_restarts() -> None:
+    life, started, stopped = Lifecycle(), [], []
+    shown = Shown(Anchor(0, "x = ", ""), "foo(1)")
+    life.remember("a.py", shown)
+    life.prefetch("a.py", Ahead(END, "t"), lambda _: _slow("ahead", started, stopped), 0.05)
+    for typed in ("f", "fo", "foo"):  # typing through the suggestion, faster than the pause
+        await asyncio.sleep(0.03)
+        assert (await life.suggest("a.py", Anchor(0, "x = " + typed, ""), 5, None))[1] == "typed_through"
+        assert started == [] and life.prefetches == 0  # each keystroke cancelled the wait
+        life.prefetch("a.py", Ahead(END, "t"), lambda _: _slow("ahead", started, stopped), 0.05)
+    await asyncio.sleep(0.08)  # the user paused
+    assert started == ["ahead"] and life.prefetches == 1
+    # Typing through goes on without stopping it: it needs no engine.
+    assert (await life.suggest("a.py", Anchor(0, "x = foo(", ""), 6, None))[1] == "typed_through"
+    assert stopped == [] and life.running() == {"a.py": 0}
+    life.forget("a.py")

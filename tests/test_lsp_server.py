@@ -231,6 +231,51 @@ async def test_a_keystroke_matching_the_running_generation_waits_for_it(client: 
         await client.configure(maxNewTokens=8, temperature=0.0)
 
 
+async def _settled(client: Client, uri: str) -> dict:
+    """The status once no computation for ``uri`` runs (a prefetch has finished)."""
+    for _ in range(2000):
+        status = await client.status()
+        if uri not in status["in_flight"]:
+            return status
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"a computation for {uri} is still running")
+
+
+async def test_accepting_a_suggestion_gets_the_next_one_prefetched(client: Client, engine: Engine) -> None:
+    """While a suggestion is shown, the one at its end is computed in the document it makes:
+    accepting it (the editor inserts the text) gets that one at once, the same as computed there."""
+    uri = "file:///prefetch.py"
+    client.open(uri, SOURCE)
+    client.change(uri, 2, "\n    result = ", (9, 16), (9, 16))
+    text = SOURCE.replace("return a + b\n", "return a + b\n    result = \n", 1)
+    shown = await client.inline(uri, 10, 13)
+    assert shown
+    before = await _settled(client, uri)
+    accepted, end = Document.from_text(uri, text).inserted(Document.from_text(uri, text).cursor(10, 13), shown)
+    client.change(uri, 3, shown, (10, 13), (10, 13))
+    column = len(accepted.line_text(end.line)[: end.index].encode("utf-16-le")) // 2
+    got = await client.inline(uri, end.line, column)
+    after = (await client.status())["requests"]
+    assert after.get("prefetched", 0) == before["requests"].get("prefetched", 0) + 1
+    assert got == expected(engine, accepted.text, end.line, end.index)
+    # Typing something else there instead is computed afresh, not answered from the prefetch.
+    client.change(uri, 4, "z", (end.line, column), (end.line, column))
+    await client.inline(uri, end.line, column + 1)
+    assert (await client.status())["requests"].get("prefetched", 0) == after["prefetched"]
+
+
+async def test_prefetch_off_computes_nothing_ahead(client: Client) -> None:
+    uri = "file:///no-prefetch.py"
+    client.open(uri, SOURCE)
+    await client.configure(prefetch=False)
+    try:
+        before = (await client.status())["prefetches"]
+        assert await client.inline(uri, 9, 11)
+        assert (await _settled(client, uri))["prefetches"] == before
+    finally:
+        await client.configure(prefetch=True)
+
+
 UNICODE = 'greeting = "😀 こんにちは 世界 😀" + name\nlabel = "日本語"\n'
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codellama_lsp.documents import Document, PositionOutOfRange, split_lines
+from codellama_lsp.documents import Cursor, Document, PositionOutOfRange, split_lines
 from codellama_lsp.positions import index_to_units, negotiate, units_to_index
 
 LINE = "a😀b日本\ud800c"  # ASCII, an astral emoji, CJK, a lone surrogate (binary content)
@@ -76,3 +76,21 @@ def test_cursor_positions() -> None:
         doc.cursor(2, 0)
     with pytest.raises(PositionOutOfRange):
         doc.cursor(-1, 0)
+
+
+def test_a_suggestion_inserted_is_the_document_after_typing_it() -> None:
+    """What a prefetch computes on: the same text, and the cursor, as typing the suggestion gives."""
+    doc = Document.from_text("u", "def f(x):\n    ret\nnext\n", version=4)
+    for shown in ("urn x", "urn x\n    y = 1", "urn 😀\n"):
+        ahead, end = doc.inserted(doc.cursor(1, 7), shown)
+        typed = Document.from_text("u", doc.text)
+        line, col = 1, 7
+        for ch in shown:  # one keystroke at a time, as an editor sends them (UTF-16 columns)
+            typed.apply_change(ch, (line, col), (line, col))
+            line, col = (line + 1, 0) if ch == "\n" else (line, col + len(ch.encode("utf-16-le")) // 2)
+        assert ahead.lines == typed.lines and ahead.digest() == typed.digest() and ahead.version is None
+        assert typed.cursor(line, col) == end
+    assert doc.text == "def f(x):\n    ret\nnext\n"  # the document itself is unchanged
+    last = Document.from_text("u", "abc")
+    assert last.inserted(Cursor(0, 3), "de\nf") == (Document("u", ["abcde\n", "f"]), Cursor(1, 1))
+    assert Document.from_text("u", "a").digest() != Document.from_text("u", "b").digest()

@@ -158,6 +158,7 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "open_documents": len(server.docs.documents),
         **server.metrics.snapshot(),
         "shared_requests": server.lifecycle.shared,
+        "prefetches": server.lifecycle.prefetches,  # started; "prefetched" under requests counts the hits
         "in_flight": server.lifecycle.running(),
         "generated_tokens": backend.generated_tokens if backend else 0,
         "token_cache": _token_cache(server.slot.ready.counter) if server.slot.ready is not None else None,

@@ -11,6 +11,13 @@ When the user types the first characters of the suggestion on screen, the rest o
 is still the best suggestion: it comes back at once, without a model call. The same
 holds for a suggestion still being generated: a keystroke that matches the start of
 what the model has written so far waits for that generation rather than cancelling it.
+
+Once a suggestion is shown and the user pauses, the next one is computed ahead (a prefetch,
+as llama.vim does): the suggestion at its end, in the document as it will be once the shown
+text is typed or accepted. A request there, in exactly that document, gets it at once or
+joins it; any new computation cancels a prefetch still running, so the engine is free for
+what was asked. It waits for the pause because a computation cannot stop in the middle of
+a prefill: begun while the user types on, it would hold up the next keystroke's request.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ T = TypeVar("T")
 # What a computation is for, and the document: one live computation per key.
 Key = tuple[Literal["completion", "docstring"], str]
 # How a suggestion request was answered, counted in codellama.status.
-Outcome = Literal["typed_through", "model_not_ready", "superseded", "answered", "typed_ahead", "empty"]
+Outcome = Literal["typed_through", "model_not_ready", "superseded", "answered", "typed_ahead", "empty", "prefetched"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,14 @@ def rest_after_typing(text: str, typed: str | None) -> str | None:
     return text[len(typed):] if typed and len(typed) < len(text) and text.startswith(typed) else None
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """A prefetch: the suggestion at ``anchor`` of the document whose text has digest ``digest``."""
+
+    anchor: Anchor
+    digest: str
+
+
 @dataclass(eq=False)
 class Flight:
     """A running computation: what it answers, and what it has produced so far if it streams."""
@@ -64,6 +79,8 @@ class Flight:
     task: asyncio.Future | None = None
     waiters: int = 0
     partial: str = ""
+    ahead: Ahead | None = None  # set for a prefetch
+    computing: bool = False  # a prefetch past its wait for the user's pause
 
 
 class Lifecycle:
@@ -74,7 +91,9 @@ class Lifecycle:
         self.grace_s = grace_s
         self._flights: dict[Key, Flight] = {}
         self._shown: dict[str, Shown] = {}  # by document
+        self._ahead: dict[str, tuple[Ahead, str]] = {}  # by document: a finished prefetch and its text
         self.shared = 0  # requests answered by a computation another request started
+        self.prefetches = 0  # prefetches that began computing
 
     def running(self) -> dict[str, int]:
         """Computations under way (a completion by its document, others as "kind uri"), and the
@@ -83,25 +102,39 @@ class Lifecycle:
                 for (kind, uri), f in self._flights.items() if f.task is not None and not f.task.done()}
 
     async def suggest(self, uri: str, here: Anchor, version: int | None,
-                      start: Callable[[Flight], Awaitable[str]] | None) -> tuple[str, Outcome]:
+                      start: Callable[[Flight], Awaitable[str]] | None,
+                      digest: Callable[[], str] = str) -> tuple[str, Outcome]:
         """The whole answer policy for a suggestion at ``here``: the text to show, and how it came.
 
-        The rest of the shown suggestion when the user typed its start; else the running
-        generation when the user typed what it already wrote (``typed_ahead``), else a new
-        one from ``start`` (None: no model yet). What is computed is remembered for
+        The rest of the shown suggestion when the user typed its start; else a prefetch for
+        this place in this document (``digest`` gives its text's), finished or running; else the
+        running generation when the user typed what it already wrote (``typed_ahead``), else a
+        new one from ``start`` (None: no model yet). What is computed is remembered for
         typed-through, and cut by what was typed while it ran.
         """
+        waiting = self._flights.get(("completion", uri))
+        if waiting is not None and waiting.ahead is not None and not waiting.computing:
+            waiting.task.cancel()  # the user did not pause: a keystroke restarts the wait
+            del self._flights[("completion", uri)]
         rest = self.typed_through(uri, here)
         if rest is not None:
             return rest, "typed_through"
         if start is None:
             return "", "model_not_ready"
+        wanted = Ahead(here, digest())
+        done = self._ahead.pop(uri, None)
+        if done is not None and done[0] == wanted:
+            self.remember(uri, Shown(here, done[1]))
+            return done[1], "prefetched"
 
-        def typed_ahead(flight: Flight) -> bool:
-            """The user typed what the running generation has already written: wait for it."""
+        def joins(flight: Flight) -> bool:
+            """A prefetch of this very request, or the user typed what the running generation has
+            already written (typed ahead): wait for it."""
+            if flight.ahead is not None:
+                return flight.ahead == wanted
             return rest_after_typing(flight.partial, typed_since(flight.ident[0], here)) is not None
 
-        outcome = await self.run(("completion", uri), (here, version), start, typed_ahead)
+        outcome = await self.run(("completion", uri), (here, version), start, joins)
         if outcome is None:
             return "", "superseded"
         (anchor, _), text = outcome
@@ -110,6 +143,33 @@ class Lifecycle:
             return text, "answered" if text else "empty"
         # Answered by a generation started before the last keystrokes.
         return rest_after_typing(text, typed_since(anchor, here)) or "", "typed_ahead"
+
+    def prefetch(self, uri: str, ahead: Ahead, start: Callable[[Flight], Awaitable[str]], pause_s: float) -> None:
+        """Compute the suggestion ``ahead`` in the background once ``pause_s`` pass without a
+        request for ``uri``, unless a computation is running for it.
+
+        Its text is kept for ``suggest``; a request that arrives while it runs joins it.
+        """
+        key: Key = ("completion", uri)
+        flight = self._flights.get(key)
+        if flight is not None and not flight.task.done():
+            return
+        flight = self._flights[key] = Flight((ahead.anchor, None), ahead=ahead)
+
+        async def after_a_pause() -> str:
+            await asyncio.sleep(pause_s)
+            flight.computing = True
+            self.prefetches += 1
+            return await start(flight)
+
+        def keep(task: asyncio.Future) -> None:
+            if self._flights.get(key) is flight and flight.waiters == 0:
+                del self._flights[key]
+            if not task.cancelled() and task.exception() is None:
+                self._ahead[uri] = (ahead, task.result())
+
+        flight.task = asyncio.ensure_future(after_a_pause())
+        flight.task.add_done_callback(keep)
 
     async def run(self, key: Key, ident: Hashable, start: Callable[[Flight], Awaitable[T]],
                   joins: Callable[[Flight], bool] | None = None) -> tuple[Hashable, T] | None:
@@ -127,6 +187,9 @@ class Lifecycle:
         else:
             if flight is not None:
                 flight.task.cancel()
+            for other in self._flights.values():  # the engine is for what was asked, not for guesses
+                if other.ahead is not None and other is not flight:
+                    other.task.cancel()
             flight = self._flights[key] = Flight(ident)
             flight.task = asyncio.ensure_future(start(flight))
         flight.waiters += 1
@@ -160,5 +223,6 @@ class Lifecycle:
     def forget(self, uri: str) -> None:
         """A closed document: drop its suggestion and stop its computations."""
         self._shown.pop(uri, None)
+        self._ahead.pop(uri, None)
         for key in [k for k in self._flights if k[1] == uri]:
             self._flights.pop(key).task.cancel()

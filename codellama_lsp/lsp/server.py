@@ -29,7 +29,7 @@ from codellama_lsp.completion.chat import Chat, detect_chat
 from codellama_lsp.completion.instruct import TITLES
 from codellama_lsp.lsp import instruct
 from codellama_lsp.lsp.docstrings import Docstrings
-from codellama_lsp.lsp.lifecycle import Anchor, Flight, Lifecycle
+from codellama_lsp.lsp.lifecycle import Ahead, Anchor, Flight, Lifecycle
 from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into
 from codellama_lsp.lsp.log import attach_to_running_loop as attach_log_to_client
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
@@ -43,6 +43,14 @@ from codellama_lsp.workspace import Workspace, uri_path
 log = logging.getLogger("codellama_lsp")
 
 STATUS_COMMAND = "codellama.status"
+# A prefetch begins once the user has paused this long (reading the suggestion, about to accept
+# it), not between keystrokes: a prefill under way cannot stop, and would delay the next one.
+PREFETCH_PAUSE_S = 0.3
+
+
+def anchor_at(doc: Document, cursor: Cursor) -> Anchor:
+    line = doc.line_text(cursor.line)
+    return Anchor(cursor.line, line[: cursor.index], line[cursor.index:])
 
 
 class CodeLlamaServer(LanguageServer):
@@ -169,12 +177,12 @@ class CodeLlamaServer(LanguageServer):
         if found is None:
             return ""
         doc, cursor = found
-        line = doc.line_text(cursor.line)
-        here = Anchor(cursor.line, line[: cursor.index], line[cursor.index:])
+        here = anchor_at(doc, cursor)
+        version = doc.version
         ready = self.slot.ready
         start = None if ready is None else (lambda flight: self._complete(doc, cursor, ready, flight))
         try:
-            text, outcome = await self.lifecycle.suggest(uri, here, doc.version, start)
+            text, outcome = await self.lifecycle.suggest(uri, here, version, start, doc.digest)
         except asyncio.CancelledError:
             self.metrics.count("cancelled")
             raise
@@ -183,13 +191,28 @@ class CodeLlamaServer(LanguageServer):
             log.info("completion before the model is ready (%s)", self.slot.state)
         elif outcome != "superseded":
             self.metrics.answered((time.perf_counter() - t0) * 1000)
+        if (text and ready is not None and self.settings.prefetch and doc.version == version
+                and outcome in ("answered", "typed_ahead", "prefetched", "typed_through")):
+            self._prefetch(doc, cursor, text, ready)
         return text
 
-    def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight) -> Awaitable[str]:
-        """Plan now, while the document is as the request saw it; generate in the returned awaitable."""
+    def _prefetch(self, doc: Document, cursor: Cursor, shown: str, ready: Ready) -> None:
+        """Compute, once the user pauses, the suggestion at the end of ``shown`` once it is typed or accepted."""
+        ahead_doc, end = doc.inserted(cursor, shown)
+        self.lifecycle.prefetch(doc.uri, Ahead(anchor_at(ahead_doc, end), ahead_doc.digest()),
+                                lambda flight: self._complete(ahead_doc, end, ready, flight, what="prefetch"),
+                                PREFETCH_PAUSE_S)
+
+    def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight,
+                  what: str = "completion") -> Awaitable[str]:
+        """Plan now, while the document is as the request saw it; generate in the returned awaitable.
+
+        A prefetch (``what``) plans a document that is not the editor's yet, so its plan is not
+        kept as the document's window, snippets and status context.
+        """
         backend = ready.backend
         settings = self.request_settings(backend)
-        where = f"completion at {cursor.line}:{cursor.index} in {doc.uri}"
+        where = f"{what} at {cursor.line}:{cursor.index} in {doc.uri}"
         documents, ws = self.docs.documents, self.repo
         sources = None if settings.context_tokens <= 0 else Sources(  # off: no scan of the document at all
             ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
@@ -200,9 +223,10 @@ class CodeLlamaServer(LanguageServer):
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
-        self.docs.windows[doc.uri] = p.window
-        self.docs.snippets[doc.uri] = p.snippets
-        self.last_context = (doc.uri, p.snippets, p.header)
+        if what == "completion":
+            self.docs.windows[doc.uri] = p.window
+            self.docs.snippets[doc.uri] = p.snippets
+            self.last_context = (doc.uri, p.snippets, p.header)
         request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text))
 
         async def generate() -> str:

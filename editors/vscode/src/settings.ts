@@ -12,6 +12,7 @@ export const SERVER_KEYS = [
   "dtype",
   "engine",
   "reuseSuffix",
+  "prefetch",
   "compile",
   "quantize",
   "family",
