@@ -122,8 +122,9 @@ class Lifecycle:
         if start is None:
             return "", "model_not_ready"
         wanted = Ahead(here, digest())
-        done = self._ahead.pop(uri, None)
-        if done is not None and done[0] == wanted:
+        done = self._ahead.get(uri)
+        if done is not None and done[0] == wanted:  # kept otherwise: an editor asks again where it stands
+            del self._ahead[uri]
             self.remember(uri, Shown(here, done[1]))
             return done[1], "prefetched"
 
