@@ -130,7 +130,7 @@ async def test_a_finished_prefetch_answers_that_place_in_that_text_only() -> Non
         calls.append(1)
         return "fresh"
 
-    life.prefetch("a.py", Ahead(END, "text-1"), lambda _: _quick(" + 2"), 0)
+    life.prefetch("a.py", lambda: (Ahead(END, "text-1"), lambda _: _quick(" + 2")), 0)
     await asyncio.sleep(0.05)
     assert await life.suggest("a.py", END, 5, fresh, lambda: "text-2") == ("fresh", "answered")  # other text
     # A request elsewhere (an editor asking again where the suggestion is shown) leaves it for later.
@@ -143,7 +143,7 @@ async def test_a_finished_prefetch_answers_that_place_in_that_text_only() -> Non
 
 async def test_a_request_joins_a_running_prefetch_of_its_place() -> None:
     life, started, stopped = Lifecycle(), [], []
-    life.prefetch("a.py", Ahead(END, "t"), lambda _: _slow(" + 2", started, stopped), 0)
+    life.prefetch("a.py", lambda: (Ahead(END, "t"), lambda _: _slow(" + 2", started, stopped)), 0)
     await asyncio.sleep(0.01)
     joined = asyncio.ensure_future(life.suggest("a.py", END, 5, lambda _: _quick("fresh"), lambda: "t"))
     await asyncio.sleep(0.01)
@@ -154,8 +154,8 @@ async def test_a_request_joins_a_running_prefetch_of_its_place() -> None:
 
 async def test_any_other_computation_cancels_a_running_prefetch() -> None:
     life, started, stopped = Lifecycle(), [], []
-    life.prefetch("a.py", Ahead(END, "t"), lambda _: _slow("a", started, stopped), 0)
-    life.prefetch("b.py", Ahead(END, "t"), lambda _: _slow("b", started, stopped), 0)
+    life.prefetch("a.py", lambda: (Ahead(END, "t"), lambda _: _slow("a", started, stopped)), 0)
+    life.prefetch("b.py", lambda: (Ahead(END, "t"), lambda _: _slow("b", started, stopped)), 0)
     await asyncio.sleep(0.01)
     # Elsewhere in a.py: supersedes a.py's prefetch; and b.py's, which would hold the engine.
     assert await life.suggest("a.py", Anchor(0, "y", ""), 5, lambda _: _quick("y"), lambda: "t") == ("y", "answered")
@@ -164,23 +164,31 @@ async def test_any_other_computation_cancels_a_running_prefetch() -> None:
     # And a prefetch does not displace a computation already running for the document.
     running = asyncio.ensure_future(life.run(("completion", "a.py"), 1, lambda _: _slow("real", started, stopped)))
     await asyncio.sleep(0.01)
-    life.prefetch("a.py", Ahead(END, "t"), lambda _: _quick("guess"), 0)
+    life.prefetch("a.py", lambda: (Ahead(END, "t"), lambda _: _quick("guess")), 0)
     await asyncio.sleep(0.01)
     assert life.prefetches == 2 and not running.done()
     life.forget("a.py")
     assert await running is None
 
 
+async def test_a_prefetch_whose_document_changed_during_the_pause_computes_nothing() -> None:
+    life = Lifecycle()
+    life.prefetch("a.py", lambda: None, 0)
+    await asyncio.sleep(0.01)
+    assert life.prefetches == 0 and life.running() == {}
+    assert await life.suggest("a.py", END, 5, lambda _: _quick("fresh"), lambda: "t") == ("fresh", "answered")
+
+
 async def test_a_prefetch_waits_for_a_pause_that_every_keystroke_restarts() -> None:
     life, started, stopped = Lifecycle(), [], []
     shown = Shown(Anchor(0, "x = ", ""), "foo(1)")
     life.remember("a.py", shown)
-    life.prefetch("a.py", Ahead(END, "t"), lambda _: _slow("ahead", started, stopped), 0.05)
+    life.prefetch("a.py", lambda: (Ahead(END, "t"), lambda _: _slow("ahead", started, stopped)), 0.05)
     for typed in ("f", "fo", "foo"):  # typing through the suggestion, faster than the pause
         await asyncio.sleep(0.03)
         assert (await life.suggest("a.py", Anchor(0, "x = " + typed, ""), 5, None))[1] == "typed_through"
         assert started == [] and life.prefetches == 0  # each keystroke cancelled the wait
-        life.prefetch("a.py", Ahead(END, "t"), lambda _: _slow("ahead", started, stopped), 0.05)
+        life.prefetch("a.py", lambda: (Ahead(END, "t"), lambda _: _slow("ahead", started, stopped)), 0.05)
     await asyncio.sleep(0.08)  # the user paused
     assert started == ["ahead"] and life.prefetches == 1
     # Typing through goes on without stopping it: it needs no engine.

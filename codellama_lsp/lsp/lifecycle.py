@@ -79,8 +79,9 @@ class Flight:
     task: asyncio.Future | None = None
     waiters: int = 0
     partial: str = ""
-    ahead: Ahead | None = None  # set for a prefetch
+    guess: bool = False  # a prefetch
     computing: bool = False  # a prefetch past its wait for the user's pause
+    ahead: Ahead | None = None  # what a computing prefetch answers
 
 
 class Lifecycle:
@@ -113,7 +114,7 @@ class Lifecycle:
         typed-through, and cut by what was typed while it ran.
         """
         waiting = self._flights.get(("completion", uri))
-        if waiting is not None and waiting.ahead is not None and not waiting.computing:
+        if waiting is not None and waiting.guess and not waiting.computing:
             waiting.task.cancel()  # the user did not pause: a keystroke restarts the wait
             del self._flights[("completion", uri)]
         rest = self.typed_through(uri, here)
@@ -131,7 +132,7 @@ class Lifecycle:
         def joins(flight: Flight) -> bool:
             """A prefetch of this very request, or the user typed what the running generation has
             already written (typed ahead): wait for it."""
-            if flight.ahead is not None:
+            if flight.guess:
                 return flight.ahead == wanted
             return rest_after_typing(flight.partial, typed_since(flight.ident[0], here)) is not None
 
@@ -145,29 +146,37 @@ class Lifecycle:
         # Answered by a generation started before the last keystrokes.
         return rest_after_typing(text, typed_since(anchor, here)) or "", "typed_ahead"
 
-    def prefetch(self, uri: str, ahead: Ahead, start: Callable[[Flight], Awaitable[str]], pause_s: float) -> None:
-        """Compute the suggestion ``ahead`` in the background once ``pause_s`` pass without a
-        request for ``uri``, unless a computation is running for it.
+    def prefetch(self, uri: str, prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None],
+                 pause_s: float) -> None:
+        """Compute a suggestion ahead in the background once ``pause_s`` pass without a request
+        for ``uri``, unless a computation is running for it.
 
-        Its text is kept for ``suggest``; a request that arrives while it runs joins it.
+        ``prepare``, called after the pause, says what (an ``Ahead``) and how (a start), or
+        None when there is nothing to compute any more: the work of building the document
+        ahead stays off the keystroke that showed the suggestion. The text is kept for
+        ``suggest``; a request that arrives while it runs joins it.
         """
         key: Key = ("completion", uri)
         flight = self._flights.get(key)
         if flight is not None and not flight.task.done():
             return
-        flight = self._flights[key] = Flight((ahead.anchor, None), ahead=ahead)
+        flight = self._flights[key] = Flight(None, guess=True)
 
-        async def after_a_pause() -> str:
+        async def after_a_pause() -> str | None:
             await asyncio.sleep(pause_s)
-            flight.computing = True
+            prepared = prepare()
+            if prepared is None:
+                return None
+            flight.ahead, start = prepared
+            flight.ident, flight.computing = (flight.ahead.anchor, None), True
             self.prefetches += 1
             return await start(flight)
 
         def keep(task: asyncio.Future) -> None:
             if self._flights.get(key) is flight and flight.waiters == 0:
                 del self._flights[key]
-            if not task.cancelled() and task.exception() is None:
-                self._ahead[uri] = (ahead, task.result())
+            if not task.cancelled() and task.exception() is None and flight.ahead is not None:
+                self._ahead[uri] = (flight.ahead, task.result())
 
         flight.task = asyncio.ensure_future(after_a_pause())
         flight.task.add_done_callback(keep)
@@ -189,7 +198,7 @@ class Lifecycle:
             if flight is not None:
                 flight.task.cancel()
             for other in self._flights.values():  # the engine is for what was asked, not for guesses
-                if other.ahead is not None and other is not flight:
+                if other.guess and other is not flight:
                     other.task.cancel()
             flight = self._flights[key] = Flight(ident)
             flight.task = asyncio.ensure_future(start(flight))

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -198,10 +198,16 @@ class CodeLlamaServer(LanguageServer):
 
     def _prefetch(self, doc: Document, cursor: Cursor, shown: str, ready: Ready) -> None:
         """Compute, once the user pauses, the suggestion at the end of ``shown`` once it is typed or accepted."""
-        ahead_doc, end = doc.inserted(cursor, shown)
-        self.lifecycle.prefetch(doc.uri, Ahead(anchor_at(ahead_doc, end), ahead_doc.digest()),
-                                lambda flight: self._complete(ahead_doc, end, ready, flight, what="prefetch"),
-                                PREFETCH_PAUSE_S)
+        version = doc.version
+
+        def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None:
+            if doc.version != version:  # edited during the pause, without asking for a suggestion
+                return None
+            ahead_doc, end = doc.inserted(cursor, shown)
+            return (Ahead(anchor_at(ahead_doc, end), ahead_doc.digest()),
+                    lambda flight: self._complete(ahead_doc, end, ready, flight, what="prefetch"))
+
+        self.lifecycle.prefetch(doc.uri, prepare, PREFETCH_PAUSE_S)
 
     def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight,
                   what: str = "completion") -> Awaitable[str]:
