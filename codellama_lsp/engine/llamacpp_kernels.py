@@ -75,12 +75,13 @@ def choose(memo: Path, key: str) -> bool:
 
 def record(memo: Path, key: str, invariant: bool) -> None:
     """Keep a measurement made with the tiled kernel off by ``choose``; others say nothing about that setting."""
-    if _chosen != "0" or _read(memo).get(key) is invariant:
+    known = _read(memo)
+    if _chosen != "0" or known.get(key) is invariant:
         return
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         scratch = memo.with_name(f"{memo.name}.{os.getpid()}")
-        scratch.write_text(json.dumps({**_read(memo), key: invariant}, indent=1) + "\n", encoding="utf-8")
+        scratch.write_text(json.dumps({**known, key: invariant}, indent=1) + "\n", encoding="utf-8")
         os.replace(scratch, memo)  # whole or not at all: another server may be reading it
     except OSError as exc:  # the next process measures again
         log.debug("cannot keep the batch-invariance measurement in %s: %s", memo, exc)

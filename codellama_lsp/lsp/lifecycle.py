@@ -23,6 +23,7 @@ a prefill: begun while the user types on, it would hold up the next keystroke's 
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Hashable, Literal, TypeVar
 
@@ -80,8 +81,7 @@ class Flight:
     waiters: int = 0
     partial: str = ""
     guess: bool = False  # a prefetch
-    computing: bool = False  # a prefetch past its wait for the user's pause
-    ahead: Ahead | None = None  # what a computing prefetch answers
+    ahead: Ahead | None = None  # what a prefetch answers, once past its wait for the user's pause
 
 
 class Lifecycle:
@@ -114,7 +114,7 @@ class Lifecycle:
         typed-through, and cut by what was typed while it ran.
         """
         waiting = self._flights.get(("completion", uri))
-        if waiting is not None and waiting.guess and not waiting.computing:
+        if waiting is not None and waiting.guess and waiting.ahead is None:
             waiting.task.cancel()  # the user did not pause: a keystroke restarts the wait
             del self._flights[("completion", uri)]
         rest = self.typed_through(uri, here)
@@ -122,9 +122,14 @@ class Lifecycle:
             return rest, "typed_through"
         if start is None:
             return "", "model_not_ready"
-        wanted = Ahead(here, digest())
+        text_digest = functools.cache(digest)  # O(document): taken only when a prefetch's place matches
+
+        def is_here(ahead: Ahead | None) -> bool:
+            """A prefetch for this place in this text."""
+            return ahead is not None and ahead.anchor == here and ahead.digest == text_digest()
+
         done = self._ahead.get(uri)
-        if done is not None and done[0] == wanted:  # kept otherwise: an editor asks again where it stands
+        if done is not None and is_here(done[0]):  # kept otherwise: an editor asks again where it stands
             del self._ahead[uri]
             self.remember(uri, Shown(here, done[1]))
             return done[1], "prefetched"
@@ -133,7 +138,7 @@ class Lifecycle:
             """A prefetch of this very request, or the user typed what the running generation has
             already written (typed ahead): wait for it."""
             if flight.guess:
-                return flight.ahead == wanted
+                return is_here(flight.ahead)
             return rest_after_typing(flight.partial, typed_since(flight.ident[0], here)) is not None
 
         outcome = await self.run(("completion", uri), (here, version), start, joins)
@@ -168,7 +173,7 @@ class Lifecycle:
             if prepared is None:
                 return None
             flight.ahead, start = prepared
-            flight.ident, flight.computing = (flight.ahead.anchor, None), True
+            flight.ident = (flight.ahead.anchor, None)
             self.prefetches += 1
             return await start(flight)
 
