@@ -114,7 +114,7 @@ def _threads(n: int | None) -> None:
 
 def complete(args: argparse.Namespace) -> int:
     """One completion from the terminal: the same path as the server's, printed to stdout."""
-    from codellama_lsp.completion.planning import generation_request, plan, suggestion
+    from codellama_lsp.completion.planning import generation_request, plan, shown
     from codellama_lsp.completion.families import UnknownFamily, detect
     from codellama_lsp.completion.context import TokenCounter
     from codellama_lsp.documents import Document
@@ -144,7 +144,7 @@ def complete(args: argparse.Namespace) -> int:
     settings = resolve_format(settings, backend.preferred_format)
     p = plan(doc, cursor, settings, template, backend.tokenizer, TokenCounter(backend.tokenizer.encode))
     result = asyncio.run(backend.agenerate(generation_request(p, settings)))
-    text = suggestion(result.text, p)
+    text = shown(result, p)
     if not text:
         print(f"codellama-lsp: no suggestion here (the model's text was {result.text!r})", file=sys.stderr)
     print(text)

@@ -33,26 +33,30 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int = 0
     stop_strings: tuple[str, ...] = ()
-    time_budget_ms: float | None = None
+    time_budget_ms: float | None = None  # for generation, from the prompt's end (``StopRule``)
     infilling: bool = True  # decode as a middle (no implicit leading space) rather than plain text
     # Streaming: called with the text generated so far after every token; returning True stops.
     on_text: Callable[[str], bool | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     # Token ids that end generation besides the tokenizer's end markers (a model family's stops).
     stop_ids: frozenset[int] = frozenset()
+    # For the place being typed at: its KV sequence is the last a prompt cache evicts. Hovers,
+    # Instruct actions, prefetches and warm-ups are not.
+    typing: bool = False
 
 
 @dataclass
 class GenerationResult:
     text: str
     token_ids: list[int]
-    stop_reason: StopReason
+    stop_reason: StopReason  # "time": the budget ended it, so its last line may be unfinished
     prompt_tokens: int
     reused_tokens: int
     computed_tokens: int
     prefill_ms: float
     decode_ms: float
     drafted_tokens: int = 0  # proposed by lookup and checked in batches (greedy only)
+    restored: bool = False  # its prompt started from a sequence the prompt cache kept
     accepted_tokens: int = 0  # of those, the ones the model agreed with
 
     @property
@@ -113,16 +117,29 @@ class StopRule:
     marker as text, which servers that answer in text may write) cuts it and ends
     generation; otherwise the request's streaming callback may end it. ``budget`` is
     checked after every token: cancellation, the new-token limit, the time budget.
+
+    The time budget bounds generation, not the prompt (llama.vim's ``t_max_predict_ms`` has the
+    same meaning): its clock starts at ``generating``, once the prompt is computed. Counting
+    the prefill too would cut the first suggestion at every new place after a token or two,
+    since a cold prompt alone takes longer than the budget on a CPU. A prompt's cost is bounded
+    instead by the next keystroke, which cancels it between prefill chunks and keeps the
+    chunks computed.
     """
 
     request: GenerationRequest
     end_text: str | None = None
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)  # the request's arrival
+    generation_started: float | None = None  # the prompt's end: the time budget's clock
+
+    def generating(self) -> None:
+        """The prompt is computed and the first token is being chosen: the time budget starts now."""
+        if self.generation_started is None:
+            self.generation_started = time.perf_counter()
 
     @property
     def deadline(self) -> float | None:
-        budget = self.request.time_budget_ms
-        return None if budget is None else self.started + budget / 1000
+        budget, began = self.request.time_budget_ms, self.generation_started
+        return None if budget is None or began is None else began + budget / 1000
 
     def text(self, text: str) -> tuple[str, StopReason | None]:
         """``text`` cut at the first stop, and why generation ends there (None: it goes on)."""

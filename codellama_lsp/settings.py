@@ -67,6 +67,9 @@ class Settings:
     chat: str = "auto"
     instruct_max_tokens: int = 512
     instruct_time_budget_ms: float = 120_000.0
+    # Host memory for KV sequences of places left behind (engine.prompt_cache), so that a return
+    # to a place, a file or after a hover computes only what changed; 0 keeps none.
+    prompt_cache_mb: int = 512
     # How docstrings are written (hover, "Generate docstring"): "infill" between the signature and
     # the body, or "instruct", asked of the chat model; infill, as measured (DOCSTRINGS_MEASURED in completion/docstring.py).
     docstrings: str = "infill"
@@ -226,6 +229,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "instructMaxTokens": ("instruct_max_tokens", _int_range(1, 4096), _same),
     "instructTimeBudgetMs": ("instruct_time_budget_ms", _number_range(100, 600_000), float),
     "docstrings": ("docstrings", _choice("infill", "instruct"), _same),
+    "promptCacheMb": ("prompt_cache_mb", _int_range(0, 1 << 20), _same),
 }
 assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)} - {"given"}
 

@@ -108,6 +108,12 @@ async def test_each_action_end_to_end(real_client: Client) -> None:
     found = await actions(client, action_params(4, 4, diagnostics=[problem]))
     fix = argument(found["codellama: Fix"])
     assert fix["diagnostics"] == ["line 5: division by zero when values is empty (review)"]
+    # An answer cut at instructMaxTokens would replace the code with half of it: refused, nothing applied.
+    before = len(client.applied_edits)
+    await client.configure(instructMaxTokens=2)
+    answer = await client.instruct(fix)
+    assert "did not finish" in answer.get("error", "") and len(client.applied_edits) == before, answer
+    await client.configure(instructMaxTokens=256)
     answer = await client.instruct(fix)
     assert answer.get("applied") is True and answer["text"].strip(), answer
 

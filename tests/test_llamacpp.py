@@ -19,7 +19,7 @@ import pytest_asyncio
 import torch
 from lsprotocol import types
 
-from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.planning import generation_request, plan, shown
 
 from codellama_lsp.completion.families import detect
 from codellama_lsp.completion.context import TokenCounter
@@ -94,7 +94,7 @@ async def client(model_dir: Path, server: LlamaCppServer, tmp_path_factory: pyte
 def expected(engine: Engine, text: str, line: int, character: int) -> str:
     doc = Document.from_text("file:///expected.py", text)
     p = plan(doc, doc.cursor(line, character), SETTINGS, detect(engine.tokenizer), engine.tokenizer, TokenCounter(engine.tokenizer.encode))
-    return suggestion(engine.generate(generation_request(p, SETTINGS)).text, p)
+    return shown(engine.generate(generation_request(p, SETTINGS)), p)
 
 
 def insert(text: str, line: int, character: int, typed: str) -> str:

@@ -255,12 +255,12 @@ def test_cancel_during_prefill_stops_within_one_chunk_and_keeps_its_work(engine:
         return forward(tokens, start, last_only)
 
     engine.runner.forward = counting_forward  # type: ignore[method-assign]
-    engine.prefill_chunk = 8
+    chunk, engine.prefill_chunk = engine.prefill_chunk, 8
     try:
         cancelled = engine.generate(req)
     finally:
         del engine.runner.forward
-        engine.prefill_chunk = 512
+        engine.prefill_chunk = chunk
     assert cancelled.stop_reason == "cancelled" and cancelled.generated_tokens == 0
     assert passes == [8, 8] and cancelled.computed_tokens == 16
     # The next request starts from the 16 tokens the cancelled one computed, and decodes the same.
@@ -300,7 +300,7 @@ async def test_the_server_completes_with_engine_llamacpp(engine: Engine, templat
     from lsp_harness import TEST_SETTINGS, start
 
     from codellama_lsp.completion.context import TokenCounter
-    from codellama_lsp.completion.planning import generation_request, plan, suggestion
+    from codellama_lsp.completion.planning import generation_request, plan, shown
     from codellama_lsp.documents import Document
     from codellama_lsp.settings import Settings
 
@@ -319,7 +319,7 @@ async def test_the_server_completes_with_engine_llamacpp(engine: Engine, templat
     settings = Settings(format="psm", max_new_tokens=TEST_SETTINGS["maxNewTokens"], time_budget_ms=60000)
     doc = Document.from_text(uri, text)
     p = plan(doc, doc.cursor(5, 8), settings, template, engine.tokenizer, TokenCounter(engine.tokenizer.encode))
-    want = suggestion(engine.generate(generation_request(p, settings)).text, p)
+    want = shown(engine.generate(generation_request(p, settings)), p)
     assert got == want and got.strip(), (got, want)
 
 

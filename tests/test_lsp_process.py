@@ -212,7 +212,7 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
 
     import torch
 
-    from codellama_lsp.completion.planning import generation_request, plan, suggestion
+    from codellama_lsp.completion.planning import generation_request, plan, shown
 
     from codellama_lsp.completion.families import detect
     from codellama_lsp.completion.context import TokenCounter
@@ -232,7 +232,7 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
     settings = Settings(format="spm", max_new_tokens=8, time_budget_ms=60_000.0)
     doc = Document.from_text(source.as_uri(), text, encoding="utf-32")
     p = plan(doc, doc.cursor(1, 11), settings, detect(engine.tokenizer), engine.tokenizer, TokenCounter(engine.tokenizer.encode))
-    assert out.stdout == suggestion(engine.generate(generation_request(p, settings)).text, p) + "\n"
+    assert out.stdout == shown(engine.generate(generation_request(p, settings)), p) + "\n"
 
 
 async def test_tcp_binds_localhost(tiny_model_dir: Path, tmp_path: Path) -> None:

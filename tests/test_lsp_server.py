@@ -15,7 +15,7 @@ import pytest_asyncio
 from lsprotocol import types
 
 from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion.planning import generation_request, plan, suggestion
+from codellama_lsp.completion.planning import generation_request, plan, shown
 from codellama_lsp.completion.families import detect
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
@@ -72,7 +72,7 @@ def expected(engine: Engine, text: str, line: int, index: int, settings: Setting
     doc = Document.from_text("file:///expected.py", text)
     settings = resolve_format(settings, engine.preferred_format)  # as the server resolves "auto"
     p = plan(doc, doc.cursor(line, index), settings, detect(engine.tokenizer), engine.tokenizer, TokenCounter(engine.tokenizer.encode))
-    return suggestion(engine.generate(generation_request(p, settings)).text, p)
+    return shown(engine.generate(generation_request(p, settings)), p)
 
 
 async def test_initialize_capabilities(client: Client) -> None:
@@ -262,6 +262,22 @@ async def test_accepting_a_suggestion_gets_the_next_one_prefetched(client: Clien
     client.change(uri, 4, "z", (end.line, column), (end.line, column))
     await client.inline(uri, end.line, column + 1)
     assert (await client.status())["requests"].get("prefetched", 0) == after["prefetched"]
+
+
+async def test_a_resting_cursor_warms_its_place(client: Client, engine: Engine) -> None:
+    """codellama/cursorRest computes the suggestion where the cursor rests; asking there gets it at once."""
+    uri = "file:///warm.py"
+    client.open(uri, SOURCE)
+    before = (await client.status())["requests"]
+    client.protocol.notify("codellama/cursorRest", {"textDocument": {"uri": uri}, "position": {"line": 9, "character": 8}})
+    settled = await _settled(client, uri)
+    assert settled["requests"].get("warm_up", 0) == before.get("warm_up", 0) + 1
+    got = await client.inline(uri, 9, 8)
+    assert (await client.status())["requests"].get("prefetched", 0) == before.get("prefetched", 0) + 1
+    assert got == expected(engine, SOURCE, 9, 8)
+    # A malformed rest notification is logged and ignored; the server goes on answering.
+    client.protocol.notify("codellama/cursorRest", {"textDocument": {"uri": uri}})
+    assert (await client.status())["state"] == "ready"
 
 
 async def test_prefetch_off_computes_nothing_ahead(client: Client) -> None:

@@ -105,7 +105,7 @@ async def test_the_default_server_completes_with_the_real_model(engine: Engine, 
     from lsp_harness import start
 
     from codellama_lsp.completion.context import TokenCounter
-    from codellama_lsp.completion.planning import generation_request, plan, suggestion
+    from codellama_lsp.completion.planning import generation_request, plan, shown
     from codellama_lsp.documents import Document
     from codellama_lsp.settings import Settings
 
@@ -126,7 +126,7 @@ async def test_the_default_server_completes_with_the_real_model(engine: Engine, 
     doc = Document.from_text(uri, demo)
     p = plan(doc, doc.cursor(13, 17), settings, detect(engine.tokenizer), engine.tokenizer,
              TokenCounter(engine.tokenizer.encode))
-    want = suggestion(engine.generate(generation_request(p, settings)).text, p)
+    want = shown(engine.generate(generation_request(p, settings)), p)
     assert got == want and "line" in got, (got, want)
 
 

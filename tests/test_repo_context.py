@@ -17,7 +17,7 @@ import torch
 from codellama_lsp.completion import imports
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.completion.families import QWEN_CODER, bind, detect
-from codellama_lsp.completion.planning import HEADER_SHARE, Sources, generation_request, plan, suggestion
+from codellama_lsp.completion.planning import HEADER_SHARE, Sources, generation_request, plan, shown
 from codellama_lsp.completion.repo_layout import RepoContext, commented
 from codellama_lsp.completion.snippets import (CHUNK_MAX_LINES, Scored, Snippet, chunks, identifiers, select,
                                                similarity)
@@ -387,7 +387,7 @@ def expected(engine: Engine, main: Document, ws: Workspace, line: int, col: int,
                       ws.import_lines(main), ws.import_spans(main))
     p = plan(main, main.cursor(line, col), settings, detect(engine.tokenizer), engine.tokenizer,
              TokenCounter(engine.tokenizer.encode), None, sources)
-    return suggestion(engine.generate(generation_request(p, settings)).text, p), p.snippets
+    return shown(engine.generate(generation_request(p, settings)), p), p.snippets
 
 
 @over_lsp

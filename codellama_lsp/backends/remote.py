@@ -58,6 +58,7 @@ class _Stopper:
         p = self.progress
         if p.first_chunk_at is None:
             p.first_chunk_at = time.perf_counter()
+            self.rule.generating()  # the server has computed the prompt: the time budget starts
         if chunk.computed_tokens is not None:
             p.computed_tokens = chunk.computed_tokens
         reason: StopReason | None = None
@@ -116,7 +117,7 @@ class RemoteBackend:
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         """Generate, honouring ``request.cancel`` and ``time_budget_ms`` while waiting on the server."""
         stopper = _Stopper(StopRule(request, end_text=self._eot))
-        progress, t0, deadline = stopper.progress, stopper.rule.started, stopper.rule.deadline
+        progress, t0 = stopper.progress, stopper.rule.started
         if request.cancel.is_set():
             return self._result(request, progress, "cancelled", t0)
         run = asyncio.ensure_future(self._run(request, stopper))
@@ -125,7 +126,7 @@ class RemoteBackend:
             while not run.done():
                 if request.cancel.is_set():
                     reason = "cancelled"
-                elif deadline is not None and time.perf_counter() >= deadline:
+                elif (deadline := self._deadline(stopper.rule)) is not None and time.perf_counter() >= deadline:
                     reason = "time"
                 if reason is not None:
                     run.cancel()
@@ -141,6 +142,18 @@ class RemoteBackend:
         else:
             await asyncio.gather(run, return_exceptions=True)  # let it close the connection
         return self._result(request, progress, reason, t0)
+
+    @staticmethod
+    def _deadline(rule: StopRule) -> float | None:
+        """The time budget from the first chunk on; before it, from the request's start.
+
+        A server computes the prompt before its first chunk, and the budget is for generation
+        (``StopRule``); but a server that stays silent that long is given up on, not waited for.
+        """
+        budget = rule.request.time_budget_ms
+        if rule.generation_started is not None or budget is None:
+            return rule.deadline
+        return rule.started + budget / 1000
 
     def _result(self, request: GenerationRequest, p: _Progress, reason: StopReason, t0: float) -> GenerationResult:
         n = len(request.prompt)

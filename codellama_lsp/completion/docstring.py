@@ -22,7 +22,7 @@ from typing import Callable, Literal
 from codellama_lsp.completion.context import cut, model_text
 from codellama_lsp.documents import Document, split_lines
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
-from codellama_lsp.completion.postprocess import END_MARKERS, drop_repeated_lines, indent_of, loop_end
+from codellama_lsp.completion.postprocess import END_MARKERS, drop_repeated_lines, indent_of, loop_end, whole_sentences
 from codellama_lsp.completion.chat import Chat
 from codellama_lsp.completion.families import Template
 from codellama_lsp.completion import instruct
@@ -215,8 +215,11 @@ def sides(doc: Document, d: Definition, prefix_tokens: int, suffix_tokens: int, 
     return DocstringSides(model_text(before.text) + open_, close + model_text(after.text), stop)
 
 
-def clean(raw: str, style: Style) -> str:
+def clean(raw: str, style: Style, unfinished: bool = False) -> str:
     """The docstring's text without quotes, comment stars, the body's indentation or a loop.
+
+    ``unfinished``: generation stopped at its time budget or token limit, so the text ends at
+    its last whole sentence or line, never mid-word.
 
     Small models go round ("Return the number of the number of ..."): the text is cut where it
     starts repeating itself, and a line it already had (the same parameter listed twice) is
@@ -228,6 +231,8 @@ def clean(raw: str, style: Style) -> str:
     if style == "python" and raw.lstrip().startswith(('""', "''")):
         return ""  # the model closed the docstring at once ('"""' + '""') and went on with the body
     raw = _CONTROL.sub("", _BREAKS.sub("\n", raw))
+    if unfinished:
+        raw = whole_sentences(raw)
     loop = loop_end(raw, prose=True)
     if loop is not None:
         raw = raw[:loop]

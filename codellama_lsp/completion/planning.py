@@ -14,10 +14,11 @@ from typing import Callable, Collection, Sequence
 
 from codellama_lsp.completion.context import Window, model_text, window
 from codellama_lsp.documents import Cursor, Document
-from codellama_lsp.generation import GenerationRequest, TextTokenizer
+from codellama_lsp.generation import GenerationRequest, GenerationResult, TextTokenizer
 
 from codellama_lsp.completion.postprocess import (STEPS, Mode, Step, block_end, choose_mode, finish, indent_of, line_above,
-                                                  line_below, loop_end, next_code_line, repeats_neighbour, suffix_repeat)
+                                                  line_below, loop_end, next_code_line, repeats_neighbour, suffix_repeat,
+                                                  UNFINISHED_CODE, whole_lines)
 from codellama_lsp.completion import imports
 from codellama_lsp.completion.families import Template
 from codellama_lsp.completion.repo_layout import RepoContext, comment_marker
@@ -119,8 +120,13 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
     )
 
 
-def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], None] | None = None) -> GenerationRequest:
-    """The engine request for plan ``p``; ``on_text`` sees the raw text after every token."""
+def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], None] | None = None,
+                       typing: bool = True) -> GenerationRequest:
+    """The engine request for plan ``p``; ``on_text`` sees the raw text after every token.
+
+    ``typing``: asked where the user types (not a prefetch or a warm-up), whose KV sequence the
+    engine's prompt cache keeps longest.
+    """
 
     def stream(text: str) -> bool:
         if on_text is not None:
@@ -141,11 +147,23 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
         stop_strings=("\n",) if p.mode == "single" else (),
         stop_ids=p.stop_ids,
         on_text=stream,
+        typing=typing,
     )
 
 
-def suggestion(raw: str, p: Plan, steps: Collection[Step] = STEPS) -> str:
-    """The text to show for the model's text ``raw``; ``steps`` as ``finish`` (for the ablation)."""
+def shown(result: GenerationResult, p: Plan) -> str:
+    """What the editor shows for ``result``, generated for plan ``p``."""
+    return suggestion(result.text, p, unfinished=result.stop_reason in UNFINISHED_CODE)
+
+
+def suggestion(raw: str, p: Plan, steps: Collection[Step] = STEPS, unfinished: bool = False) -> str:
+    """The text to show for the model's text ``raw``; ``steps`` as ``finish`` (for the ablation).
+
+    ``unfinished``: generation stopped at its time budget (``UNFINISHED_CODE``), so
+    ``raw``'s last line is not what the model would have written; only whole lines are shown.
+    """
+    if unfinished:
+        raw = whole_lines(raw)
     if "indent" in steps and p.head and not p.head.strip():
         # The cursor stands at an indentation, which the prompt ends with. Byte-level BPE
         # (Qwen, DeepSeek, StarCoder) never ends a training text's indentation in its own token

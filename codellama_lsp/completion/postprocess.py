@@ -28,6 +28,30 @@ MIN_SUFFIX_COPY_CHARS = 12  # two lines equal to the document's own next lines a
 CLOSERS = {v: k for k, v in OPENERS.items()}
 
 
+# Why a generation may stop before its text is finished: the time budget or the token limit.
+# Code is cut back only at the time budget, whose cut falls wherever the clock says; the token
+# limit (maxNewTokens) is the user's own measure of a suggestion, shown as far as it goes.
+# Prose (docstrings, explanations) is cut back at either, to a whole sentence.
+UNFINISHED_CODE = frozenset({"time"})
+UNFINISHED_PROSE = frozenset({"time", "length"})
+_SENTENCE_END = re.compile(r"[.!?:](?=\s|$)")
+
+
+def whole_lines(text: str) -> str:
+    """``text`` without its unfinished last line: what a suggestion cut by its budget may show.
+
+    A cut can fall anywhere, in a word or a string; the lines before it were finished by the
+    model. A single-line suggestion cut this way shows nothing rather than a fragment.
+    """
+    return text[:text.rfind("\n") + 1]
+
+
+def whole_sentences(text: str) -> str:
+    """``text`` up to its last finished sentence or line: what a docstring cut by its budget may show."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[:max([*ends, text.rfind("\n") + 1])]
+
+
 def choose_mode(line_text: str, index: int) -> Mode:
     """Single-line when text follows the cursor on its line; multi-line at the end of a line."""
     return "single" if line_text[index:].strip() else "multi"

@@ -1,9 +1,11 @@
-"""The resident engine: one loaded model, one KV-cached sequence, one worker thread.
+"""The resident engine: one loaded model, one live KV-cached sequence, one worker thread.
 
-Each request reuses the KV of the longest token prefix it shares with the previous
-sequence (prompt and generated tokens alike) and computes only the rest. Editors send
-a request per keystroke whose prompt differs from the last one by a few tokens, so this
-is what keeps suggestions fast.
+Each request reuses the KV of the longest token prefix it shares with the live sequence
+(prompt and generated tokens alike) and computes only the rest. Editors send a request
+per keystroke whose prompt differs from the last one by a few tokens, so this is what keeps
+suggestions fast. Sequences the live one replaces are kept in host memory
+(``prompt_cache``), so a return to a place, a file or a hover computed before starts from
+its own sequence again.
 """
 
 from __future__ import annotations
@@ -22,18 +24,11 @@ from codellama_lsp.generation import (DEFAULT_CONTEXT_LENGTH, GenerationRequest,
                                       StopReason, StopRule, TextTokenizer)
 from codellama_lsp.engine.checkpoint import load_model, resolve_device
 from codellama_lsp.engine.lookup import LookupDrafter
+from codellama_lsp.engine.prompt_cache import Entry, PromptCache, common_prefix_length
 from codellama_lsp.engine.quantize import resolve_quantize
 from codellama_lsp.engine.runner import Runner, TorchRunner, resolve_compile
 from codellama_lsp.engine.sampling import next_token
 
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def common_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -51,13 +46,22 @@ def common_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
 MIN_SUFFIX_BLOCK = 16
 MAX_STALE_TOKENS = 32
 _NONE_MOVED = 1 << 62  # no cached position holds moved keys/values
+# The live sequence is kept (``PromptCache``) before a request throws away at least this many of
+# its tokens: more than a keystroke discards (the suffix and the suggestion after the cursor),
+# so typing at one place keeps nothing, and leaving it keeps it.
+KEEP_MIN_TOKENS = 192
+# A kept sequence replaces the live one when it shares at least this many more tokens with the
+# prompt: copying it in costs about as much as computing a few tokens.
+RESTORE_MIN_GAIN = 16
+DEFAULT_PROMPT_CACHE_BYTES = 256 << 20
 
 
 class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
     def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = 8,
-                 prefill_chunk: int = 512, reuse_suffix: bool = False) -> None:
+                 prefill_chunk: int = 128, reuse_suffix: bool = False,
+                 prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.device, self.dtype = runner.device, runner.dtype
@@ -69,7 +73,12 @@ class Engine:
         self.reuse_suffix = reuse and reuse_suffix
         # Greedy requests check up to this many looked-up draft tokens per forward pass (0: off).
         self.draft_tokens = draft_tokens
-        self.prefill_chunk = prefill_chunk  # tokens per prefill pass; cancellation is checked between passes
+        # Tokens per prefill pass; cancellation is checked between passes, so this bounds how long a
+        # superseded prompt (or a warm-up) holds up the next request.
+        self.prefill_chunk = prefill_chunk
+        # Sequences replaced by the live one, in host memory (0 bytes: none kept; needs reuse).
+        self.prompt_cache = PromptCache(prompt_cache_bytes if reuse else 0)
+        self._live_typing, self._live_hits = False, 0  # who made the live sequence, and its hits so far
         self._stop_ids = frozenset(i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None)
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache, in order
         self._prompt_end = 0  # how many of them the last request's prompt was (the rest: its output)
@@ -116,6 +125,7 @@ class Engine:
 
     def _forget(self) -> None:
         self._cached, self._prompt_end, self._moved_from, self._stale = [], 0, _NONE_MOVED, 0
+        self._live_hits = 0
 
     def submit(self, request: GenerationRequest) -> "Future[GenerationResult]":
         """Queue a request on the worker thread."""
@@ -162,6 +172,34 @@ class Engine:
 
 
     # -- the steps of one request ---------------------------------------------------------------------------
+    def _switch(self, prompt: list[int], typing: bool) -> bool:
+        """Make the live sequence the best start for ``prompt``; whether a kept one was taken.
+
+        The live sequence is kept first when it is about to lose ``KEEP_MIN_TOKENS`` or more, or
+        to be replaced. Sequences with moved keys/values (suffix reuse) are not kept: they are
+        approximate, and only the typing place's next keystroke should build on them.
+        """
+        cache = self.prompt_cache
+        if cache.budget_bytes <= 0:
+            return False
+        head = common_prefix_length(self._cached, prompt)
+        entry, shared = cache.best(prompt)
+        restore = entry is not None and shared >= head + RESTORE_MIN_GAIN
+        replaced = restore or len(self._cached) - head >= KEEP_MIN_TOKENS
+        if replaced and self._moved_from == _NONE_MOVED:
+            state, nbytes = self.runner.save()
+            cache.put(Entry(list(self._cached), state, nbytes, self._live_typing, hits=self._live_hits))
+        if entry is not None and restore:
+            taken = cache.take(entry)
+            self.runner.restore(taken.state)
+            self._cached, self._prompt_end, self._moved_from, self._stale = taken.tokens, 0, _NONE_MOVED, 0
+            self._live_typing, self._live_hits = taken.typing or typing, taken.hits
+        elif replaced:
+            self._live_typing, self._live_hits = typing, 0
+        else:
+            self._live_typing = self._live_typing or typing
+        return restore
+
     def _reuse(self, prompt: list[int]) -> tuple[int, int]:
         """Make the cache hold what ``prompt`` can reuse: (tokens of its head reused, of its tail reused).
 
@@ -259,15 +297,17 @@ class Engine:
 
     def _run(self, prompt: list[int], req: GenerationRequest) -> GenerationResult:
         n = len(prompt)
-        previous = self._cached if self.reuse else []  # without reuse, nothing survives a request
         rule = StopRule(req)
+        restored = self._switch(prompt, req.typing) if self.reuse else False
+        previous = self._cached if self.reuse else []  # without reuse, nothing survives a request
         head, tail = self._reuse(prompt)
         self._prompt_end = n
         reused = head + tail
         logits = self._prefill(prompt, len(self._cached), req.cancel)
         prefill_ms = (time.perf_counter() - rule.started) * 1000
         if logits is None:
-            return GenerationResult("", [], "cancelled", n, reused, len(self._cached) - reused, prefill_ms, 0.0)
+            return GenerationResult("", [], "cancelled", n, reused, len(self._cached) - reused, prefill_ms, 0.0,
+                                    restored=restored)
         generator = None
         if req.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(req.seed)
@@ -276,6 +316,7 @@ class Engine:
         state = _Decoding(req, rule, self.tokenizer.decode_infilling if req.infilling else self.tokenizer.decode,
                           self._stop_ids | req.stop_ids, self.tokenizer.eot_id, self.context_length)
         t1 = time.perf_counter()
+        rule.generating()
         reason = self._decode(logits, state, drafter, generator)
         return GenerationResult(
             text=state.final_text(),
@@ -288,6 +329,7 @@ class Engine:
             decode_ms=(time.perf_counter() - t1) * 1000,
             drafted_tokens=state.drafted,
             accepted_tokens=state.accepted,
+            restored=restored,
         )
 
 

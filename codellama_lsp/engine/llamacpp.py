@@ -345,6 +345,29 @@ class LlamaCppRunner:
         if not self._lib.llama_memory_seq_rm(self._memory, 0, max(0, n), -1):
             raise LlamaCppError(f"llama.cpp could not drop KV positions from {n} on")
 
+    def save(self) -> tuple[np.ndarray, int]:
+        """Sequence 0's cells (``llama_state_seq_get_data``): the host-memory copy the prompt cache keeps."""
+        if self._ctx is None:
+            raise LlamaCppError("the llama.cpp runner is closed")
+        lib = self._lib
+        state = np.empty(lib.llama_state_seq_get_size(self._ctx, 0), dtype=np.uint8)
+        written = lib.llama_state_seq_get_data(self._ctx, state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                               state.nbytes, 0)
+        if written != state.nbytes:
+            raise LlamaCppError(f"llama.cpp copied {written} of the KV sequence's {state.nbytes} bytes")
+        return state, state.nbytes
+
+    def restore(self, state: np.ndarray) -> None:
+        """Sequence 0 becomes the copy ``save`` made (``llama_state_seq_set_data``), in whatever cells are free."""
+        if self._ctx is None:
+            raise LlamaCppError("the llama.cpp runner is closed")
+        lib = self._lib
+        lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        read = lib.llama_state_seq_set_data(self._ctx, state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                            state.nbytes, 0)
+        if read == 0:
+            raise LlamaCppError(f"llama.cpp could not restore a {state.nbytes}-byte KV sequence")
+
     def splice(self, keep: int, start: int, end: int, delta: int, tokens: list[int]) -> None:
         """Keep positions ``..keep`` and the block ``start..end-1`` moved ``delta`` on; ``tokens`` go in between.
 

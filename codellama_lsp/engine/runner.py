@@ -8,7 +8,7 @@ one sequence whose first ``n`` positions stay valid until ``truncate(n)`` drops 
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -40,6 +40,14 @@ class Runner(Protocol):
         keeps its keys/values, computed when other text preceded it: an approximation the
         engine uses for the suffix of an infilling prompt (``Engine`` ``reuse_suffix``).
         """
+        ...
+
+    def save(self) -> tuple[Any, int]:
+        """A host-memory copy of every cached position's keys and values, and its size in bytes."""
+        ...
+
+    def restore(self, state: Any) -> None:
+        """The cache holds exactly what ``save`` copied into ``state`` (which stays valid)."""
         ...
 
     def close(self) -> None: ...
@@ -89,12 +97,14 @@ class TorchRunner:
         model.fuse_for_inference()
         quantize_model(model, quantize)
         model.setup_cache(self.context_length)
+        self._length = 0  # cached positions, for save: the engine's truncate and forward keep it
         self._decode_one: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         if compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._decode_one = torch.compile(model.decode_one, mode=mode, fullgraph=True, dynamic=False)
 
     def forward(self, tokens: list[int], start: int, last_only: bool) -> torch.Tensor:
+        self._length = start + len(tokens)
         x = torch.tensor([tokens], dtype=torch.long, device=self.device)
         if self._decode_one is not None and len(tokens) == 1:
             index = torch.tensor([start], dtype=torch.long, device=self.device)
@@ -103,7 +113,8 @@ class TorchRunner:
         return self.model(x, start=start, last_only=last_only)[0]
 
     def truncate(self, n: int) -> None:
-        """Nothing to do: the cache is indexed by position, and attention reads only up to the current one."""
+        """Nothing to free: the cache is indexed by position, and attention reads only up to the current one."""
+        self._length = min(self._length, n)
 
     def splice(self, keep: int, start: int, end: int, delta: int, tokens: list[int]) -> None:
         """Move the block, then compute ``tokens`` in front of it: their attention reads positions up to their own only."""
@@ -111,6 +122,23 @@ class TorchRunner:
             self.model.move_cache(start, end, delta)
         if tokens:
             self.forward(tokens, keep, last_only=True)
+        self._length = end + delta
+
+    def save(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+        """Each layer's keys and values [1, kv heads, positions, head dim], copied to the CPU."""
+        n = self._length
+        state = [(c.k[:, :, :n].to("cpu", copy=True), c.v[:, :, :n].to("cpu", copy=True)) for c in self._caches()]
+        return state, sum(k.nbytes + v.nbytes for k, v in state)
+
+    def restore(self, state: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copied into the preallocated cache in place, so a compiled step's buffers stay the same."""
+        for cache, (k, v) in zip(self._caches(), state):
+            cache.k[:, :, :k.shape[2]].copy_(k)
+            cache.v[:, :, :v.shape[2]].copy_(v)
+        self._length = state[0][0].shape[2] if state else 0
+
+    def _caches(self) -> list[Any]:
+        return [layer.self_attn.kv_cache for layer in self.model.model.layers]
 
     def close(self) -> None:
         """Nothing to release beyond what garbage collection frees."""

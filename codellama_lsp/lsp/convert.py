@@ -162,6 +162,8 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "in_flight": server.lifecycle.running(),
         "generated_tokens": backend.generated_tokens if backend else 0,
         "token_cache": _token_cache(server.slot.ready.counter) if server.slot.ready is not None else None,
+        # The local engine's kept KV sequences (engine.prompt_cache); None: a remote backend.
+        "prompt_cache": cache.describe() if (cache := getattr(backend, "prompt_cache", None)) is not None else None,
         "context": _context(server, in_force.context_tokens),
     }
 

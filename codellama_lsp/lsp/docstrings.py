@@ -17,6 +17,7 @@ from codellama_lsp.completion.chat import Chat
 from codellama_lsp.documents import Document
 from codellama_lsp.lsp.lifecycle import Lifecycle
 from codellama_lsp.lsp.loading import Ready
+from codellama_lsp.completion.postprocess import UNFINISHED_PROSE
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
 from codellama_lsp.settings import Settings
 
@@ -61,7 +62,8 @@ class Docstrings:
                 result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {doc.uri}")
                 if result is None:
                     return ""
-                return ds.clean(instruct.docstring_text(result.text) if asks_chat else result.text, d.style)
+                return ds.clean(instruct.docstring_text(result.text) if asks_chat else result.text, d.style,
+                                unfinished=result.stop_reason in UNFINISHED_PROSE)
 
             outcome = await self.lifecycle.run(("docstring", doc.uri), key, lambda _: run())
             text = outcome[1] if outcome else ""

@@ -25,6 +25,7 @@ from lsprotocol import types
 from codellama_lsp.completion import docstring as ds
 from codellama_lsp.completion import instruct
 from codellama_lsp.completion.chat import Chat
+from codellama_lsp.completion.postprocess import UNFINISHED_PROSE, whole_sentences
 from codellama_lsp.documents import Cursor, Document, PositionOutOfRange
 from codellama_lsp.generation import GenerationRequest
 from codellama_lsp.lsp import convert
@@ -228,10 +229,14 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
         if result.stop_reason == "cancelled":
             outcome = "cancelled"
             return {"error": f"{title} cancelled"}
+        cut = result.stop_reason in UNFINISHED_PROSE  # the time budget or token limit ended it mid-way
+        if cut and call.action in ("edit", "fix"):  # half a replacement would lose the rest of the code
+            return {"error": f"{title}: the answer did not finish within instructMaxTokens or instructTimeBudgetMs; "
+                             "nothing was changed (select less, or raise them)"}
         outcome = "done"
         metrics.count(f"instruct_{call.action}")
         if call.action == "explain":
-            return {"action": "explain", "markdown": result.text.strip()}
+            return {"action": "explain", "markdown": (whole_sentences(result.text) if cut else result.text).strip()}
         now = server.docs.documents.get(call.uri)
         if now is not doc or doc.version != computed_for:
             return {"error": f"{title}: the document changed while the model was writing; nothing was changed"}

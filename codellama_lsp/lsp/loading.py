@@ -116,6 +116,13 @@ def open_for(path: Path, settings: Settings) -> Backend:
                         quantize=settings.quantize, reuse_suffix=settings.reuse_suffix)
 
 
+def size_prompt_cache(backend: Backend, settings: Settings) -> None:
+    """The local engine's prompt cache budget from ``promptCacheMb``; a change applies at once, without a reload."""
+    cache = getattr(backend, "prompt_cache", None)
+    if cache is not None:
+        cache.budget_bytes = settings.prompt_cache_mb << 20
+
+
 async def load_into(slot: BackendSlot, settings: Settings, progress: Progress) -> None:
     """Load ``slot.path`` as ``settings`` say, recording the outcome in ``slot``; never raises but cancellation."""
     slot.state = "loading"
@@ -134,6 +141,7 @@ async def load_into(slot: BackendSlot, settings: Settings, progress: Progress) -
         progress.failed(f"codellama-lsp: cannot load the model at {slot.path}: {exc}. Suggestions stay empty "
                         "until the codellama.model setting (or --model) points at a valid checkpoint.")
     else:
+        size_prompt_cache(backend, settings)
         slot.ready, slot.state = Ready(backend, template, TokenCounter(backend.tokenizer.encode)), "ready"
         slot.load_ms = (time.perf_counter() - t0) * 1000
         log.info("model ready: %s on %s (%s, engine %s) in %.0f ms; %s", slot.path, backend.device, backend.dtype,

@@ -203,6 +203,20 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
+# Our own notification: the client's cursor has rested at a place (~300 ms without a keystroke or
+# a move), so the server computes the suggestion there before it is asked for (server.warm).
+CURSOR_REST = "codellama/cursorRest"
+
+
+@attrs.define
+class CursorRestNotification:
+    """``codellama/cursorRest``: the params of a position request (a document and a position), no answer."""
+
+    params: types.TextDocumentPositionParams
+    method: str = CURSOR_REST
+    jsonrpc: str = "2.0"
+
+
 # The id of the request whose handler is running: what a command's task is cancelled by.
 REQUEST_ID: contextvars.ContextVar[Any] = contextvars.ContextVar("codellama_request_id", default=None)
 
@@ -211,6 +225,9 @@ class CodeLlamaProtocol(LanguageServerProtocol):
     """pygls' protocol with our own document store and a JSON-RPC 2.0 answer to everything."""
 
     _server: "CodeLlamaServer"
+
+    def get_message_type(self, method: str) -> Any:
+        return CursorRestNotification if method == CURSOR_REST else super().get_message_type(method)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):

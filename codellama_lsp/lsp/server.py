@@ -20,7 +20,7 @@ from pygls.lsp.server import LanguageServer
 
 from codellama_lsp import __version__
 from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion.planning import Sources, generation_request, plan, suggestion
+from codellama_lsp.completion.planning import Sources, generation_request, plan, shown
 from codellama_lsp.completion.snippets import Scored
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend
@@ -30,12 +30,12 @@ from codellama_lsp.completion.instruct import TITLES
 from codellama_lsp.lsp import instruct
 from codellama_lsp.lsp.docstrings import Docstrings
 from codellama_lsp.lsp.lifecycle import Ahead, Anchor, Flight, Lifecycle
-from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into
+from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into, size_prompt_cache
 from codellama_lsp.lsp.log import attach_to_running_loop as attach_log_to_client
 from codellama_lsp.lsp.metrics import Metrics, counted_generation
 from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
-from codellama_lsp.lsp.protocol import REQUEST_ID, CodeLlamaProtocol
+from codellama_lsp.lsp.protocol import CURSOR_REST, REQUEST_ID, CodeLlamaProtocol
 from codellama_lsp.lsp.open_documents import OpenDocuments
 from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, for_device, resolve_format
 from codellama_lsp.workspace import Workspace, uri_path
@@ -96,6 +96,8 @@ class CodeLlamaServer(LanguageServer):
             log.info("settings from %s: %s", source, self.settings)
         if self.settings.load_key != before.load_key and self.slot.state != "not loaded":
             self.start_loading()
+        elif self.slot.backend is not None:
+            size_prompt_cache(self.slot.backend, self.settings)
 
     def request_settings(self, backend: Backend) -> Settings:
         """The settings a request uses: the budgets of ``backend``'s device where the client set none,
@@ -209,12 +211,38 @@ class CodeLlamaServer(LanguageServer):
 
         self.lifecycle.prefetch(doc.uri, prepare, PREFETCH_PAUSE_S)
 
+    def warm(self, uri: str, position: types.Position) -> None:
+        """Compute the suggestion where the cursor rests, before it is asked for (llama.vim's CursorHold warm-up).
+
+        The user is reading; by the time they type, the prompt at this place is in the KV cache
+        and its suggestion is ready. It is the lowest-priority work: a prefetch at the cursor's
+        own place, which any request cancels (between prefill chunks, keeping what was computed).
+        """
+        ready = self.slot.ready
+        if ready is None or not self.settings.enabled:
+            return
+        found = self.locate(uri, position, "warm-up")
+        if found is None:
+            return
+        doc, cursor = found
+        version = doc.version
+        self.metrics.count("warm_up")
+
+        def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None:
+            if doc.version != version:
+                return None
+            return (Ahead(anchor_at(doc, cursor), doc.digest()),
+                    lambda flight: self._complete(doc, cursor, ready, flight, what="warm-up"))
+
+        self.lifecycle.prefetch(uri, prepare, 0.0)
+
     def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight,
                   what: str = "completion") -> Awaitable[str]:
         """Plan now, while the document is as the request saw it; generate in the returned awaitable.
 
         A prefetch (``what``) plans a document that is not the editor's yet, so its plan is not
-        kept as the document's window, snippets and status context.
+        kept as the document's window, snippets and status context. A prefetch or a warm-up is
+        not where the user types yet (``generation_request``'s ``typing``).
         """
         backend = ready.backend
         settings = self.request_settings(backend)
@@ -229,17 +257,18 @@ class CodeLlamaServer(LanguageServer):
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
-        if what == "completion":
+        if what != "prefetch":
             self.docs.windows[doc.uri] = p.window
             self.docs.snippets[doc.uri] = p.snippets
             self.last_context = (doc.uri, p.snippets, p.header)
-        request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text))
+        request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text),
+                                     typing=what == "completion")
 
         async def generate() -> str:
             result = await counted_generation(backend, request, self.metrics, where)
             if result is None:
                 return ""
-            text = suggestion(result.text, p)
+            text = shown(result, p)
             log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s: %r", where, p.mode, result.reused_tokens,
                       result.prompt_tokens, result.generated_tokens, result.stop_reason, text)
             return text
@@ -357,6 +386,10 @@ def _exit(ls: CodeLlamaServer, *args: Any) -> None:
     os._exit(0 if ls.shutdown_requested else 1)
 
 
+def _cursor_rest(ls: CodeLlamaServer, params: types.TextDocumentPositionParams) -> None:
+    ls.warm(params.text_document.uri, params.position)
+
+
 async def _inline_completion(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
     return convert.inline_list(await ls.suggest(params.text_document.uri, params.position), params.position)
 
@@ -416,6 +449,7 @@ def build_server(settings: Settings, default_model: Path | None = None) -> CodeL
     server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())(_inline_completion)
     server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))(_completion)
     server.feature(types.TEXT_DOCUMENT_HOVER)(_hover)
+    server.feature(CURSOR_REST)(_cursor_rest)
     server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
         code_action_kinds=[types.CodeActionKind.RefactorRewrite, *convert.INSTRUCT_KINDS.values()],
         resolve_provider=True))(_code_action)
