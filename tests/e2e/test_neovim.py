@@ -505,3 +505,47 @@ def test_instruct_edit_selection_and_explain_on_the_real_model(nvim_factory, ser
     answer = _lua(n, "return require('codellama.instruct').last_answer")
     assert answer["markdown"].strip() and window[0][1].strip(), (answer, window)
     assert _lua(n, "return vim.bo[vim.api.nvim_win_get_buf(...)].filetype", window[0][0]) == "markdown"
+
+
+def _status(n) -> dict:
+    _lua(n, "_G.__cl_st = nil; require('codellama').status(function(err, res) _G.__cl_st = res or {error = err} end)")
+    return _wait(lambda: _lua(n, "return _G.__cl_st"), 30, "codellama.status")
+
+
+def test_default_model_at_default_settings_warms_suggests_and_documents(nvim_factory, server_command: list[str],
+                                                                       real_gguf: Path, tmp_path: Path):
+    """What a user gets: the real default model and every setting at its default, on a standard-library file.
+
+    The cursor resting at a new place warms it (codellama/cursorRest), typing there shows a
+    real ghost text (not a one-token fragment of a time budget spent on the prompt), and K on an
+    undocumented function shows a generated docstring.
+    """
+    import fnmatch
+    import inspect
+
+    n = nvim_factory({"cmd": [server_command[0], "--stdio", "--model", str(real_gguf)]})
+    path = tmp_path / "fnmatch.py"
+    source = inspect.getsource(fnmatch)
+    path.write_text(source, encoding="utf-8")
+    _open_and_wait_ready(n, path)
+    lines = source.split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("def _compile_pattern(")) + 1
+    assert not lines[at].strip().startswith(('"""', "'''")), "the function must be undocumented"
+
+    # The cursor rests on the function's first body line: the server warms that place.
+    n.current.window.cursor = (at + 1, 4)
+    _wait(lambda: _status(n)["requests"].get("warm_up", 0) >= 1, 30, "a warm-up where the cursor rests")
+
+    # A new line typed in the body gets a real suggestion.
+    n.input("O")
+    ghost = _type_until_ghost(n, ["    if ", "isinstance(", "pat, "])
+    assert len(ghost.strip()) > 1, ghost
+    n.input("<Esc>u")
+    _wait(lambda: n.api.get_mode()["mode"] == "n", 5, "normal mode")
+
+    # K on the undocumented function: a docstring, not "No information available".
+    n.current.window.cursor = (at, 6)
+    n.input("K")
+    window = _wait(lambda: _floats(n), SUGGEST_TIMEOUT, "the hover window")
+    text = window[0][1]
+    assert text.strip() and "No information" not in text, text

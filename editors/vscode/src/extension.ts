@@ -18,6 +18,7 @@ import { StatusItem, describeStatus } from "./status";
 import { SECTION, SERVER_SECTION, serverSettings, serverSettingsChanged, restartSettingsChanged } from "./settings";
 import { INSTRUCT_COMMAND, runInstruct } from "./instruct";
 import { INSTALL_HINT, expandHome, findExecutable, missingCommand } from "./command";
+import { watchRestingCursor } from "./rest";
 
 let client: LanguageClient | undefined;
 let log: vscode.LogOutputChannel;
@@ -29,6 +30,8 @@ let ready = false;
 let stopping = false;
 /** Why the server could not be started, for Show Status; undefined once it runs. */
 let startProblem: string | undefined;
+/** The resting-cursor watch of the running client (rest.ts). */
+let resting: vscode.Disposable | undefined;
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   log = vscode.window.createOutputChannel("Code Llama LSP", { log: true });
@@ -170,6 +173,11 @@ async function start(): Promise<void> {
     return;
   }
   status.setEnabled(enabled());
+  resting = watchRestingCursor(
+    () => client,
+    (d) => languages.includes(d.languageId) && (d.uri.scheme === "file" || d.uri.scheme === "untitled"),
+    enabled,
+  );
   void pollUntilReady(client);
 }
 
@@ -177,6 +185,8 @@ async function stop(): Promise<void> {
   const c = client;
   client = undefined;
   ready = false;
+  resting?.dispose();
+  resting = undefined;
   if (c) {
     stopping = true;
     try {

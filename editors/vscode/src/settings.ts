@@ -27,6 +27,7 @@ export const SERVER_KEYS = [
   "instructMaxTokens",
   "instructTimeBudgetMs",
   "docstrings",
+  "promptCacheMb",
 ] as const;
 
 /** Settings that only take effect when the server process is started again. */

@@ -31,6 +31,7 @@ M.defaults = {
     instructMaxTokens = nil, -- longest answer (server default 512)
     instructTimeBudgetMs = nil, -- longest time one answer may take (server default 120000)
     docstrings = nil, -- "infill" | "instruct": how hover docstrings are written
+    promptCacheMb = nil, -- host memory for the KV of places left behind (server default 512)
   },
   -- Set 'omnifunc' to vim.lsp.omnifunc in attached buffers (<C-x><C-o> completes the
   -- suggestion as a popup item); false leaves 'omnifunc' alone.
@@ -42,6 +43,9 @@ M.defaults = {
   -- Ghost text.
   enabled = true, -- show suggestions while typing (:CodeLlamaToggle)
   debounce_ms = 75, -- wait this long after the last keystroke before asking
+  -- Once the cursor rests this long (opening a file, moving, leaving insert mode), the server is
+  -- told where (codellama/cursorRest) and computes the suggestion there while you read. 0: never.
+  rest_ms = 300,
   hl_group = "CodeLlamaGhostText", -- linked to Comment unless you define it
   keymaps = {
     accept = "<Tab>", -- falls through to the key itself when no suggestion is shown

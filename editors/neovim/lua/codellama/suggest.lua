@@ -38,6 +38,13 @@ local function request(client, method, params, handler, bufnr)
 end
 M.request = request
 
+local function notify(client, method, params)
+  if has_011 then
+    return client:notify(method, params)
+  end
+  return client.notify(method, params)
+end
+
 local function cancel(client, id)
   if has_011 then
     client:cancel_request(id)
@@ -256,6 +263,38 @@ function M.schedule(bufnr)
   end))
 end
 
+local rest_timers = {}
+
+--- Tell the server where the cursor rests once it has not moved for `rest_ms`, so that it
+--- computes the suggestion there while the user reads (codellama/cursorRest).
+function M.rest(bufnr)
+  bufnr = bufnr or vim.api.nvim_get_current_buf()
+  local old = rest_timers[bufnr]
+  if old then
+    old:stop()
+    old:close()
+    rest_timers[bufnr] = nil
+  end
+  if not config.options.enabled or (config.options.rest_ms or 0) <= 0 then
+    return
+  end
+  local t = (vim.uv or vim.loop).new_timer()
+  rest_timers[bufnr] = t
+  t:start(config.options.rest_ms, 0, vim.schedule_wrap(function()
+    if rest_timers[bufnr] ~= t then
+      return
+    end
+    rest_timers[bufnr] = nil
+    t:close()
+    local client = client_for(bufnr)
+    if client and vim.api.nvim_get_current_buf() == bufnr and not M.is_visible() then
+      local params = cursor_params(client, bufnr)
+      params.context = nil
+      notify(client, "codellama/cursorRest", params)
+    end
+  end))
+end
+
 --- Insert `text` at the cursor and put the cursor after it.
 local function insert(text)
   local s = current
@@ -338,6 +377,7 @@ function M.attach(bufnr)
     return
   end
   attached[bufnr] = true
+  M.rest(bufnr) -- the file just opened: where its cursor stands
   local group = vim.api.nvim_create_augroup("codellama.suggest." .. bufnr, { clear = true })
   vim.api.nvim_create_autocmd({ "TextChangedI", "TextChangedP" }, {
     group = group,
@@ -362,6 +402,13 @@ function M.attach(bufnr)
       end
     end,
   })
+  vim.api.nvim_create_autocmd({ "CursorMoved", "BufEnter" }, {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      M.rest(bufnr)
+    end,
+  })
   vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
     group = group,
     buffer = bufnr,
@@ -374,6 +421,12 @@ function M.attach(bufnr)
     buffer = bufnr,
     callback = function()
       M.dismiss(bufnr)
+      local t = rest_timers[bufnr]
+      if t then
+        t:stop()
+        t:close()
+        rest_timers[bufnr] = nil
+      end
       attached[bufnr] = nil
       pcall(vim.api.nvim_del_augroup_by_id, group)
     end,
