@@ -111,10 +111,11 @@ def test_metrics() -> None:
     m.count("typed_through")
     m.answered(10.0)
     m.generated(GenerationResult("x", [1], "eot", prompt_tokens=100, reused_tokens=75, computed_tokens=25,
-                                 prefill_ms=1.0, decode_ms=1.0, drafted_tokens=8, accepted_tokens=6))
+                                 prefill_ms=1.0, decode_ms=1.0, drafted_tokens=8, accepted_tokens=6), "completion at 1:2")
     m.answered(30.0)
     snap = m.snapshot()
     assert snap["kv_reuse_ratio"] == 0.75 and snap["typed_through_hits"] == 1 and snap["draft_acceptance"] == 0.75
+    assert snap["last_generation"]["what"] == "completion at 1:2" and snap["last_generation"]["computed_tokens"] == 25
     assert snap["latency_p50_ms"] in (10.0, 30.0) and snap["latency_p95_ms"] == 30.0
 
 

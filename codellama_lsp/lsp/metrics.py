@@ -27,6 +27,7 @@ class Metrics:
         self.reused_tokens = 0
         self.drafted_tokens = 0
         self.accepted_tokens = 0
+        self.last_generation: dict[str, object] | None = None  # what the last engine request was and cost
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] += 1
@@ -34,9 +35,15 @@ class Metrics:
     def answered(self, latency_ms: float) -> None:
         self.latencies_ms.append(latency_ms)
 
-    def generated(self, result: GenerationResult) -> None:
-        """One engine request: how much of its prompt the KV cache already held, and how
-        many looked-up draft tokens decoding checked and kept."""
+    def generated(self, result: GenerationResult, what: str) -> None:
+        """One engine request (``what`` it was for): how much of its prompt the KV cache already
+        held, whether a kept sequence served it, and how many looked-up draft tokens decoding
+        checked and kept."""
+        self.last_generation = {
+            "what": what, "prompt_tokens": result.prompt_tokens, "computed_tokens": result.computed_tokens,
+            "restored": result.restored, "generated_tokens": result.generated_tokens,
+            "stop_reason": result.stop_reason, "prefill_ms": round(result.prefill_ms, 1),
+            "decode_ms": round(result.decode_ms, 1)}
         self.prompt_tokens += result.prompt_tokens
         self.reused_tokens += result.reused_tokens
         self.drafted_tokens += result.drafted_tokens
@@ -51,6 +58,7 @@ class Metrics:
             "kv_reuse_ratio": self.reused_tokens / self.prompt_tokens if self.prompt_tokens else None,
             "typed_through_hits": self.counts["typed_through"],
             "draft_acceptance": self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None,
+            "last_generation": self.last_generation,
         }
 
 
@@ -66,5 +74,5 @@ async def counted_generation(backend: Backend, request: GenerationRequest, metri
         log.warning("%s failed: %s", what, exc)
         metrics.count("failed")
         return None
-    metrics.generated(result)
+    metrics.generated(result, what)
     return result
