@@ -1,4 +1,4 @@
-"""``codellama-lsp``: the language server (stdio or TCP), and ``complete`` for the terminal."""
+"""``codellama-lsp``: the language server (stdio or TCP), ``complete`` for the terminal, and ``verify-model``."""
 
 from __future__ import annotations
 
@@ -70,7 +70,18 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("model_dir", type=Path, help="checkpoint directory (Hugging Face or Meta layout)")
     e.add_argument("out", type=Path, help="the .gguf file to write")
     e.add_argument("--outtype", choices=["f32", "f16"], default="f32", help="weights' type (default: f32)")
+    sub.add_parser("verify-model", help="check the whole sha256 of the default model in the cache (a damaged file "
+                                        "is removed, and assembled again at the next start), and exit")
     return p
+
+
+def verify_model() -> int:
+    """``verify-model``: 0 when the cached default model is the published file, 1 when it is damaged or missing."""
+    from codellama_lsp.engine import default_model
+
+    good, message = default_model.verify()
+    print(f"codellama-lsp: {message}", file=sys.stdout if good else sys.stderr)
+    return 0 if good else 1
 
 
 def export(args: argparse.Namespace) -> int:
@@ -154,6 +165,11 @@ def complete(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     _logging(args.log_file, args.log_level)
+    from codellama_lsp.files import install_sigterm_cleanup
+
+    install_sigterm_cleanup()  # a model half-assembled when SIGTERM comes is removed, not left in the cache
+    if args.command == "verify-model":
+        sys.exit(verify_model())
     if args.command == "complete":
         sys.stdout.flush()
         os._exit(complete(args))

@@ -12,17 +12,27 @@ its version changed since they were cut, its imports are resolved again only whe
 import lines changed, and an imported file is read again only when it was saved in the
 editor or its size or modification time changed. Nothing walks the workspace. Files too
 big, binary or unreadable are skipped, and the reason is logged once per file.
+
+An imported file is checked when it is read, not when it was found: it may have been
+replaced since by a FIFO (reading it would wait for a writer), a link to ``/dev/zero``
+(endless) or a huge file. Each read opens it without waiting, and reads it only if the
+opened file is a regular one within ``MAX_FILE_BYTES`` (``files.read_regular``). The
+reads run on a worker thread, not the event loop: a request waits at most
+``READ_WAIT_S`` for them, then goes on with what was read before, so a slow disk or
+network file system delays one suggestion's context, never the server.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping
 from urllib.parse import unquote, urlparse
 
+from codellama_lsp import files
 from codellama_lsp.completion import imports
 from codellama_lsp.completion.snippets import EDIT_RADIUS, Snippet, around, chunks, outline
 from codellama_lsp.completion.syntax import language_of
@@ -33,6 +43,10 @@ log = logging.getLogger("codellama_lsp")
 MAX_FILE_BYTES = 1_000_000  # bigger files are generated or data: not worth their tokens, slow to chunk
 MAX_EDITS = 16  # recent edit locations remembered, newest last
 BINARY_PROBE = 8192  # bytes checked for a NUL, as git does to call a file binary
+READ_WAIT_S = 0.25  # the longest a request waits for imported files being read
+
+# One thread reads imported files for every workspace: reads wait on each other, never on the event loop.
+_reader = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="codellama-workspace-read")
 
 
 def uri_path(uri: str) -> Path | None:
@@ -56,7 +70,7 @@ class _ImportLines:
 
 @dataclass
 class _File:
-    stamp: tuple[int, int]  # (size, mtime_ns) when read
+    stamp: tuple[int, int] | None  # (size, mtime_ns) of what was read (None: the file could not be looked at)
     snippets: list[Snippet]
 
 
@@ -68,6 +82,7 @@ class Workspace:
     _imports: dict[str, _Imports] = field(default_factory=dict)
     _import_lines: dict[str, _ImportLines] = field(default_factory=dict)
     _files: dict[Path, _File] = field(default_factory=dict)
+    _reading: dict[Path, futures.Future[_File]] = field(default_factory=dict)  # reads under way on ``_reader``
     _skipped: set[Path | str] = field(default_factory=set)
 
     @property
@@ -124,10 +139,7 @@ class Workspace:
             if s is not None:
                 out.append(s)
         open_paths = {uri_path(u) for u in documents}
-        for path in self._imported(doc, language):
-            if path not in open_paths:
-                out += self._file_chunks(path)
-        return out
+        return out + self._imported_chunks([p for p in self._imported(doc, language) if p not in open_paths])
 
     def _document_chunks(self, doc: Document) -> list[Snippet]:
         cached = self._chunks.get(doc.uri)
@@ -179,30 +191,48 @@ class Workspace:
         self._imports[doc.uri] = _Imports(key, files)
         return files
 
-    def _file_chunks(self, path: Path) -> list[Snippet]:
-        """An imported file's chunks, read again only when its size or modification time changed."""
+    def _imported_chunks(self, paths: list[Path]) -> list[Snippet]:
+        """The chunks of imported files: each checked (and read again if it changed) on the reader thread, waited
+        for at most ``READ_WAIT_S`` in all; a file whose read is not done yet gives what it gave before."""
+        pending = {path: self._refresh(path) for path in paths}
+        futures.wait(pending.values(), timeout=READ_WAIT_S)
+        out: list[Snippet] = []
+        for path, read in pending.items():
+            if read.done():
+                self._reading.pop(path, None)
+                self._files[path] = read.result()
+            cached = self._files.get(path)
+            out += cached.snippets if cached is not None else []
+        return out
+
+    def _refresh(self, path: Path) -> futures.Future[_File]:
+        """The read of ``path`` under way, else a new one."""
+        read = self._reading.get(path)
+        if read is None:
+            read = self._reading[path] = _reader.submit(self._file, path, self._files.get(path))
+        return read
+
+    def _file(self, path: Path, cached: _File | None) -> _File:
+        """On the reader thread: ``cached`` while the file's size and modification time are unchanged, else a
+        fresh read."""
         try:
             st = path.stat()
         except OSError as exc:
             self._skip(path, f"unreadable ({exc.strerror or exc})")
-            return []
-        stamp = (st.st_size, st.st_mtime_ns)
-        cached = self._files.get(path)
-        if cached is not None and cached.stamp == stamp:
-            return cached.snippets
-        snippets = self._read(path, st.st_size)
-        self._files[path] = _File(stamp, snippets)
-        return snippets
-
-    def _read(self, path: Path, size: int) -> list[Snippet]:
-        if size > MAX_FILE_BYTES:
-            self._skip(path, f"{size} bytes (more than {MAX_FILE_BYTES})")
-            return []
+            return _File(None, [])
+        if cached is not None and cached.stamp == (st.st_size, st.st_mtime_ns):
+            return cached
         try:
-            data = path.read_bytes()
+            data, st = files.read_regular(path, MAX_FILE_BYTES)
+        except files.Refused as exc:
+            self._skip(path, str(exc))
+            return _File((st.st_size, st.st_mtime_ns), [])
         except OSError as exc:
             self._skip(path, f"unreadable ({exc.strerror or exc})")
-            return []
+            return _File(None, [])
+        return _File((st.st_size, st.st_mtime_ns), self._snippets(path, data))
+
+    def _snippets(self, path: Path, data: bytes) -> list[Snippet]:
         if b"\0" in data[:BINARY_PROBE]:
             self._skip(path, "binary (a NUL byte in its first 8 KiB)")
             return []

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def venv_seeing_this_python(venv: Path, pip: bool = True) -> Path:
+    """A venv at ``venv`` that sees this Python's packages; its python.
+
+    ``--system-site-packages`` gives a venv the base interpreter's packages. When this Python
+    is itself a venv (a user following the README in one), that is not where its packages
+    are, so the new venv also adds this environment's site-packages, with their ``.pth``
+    files, as the base's are added (``site.addsitedir``).
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", *([] if pip else ["--without-pip"]),
+                    str(venv)], check=True, timeout=120)
+    if sys.prefix != sys.base_prefix:  # this Python is a venv
+        inner = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
+        outer = dict.fromkeys([*site.getsitepackages(), sysconfig.get_path("purelib")])
+        Path(inner, "_outer_environment.pth").write_text(
+            "".join(f"import site; site.addsitedir({path!r})\n" for path in outer), encoding="utf-8")
+    return venv / "bin" / "python"
 
 # The real model's packages hidden, so the wheel's own fallback (the demo model inside it) is what runs.
 WITHOUT_REAL_MODEL = """
@@ -32,8 +52,7 @@ def test_a_built_wheel_in_a_fresh_venv_completes_from_another_directory(tmp_path
                     str(REPO)], check=True, timeout=300)
     wheel = next(dist.glob("codellama_lsp-*.whl"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
+    python = venv_seeing_this_python(venv)
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

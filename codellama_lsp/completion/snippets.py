@@ -67,6 +67,10 @@ MAX_DEFINITIONS = 3
 MODULE_BONUS = 0.3  # the snippet's module is named in the query (``import io`` ... ``io.``): it is used here
 STICKY_RATIO = 0.8  # the previous choice stays while it scores at least this share of a fresh one
 DUPLICATE = 0.9  # a snippet this similar to the local window adds nothing the model does not see
+# The most characters a snippet may have: 40 lines of 200 characters. Longer ones are data or
+# minified code (a 5 MB line), which no budget fits, and whose names and tokens would cost a
+# request more than everything else in it; they are never built (``around``) or scored (``select``).
+MAX_SNIPPET_CHARS = 8000
 
 
 @dataclass(frozen=True)
@@ -171,9 +175,10 @@ def outline(path: str, lines: Sequence[str], source: Source = "open") -> list[Sn
 
 
 def around(path: str, lines: Sequence[str], line: int, radius: int = EDIT_RADIUS) -> Snippet | None:
-    """The ``radius`` lines either side of ``line``: a recently edited range's snippet."""
+    """The ``radius`` lines either side of ``line``: a recently edited range's snippet (None when they are blank
+    or longer than ``MAX_SNIPPET_CHARS``)."""
     start, end = max(0, line - radius), min(len(lines), line + radius + 1)
-    if start >= end:
+    if start >= end or sum(len(x) for x in lines[start:end]) > MAX_SNIPPET_CHARS:
         return None
     text = _joined(lines[start:end])
     return Snippet(path, start, end, text, "edited") if text.strip() else None
@@ -195,7 +200,8 @@ def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, c
 
     ``query`` is the text the snippets are ranked against (``score``); ``local`` is
     the whole local window (prefix and suffix), whose near-copies are dropped; ``cost``
-    counts a snippet's tokens as rendered. The best-scoring snippets are taken greedily;
+    counts a snippet's tokens as rendered (never called for one longer than ``MAX_SNIPPET_CHARS``,
+    which is no candidate). The best-scoring snippets are taken greedily;
     of two overlapping ranges of one file only the better one. ``previous`` (the last
     prompt's choice for this document) is kept as it was while all its snippets are still
     candidates and it scores at least ``STICKY_RATIO`` of the fresh choice. Otherwise the
@@ -208,6 +214,8 @@ def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, c
     want, here = identifiers(query), identifiers(local)
     scored: list[Scored] = []
     for s in candidates:
+        if len(s.text) > MAX_SNIPPET_CHARS:
+            continue
         value = score(s, want)  # first: most candidates score 0, and need no search of the window
         if value > 0 and s.text.strip() not in local and similarity(s.names, here) < DUPLICATE:
             scored.append(Scored(s, value, 0))

@@ -26,10 +26,13 @@ import logging
 import os
 from pathlib import Path
 
+from codellama_lsp import files
+
 log = logging.getLogger("codellama_lsp.llamacpp")
 
 SWITCH = "GGML_CPU_TILED_MM"
 MEMO_FILE = "llamacpp-batch-invariance.json"
+MEMO_LIMIT = 1 << 20  # a memo holds a line per CPU and build; anything bigger is not one
 # Set by ``choose`` when this process's value is ours, so only a measurement made under it is kept.
 _chosen: str | None = None
 
@@ -51,9 +54,17 @@ def memo_key(llama_version: str, quantization: str, cpu: str | None = None) -> s
 
 
 def _read(memo: Path) -> dict[str, bool]:
+    """The memo's measurements; a missing, unreadable or corrupt memo is none (the next ``record`` replaces it).
+
+    Nothing in the file can stop the engine from loading: it is only a hint for the switch.
+    """
     try:
-        data = json.loads(memo.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(files.read_regular(memo, MEMO_LIMIT)[0])
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than Python parses
+        log.info("ignoring the batch-invariance memo %s, which is not readable JSON (%s); it will be replaced",
+                 memo, str(exc)[:200] or type(exc).__name__)
         return {}
     return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
 
@@ -80,8 +91,8 @@ def record(memo: Path, key: str, invariant: bool) -> None:
         return
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        scratch = memo.with_name(f"{memo.name}.{os.getpid()}")
-        scratch.write_text(json.dumps({**known, key: invariant}, indent=1) + "\n", encoding="utf-8")
-        os.replace(scratch, memo)  # whole or not at all: another server may be reading it
+        files.sweep(memo.parent, memo.name)  # a killed process's temporary copy
+        # Whole or not at all: another server may be reading it.
+        files.atomic_write(memo, (json.dumps({**known, key: invariant}, indent=1) + "\n").encode())
     except OSError as exc:  # the next process measures again
         log.debug("cannot keep the batch-invariance measurement in %s: %s", memo, exc)

@@ -15,6 +15,7 @@ from codellama_lsp.completion import docstring as ds
 from codellama_lsp import __version__
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
+from codellama_lsp.engine import default_model
 
 if TYPE_CHECKING:
     from codellama_lsp.lsp.server import CodeLlamaServer
@@ -143,6 +144,8 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         # The local engine that computes ("torch", "llamacpp"); a remote backend's name; the setting before loading.
         "engine": getattr(backend, "kind", server.settings.backend) if backend else server.settings.engine,
         "load_ms": server.slot.load_ms,
+        # How this start verified the default model's file (full or sampled hash); None for other models.
+        "model_verified": default_model.how_verified(server.slot.path),
         # Draft tokens checked per forward pass; 0 where the llama.cpp engine found this CPU's kernels
         # not batch-invariant (engine.llamacpp.LlamaCppRunner.batch_invariant). None: a remote backend.
         "draft_tokens": getattr(backend, "draft_tokens", None),

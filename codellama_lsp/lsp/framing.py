@@ -370,7 +370,8 @@ class AsyncFrameWriter:
 
 
 async def serve(server: "JsonRPCServer", read: Callable[[], Awaitable[bytes]], max_frame: int = MAX_FRAME_BYTES) -> None:
-    """Read frames until end of input (or the server stops) and hand each to the protocol.
+    """Read frames until end of input (or the server stops, or ``protocol.stop_serving`` is called: the client's
+    output or process is gone) and hand each to the protocol.
 
     The protocol must provide ``handle_json(value)`` for each message and
     ``handle_broken_frame(frame)`` for the rest (``codellama_lsp.protocol.CodeLlamaProtocol`` does).
@@ -378,13 +379,18 @@ async def serve(server: "JsonRPCServer", read: Callable[[], Awaitable[bytes]], m
     protocol: Any = server.protocol
     parser = FrameParser(max_frame=max_frame)
     stop = server._stop_event
+    stopped = _stopper(protocol)
     pending: asyncio.Future[bytes] | None = None
     warned = False
     while stop is None or not stop.is_set():
         if pending is None:
             pending = asyncio.ensure_future(read())
-        done, _ = await asyncio.wait({pending}, timeout=None if parser.idle else STALL_SECONDS)
-        if not done:  # quiet mid-frame
+        done, _ = await asyncio.wait({pending, stopped}, timeout=None if parser.idle else STALL_SECONDS,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if stopped.done():
+            log.warning("%s; stopping", stopped.result())
+            break
+        if pending not in done:  # quiet mid-frame
             broken = parser.stalled()
             if broken is not None:
                 log.error("framing: %s", broken.error)
@@ -412,6 +418,25 @@ async def serve(server: "JsonRPCServer", read: Callable[[], Awaitable[bytes]], m
             # As pygls' loop did between reads: a handler started by this message runs up to its first
             # await before the next message is applied, so a request sees the document it was sent for.
             await asyncio.sleep(0)
+
+
+def _stopper(protocol: Any) -> "asyncio.Future[str]":
+    """A future that ``protocol.stop_serving(reason)`` settles, from any thread: it ends ``serve``'s loop."""
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[str] = loop.create_future()
+
+    def settle(reason: str) -> None:
+        if not stopped.done():
+            stopped.set_result(reason)
+
+    def on_stop(reason: str) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, reason)
+        except RuntimeError:  # the loop has closed: serving has ended already
+            pass
+
+    protocol.on_stop = on_stop
+    return stopped
 
 
 def start_stdio(server: "JsonRPCServer", stdin: IO[bytes], stdout: IO[bytes]) -> None:

@@ -40,6 +40,9 @@ log = logging.getLogger("codellama_lsp")
 
 COMMAND = "codellama.instruct"
 REPORT_EVERY_S = 0.25  # progress reports while streaming: often enough to read along, not a flood
+# Code takes 3 to 4 characters a token; a selection with more than this many characters per token of the
+# context is far too long whatever its tokens, and is refused without tokenizing it (seconds for megabytes).
+MAX_CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -214,14 +217,19 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
         return {"error": f"{title}: {exc}"}
     if not code.strip():
         return {"error": f"{title}: the range is empty"}
-    stream = Streamed(server, title)
-    request = request_for(call, doc, code, chat, ready, settings, stream.report)
     limit = ready.backend.context_length
+    if limit is not None and len(code) > limit * MAX_CHARS_PER_TOKEN:
+        return {"error": f"{title}: the code is too long for the model's {limit}-token context "
+                         f"({len(code)} characters); select less"}
+    stream = Streamed(server, title)
+    computed_for = doc.version
+    # Tokenizing a long selection takes a while: off the event loop, which goes on answering meanwhile.
+    request = await asyncio.to_thread(request_for, call, doc, code, chat, ready, settings, stream.report)
     if limit is not None and len(request.prompt) + request.max_new_tokens > limit:
         return {"error": f"{title}: the code is too long for the model's {limit}-token context "
                          f"({len(request.prompt)} + {request.max_new_tokens} tokens); select less"}
     await stream.begin(request.cancel.set)
-    outcome, computed_for = "failed", doc.version
+    outcome = "failed"
     try:
         result = await counted_generation(ready.backend, request, metrics, f"{title} in {call.uri}")
         if result is None:

@@ -20,6 +20,9 @@ gets back) can be hardened without touching the handlers. What it adds to pygls:
   which has no answer, it is logged and reported with ``window/logMessage``.
 * Output is strict JSON: a result with NaN or Infinity is replaced by an error. An
   internal error (-32603) carries a one-line message; its traceback stays in the log.
+* Output that cannot be written (the client closed its end: a broken pipe) ends the
+  session as the end of input does (``stop_serving``): nobody would read what the server
+  goes on computing.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import collections.abc
 import enum
 import logging
 import typing
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
 import attrs
 import cattrs
@@ -225,6 +228,13 @@ class CodeLlamaProtocol(LanguageServerProtocol):
     """pygls' protocol with our own document store and a JSON-RPC 2.0 answer to everything."""
 
     _server: "CodeLlamaServer"
+    # Set by the transport (``framing.serve``) while it serves: ends its read loop, from any thread.
+    on_stop: Callable[[str], None] | None = None
+
+    def stop_serving(self, reason: str) -> None:
+        """End the session as if the client's input had ended: the process exits as it does then."""
+        if self.on_stop is not None:
+            self.on_stop(reason)
 
     def get_message_type(self, method: str) -> Any:
         return CursorRestNotification if method == CURSOR_REST else super().get_message_type(method)
@@ -487,5 +497,6 @@ class CodeLlamaProtocol(LanguageServerProtocol):
             return
         try:
             self.writer.write(frame)
-        except (BrokenPipeError, ConnectionError, ValueError) as exc:
+        except (BrokenPipeError, ConnectionError, ValueError) as exc:  # ValueError: the stream is closed
             log.error("cannot write to the client: %s", exc)
+            self.stop_serving(f"the client closed its end of the output ({exc})")

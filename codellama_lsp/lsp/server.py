@@ -37,6 +37,7 @@ from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
 from codellama_lsp.lsp.protocol import CURSOR_REST, REQUEST_ID, CodeLlamaProtocol
 from codellama_lsp.lsp.open_documents import OpenDocuments
+from codellama_lsp.lsp.parent import watch_client
 from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, for_device, resolve_format
 from codellama_lsp.workspace import Workspace, uri_path
 
@@ -346,6 +347,7 @@ def _initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
                             if params.capabilities.general else None)
     ls.apply_settings(params.initialization_options, "initializationOptions")
     ls.repo.root = workspace_root(params)
+    watch_client(ls, params.process_id)  # the client's death ends the server (lsp/parent.py)
 
 
 def workspace_root(params: types.InitializeParams) -> Path | None:
