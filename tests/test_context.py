@@ -80,3 +80,17 @@ def test_counter_caches_and_sanitizes() -> None:
 
 def test_cut_with_zero_budget() -> None:
     assert cut(iter(["abc", "def\n"]), 0, words, before=False).text == ""
+
+
+def test_a_fresh_prefix_starts_on_the_grid_so_returns_and_nearby_places_share_it() -> None:
+    """A return to a place where a line was typed since, and a place a few lines away, get the
+    same first line: the engine's cached prompt serves them (engine.prompt_cache)."""
+    from codellama_lsp.completion.context import ALIGN_LINES
+
+    lines = [f"line{i} a b c\n" for i in range(300)]
+    doc = Document.from_text("file:///g.py", "".join(lines))
+    at = window(doc, Cursor(200, 0), 400, 20, words)
+    assert at.prefix_start % ALIGN_LINES == 0 and 0.5 * 400 <= at.prefix.tokens <= 400
+    typed = Document.from_text("file:///g.py", "".join(lines[:200]) + "x y z w v u t s " + "".join(lines[200:]))
+    assert window(typed, Cursor(200, 16), 400, 20, words).prefix_start == at.prefix_start
+    assert window(doc, Cursor(197, 0), 400, 20, words).prefix_start == at.prefix_start  # the same grid step

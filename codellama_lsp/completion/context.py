@@ -28,6 +28,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # walking this many characters per budget token always reaches the budget.
 MAX_CHARS_PER_TOKEN = 16
 FRESH_FILL = 0.75
+# A fresh prefix's first line is a multiple of this (``cut``); the window then holds a little less
+# than FRESH_FILL of its budget, and places this far apart can share their prompt's start.
+ALIGN_LINES = 16
 MIN_STICKY_FILL = 0.5
 
 
@@ -125,12 +128,14 @@ class Side:
 
 
 def cut(pieces: Iterable[str], budget: int, count: Callable[[str], int], *, before: bool,
-        keep_lines: int | None = None) -> Side:
+        keep_lines: int | None = None, cursor_line: int | None = None) -> Side:
     """Take pieces nearest-first: the cursor line's part, then whole lines, within ``budget`` tokens.
 
     ``keep_lines`` (how many whole lines the previous window had on this side) is honoured
-    when they still fit and fill at least half the budget; otherwise a fresh cut fills three
-    quarters of it, or takes everything when the whole side fits.
+    when they still fit and fill at least half the budget; otherwise a fresh cut fills up to
+    three quarters of it, or takes everything when the whole side fits. With ``cursor_line``, a fresh prefix starts on a multiple of ``ALIGN_LINES``: the start no longer
+    moves with what is typed on the cursor's line, so a return to a place, or a move of a few
+    lines, gets the same first line and the engine's cached prompt serves it again.
     """
     it: Iterator[str] = iter(pieces)
     head = next(it, "")
@@ -160,8 +165,21 @@ def cut(pieces: Iterable[str], budget: int, count: Callable[[str], int], *, befo
         keep = keep_lines
     else:
         keep = max(k for k in range(len(totals)) if k == 0 or totals[k] <= budget * FRESH_FILL)
+        if cursor_line is not None and keep > 0:
+            keep = aligned(keep, cursor_line, totals, budget)
     taken = taken[: keep + 1]
     return Side("".join(reversed(taken) if before else taken), totals[keep], keep)
+
+
+def aligned(keep: int, cursor_line: int, totals: list[int], budget: int) -> int:
+    """``keep`` lines moved so that the prefix starts on a multiple of ``ALIGN_LINES``, if it then
+    still fits the budget (one more grid step of lines) or fills at least half of it (one less)."""
+    start = cursor_line - keep
+    for edge in (start // ALIGN_LINES * ALIGN_LINES, -(-start // ALIGN_LINES) * ALIGN_LINES):
+        k = cursor_line - edge
+        if 0 <= k < len(totals) and totals[k] >= budget * MIN_STICKY_FILL:
+            return k
+    return keep
 
 
 @dataclass(frozen=True)
@@ -176,7 +194,7 @@ def window(doc: Document, cursor: Cursor, prefix_tokens: int, suffix_tokens: int
            previous: Window | None = None) -> Window:
     """The prefix and suffix for a completion at ``cursor``; ``previous`` makes the edges sticky."""
     prefix = cut(doc.window_before(cursor), prefix_tokens, count, before=True,
-                 keep_lines=cursor.line - previous.prefix_start if previous else None)
+                 keep_lines=cursor.line - previous.prefix_start if previous else None, cursor_line=cursor.line)
     suffix = cut(doc.window_after(cursor), suffix_tokens, count, before=False,
                  keep_lines=previous.suffix_end - cursor.line if previous else None)
     return Window(prefix, suffix, cursor.line - prefix.lines, cursor.line + suffix.lines)
