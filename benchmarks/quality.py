@@ -53,6 +53,10 @@ Systems:
   values are moved to their new place rather than recomputed, although they were computed
   after the half-typed line: what the user gets after finishing a line and pressing Enter.
   ``ours`` and the other systems compute every prompt's suffix exactly.
+* ``ours_defaults`` and ``ours_unbounded``: ``ours`` at the server's own budgets for its device
+  (on the CPU: 64 suffix tokens and the 2,000 ms time budget, which counts generation only),
+  with that time budget in force, and with it lifted; each task is a new place, as in every
+  system here. The two differ by the time budget alone: its cost to quality, as a user meets it.
 * ``bundled``: the 3M-parameter demo model (``BUNDLED_MODEL``) in our engine, in its own
   preferred format (SPM).
 
@@ -100,15 +104,15 @@ from typing import Callable, Iterable, Sequence
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.completion.families import Template, detect
-from codellama_lsp.completion.planning import Plan, generation_request, plan, suggestion
+from codellama_lsp.completion.planning import Plan, generation_request, plan, shown, suggestion
 from codellama_lsp.completion.postprocess import STEPS
 from codellama_lsp.documents import Document
 from codellama_lsp.generation import Backend, GenerationRequest, StopRule, TextTokenizer
-from codellama_lsp.settings import Settings, resolve_format
+from codellama_lsp.settings import Settings, for_device, resolve_format
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_LIST = ROOT / "model" / "heldout_files.txt"
-SYSTEMS = ("ours", "ours_typed", "llamacpp", "llamacpp_raw", "bundled")
+SYSTEMS = ("ours", "ours_defaults", "ours_unbounded", "ours_typed", "llamacpp", "llamacpp_raw", "bundled")
 TEST_TIMEOUT_S = 10.0
 TIME_BUDGET_MS = 60_000.0
 SEED = 0
@@ -230,11 +234,19 @@ class Completer:
 
     suffix_tokens: int | None = None  # --suffix-tokens, for every system alike (None: the server's default)
 
-    def __init__(self, tokenizer: TextTokenizer, preferred_format: str | None) -> None:
+    def __init__(self, tokenizer: TextTokenizer, preferred_format: str | None, device: str | None = None,
+                 bounded: bool = False) -> None:
+        """``device`` set: the budgets the server uses on it (``for_device``), else ``Settings()``'s;
+        ``bounded``: the time budget in force, else lifted."""
         self.tokenizer = tokenizer
         self.template: Template = detect(tokenizer)
         budgets = {} if self.suffix_tokens is None else {"suffix_tokens": self.suffix_tokens}
-        self.settings = resolve_format(Settings(time_budget_ms=TIME_BUDGET_MS, **budgets), preferred_format)
+        given = Settings(**budgets, given=frozenset(budgets))
+        if device is not None:
+            given = for_device(given, on_cpu=device == "cpu")
+        if not bounded:
+            given = dataclasses.replace(given, time_budget_ms=TIME_BUDGET_MS)
+        self.settings = resolve_format(given, preferred_format)
         self.counter = TokenCounter(tokenizer.encode)
 
     def plan(self, task: Task) -> Plan:
@@ -254,7 +266,10 @@ class Completer:
 class EngineSystem:
     """A model in our engine, loaded as the server loads it."""
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, engine: str = "auto", typed: bool = False) -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, engine: str = "auto", typed: bool = False,
+                 defaults: bool | None = None) -> None:
+        """``defaults``: the server's budgets for the engine's device, with its time budget (True) or
+        with it lifted (False); None: ``Settings()``'s budgets, lifted (the historical ``ours``)."""
         from codellama_lsp.backends import choose_engine
         from codellama_lsp.lsp.loading import open_for
 
@@ -262,7 +277,8 @@ class EngineSystem:
         settings = Settings(engine=engine, reuse_suffix=typed)
         self.engine = choose_engine(engine, path, settings.device, settings.dtype) if path.suffix == ".gguf" else "torch"
         self.backend: Backend = open_for(path, settings)
-        self.completer = Completer(self.backend.tokenizer, self.backend.preferred_format)
+        device = None if defaults is None else str(self.backend.device)
+        self.completer = Completer(self.backend.tokenizer, self.backend.preferred_format, device, bool(defaults))
         self.loop = loop
 
     def run(self, task: Task) -> Outcome:
@@ -274,7 +290,7 @@ class EngineSystem:
         t0 = time.perf_counter()
         result = self.loop.run_until_complete(self.backend.agenerate(self.completer.request(p)))
         ms = (time.perf_counter() - t0) * 1000
-        return Outcome(suggestion(result.text, p), ms, result.text)
+        return Outcome(shown(result, p), ms, result.text)
 
 
 def replay(request: GenerationRequest, texts: Sequence[str]) -> str:
@@ -531,6 +547,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ours: {real.name} on the {ours.engine} engine", file=sys.stderr)
         load_s["ours"] = time.perf_counter() - t0
         runners["ours"] = lambda t, s=ours: {"ours": s.run(t)}
+    for name, bounded in (("ours_defaults", True), ("ours_unbounded", False)):
+        if name in wanted:
+            t0 = time.perf_counter()
+            system = EngineSystem(real, loop, ns.engine, defaults=bounded)
+            load_s[name] = time.perf_counter() - t0
+            runners[name] = lambda t, s=system, n=name: {n: s.run(t)}
     if "ours_typed" in wanted:
         t0 = time.perf_counter()
         typed = EngineSystem(real, loop, ns.engine, typed=True)

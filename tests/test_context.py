@@ -94,3 +94,21 @@ def test_a_fresh_prefix_starts_on_the_grid_so_returns_and_nearby_places_share_it
     typed = Document.from_text("file:///g.py", "".join(lines[:200]) + "x y z w v u t s " + "".join(lines[200:]))
     assert window(typed, Cursor(200, 16), 400, 20, words).prefix_start == at.prefix_start
     assert window(doc, Cursor(197, 0), 400, 20, words).prefix_start == at.prefix_start  # the same grid step
+
+
+def test_a_return_continues_its_own_place_not_the_last_one() -> None:
+    """The server plans a request with the window and snippets of the place it continues."""
+    from codellama_lsp.lsp.open_documents import OpenDocuments, Place
+
+    lines = [f"line{i} a b c\n" for i in range(300)]
+    doc = Document.from_text("file:///p.py", "".join(lines))
+    docs = OpenDocuments()
+    first = window(doc, Cursor(100, 0), 200, 20, words)
+    docs.remember(doc.uri, Place(first, ()))
+    far = window(doc, Cursor(250, 0), 200, 20, words)
+    docs.remember(doc.uri, Place(far, ()))
+    assert docs.place_at(doc.uri, 250).window == far
+    back = docs.place_at(doc.uri, 100)
+    assert back is not None and back.window == first
+    assert window(doc, Cursor(100, 0), 200, 20, words, previous=back.window).prefix_start == first.prefix_start
+    assert docs.place_at(doc.uri, 0) is None

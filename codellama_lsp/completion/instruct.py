@@ -59,14 +59,25 @@ def docstring_dialog(code: Code, name: str) -> list[Message]:
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n`]*\n", re.M)
 
 
+def _closing(fence: re.Match[str], body: str) -> re.Match[str] | None:
+    """Where the fenced block that ``fence`` opens ends in ``body`` (the text after it), if it does."""
+    return re.search(rf"^[ \t]*{re.escape(fence[1][0])}{{{len(fence[1])},}}[ \t]*$", body, re.M)
+
+
 def code_in(answer: str) -> str:
     """The code of an answer: its first fenced block (to its end when cut off by the token limit), else all of it."""
     m = _FENCE.search(answer)
     if m is None:
         return answer.strip("\n")
     body = answer[m.end():]
-    close = re.search(rf"^[ \t]*{re.escape(m[1][0])}{{{len(m[1])},}}[ \t]*$", body, re.M)
+    close = _closing(m, body)
     return (body[: close.start()] if close else body).rstrip()
+
+
+def code_closed(answer: str) -> bool:
+    """Whether the answer's code is whole although the answer was cut: its first fenced block is closed."""
+    m = _FENCE.search(answer)
+    return m is not None and _closing(m, answer[m.end():]) is not None
 
 
 def placed(code: str, like: str) -> str:

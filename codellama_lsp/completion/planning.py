@@ -38,7 +38,7 @@ class Sources:
     repo: str  # the workspace folder's name
     path: str  # the current file, workspace-relative
     candidates: Callable[[tuple[int, int]], list[Snippet]]  # given the local window's first and last line
-    previous: Sequence[Scored] = ()  # the snippets the last prompt for this document had
+    previous: Sequence[Scored] = ()  # the snippets of the place this prompt continues (open_documents.place_at)
     imports: Sequence[str] = ()  # the document's import lines: what it uses from other files, wherever the cursor is
     import_spans: Sequence[tuple[int, int]] = ()  # where its import statements are (first and last line)
 

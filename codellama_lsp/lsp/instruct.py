@@ -238,7 +238,8 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
             outcome = "cancelled"
             return {"error": f"{title} cancelled"}
         cut = result.stop_reason in UNFINISHED_PROSE  # the time budget or token limit ended it mid-way
-        if cut and call.action in ("edit", "fix"):  # half a replacement would lose the rest of the code
+        if cut and call.action in ("edit", "fix") and not instruct.code_closed(result.text):  # half a replacement
+            # would lose the rest of the code; a closed code block cut in the prose after it is whole
             return {"error": f"{title}: the answer did not finish within instructMaxTokens or instructTimeBudgetMs; "
                              "nothing was changed (select less, or raise them)"}
         outcome = "done"

@@ -36,7 +36,7 @@ from codellama_lsp.lsp.metrics import Metrics, counted_generation
 from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
 from codellama_lsp.lsp.protocol import CURSOR_REST, REQUEST_ID, CodeLlamaProtocol
-from codellama_lsp.lsp.open_documents import OpenDocuments
+from codellama_lsp.lsp.open_documents import OpenDocuments, Place
 from codellama_lsp.lsp.parent import watch_client
 from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, for_device, resolve_format
 from codellama_lsp.workspace import Workspace, uri_path
@@ -137,8 +137,7 @@ class CodeLlamaServer(LanguageServer):
             if old is not None:
                 old.close()
         if self.slot.ready is not None:
-            self.docs.windows.clear()
-            self.docs.snippets.clear()
+            self.docs.places.clear()
             self.docstrings.clear()
 
     # -- documents --------------------------------------------------------------------------------------
@@ -249,18 +248,18 @@ class CodeLlamaServer(LanguageServer):
         settings = self.request_settings(backend)
         where = f"{what} at {cursor.line}:{cursor.index} in {doc.uri}"
         documents, ws = self.docs.documents, self.repo
+        place = self.docs.place_at(doc.uri, cursor.line)
         sources = None if settings.context_tokens <= 0 else Sources(  # off: no scan of the document at all
             ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
-            self.docs.snippets.get(doc.uri, ()), ws.import_lines(doc), ws.import_spans(doc))
+            place.snippets if place else (), ws.import_lines(doc), ws.import_spans(doc))
         try:
             p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
-                     self.docs.windows.get(doc.uri), sources)
+                     place.window if place else None, sources)
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")
         if what != "prefetch":
-            self.docs.windows[doc.uri] = p.window
-            self.docs.snippets[doc.uri] = p.snippets
+            self.docs.remember(doc.uri, Place(p.window, p.snippets))
             self.last_context = (doc.uri, p.snippets, p.header)
         request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text),
                                      typing=what == "completion")

@@ -478,7 +478,7 @@ def test_instruct_edit_selection_and_explain_on_the_real_model(nvim_factory, ser
     on a visual selection asks for the instruction with vim.ui.input and replaces the selection
     with the server's edit; "Explain" at the cursor shows markdown in a floating window."""
     cmd = [server_command[0], "--stdio", "--model", str(real_gguf), "--threads", "1"]
-    n = nvim_factory({"cmd": cmd, "settings": {"instructMaxTokens": 40}})
+    n = nvim_factory({"cmd": cmd, "settings": {"instructMaxTokens": 128}})
     path = tmp_path / "shout.py"
     original = 'def shout(text):\n    return text.upper() + "!"\n'
     path.write_text(original, encoding="utf-8")

@@ -283,7 +283,7 @@ def test_vscode_instruct_edit_selection_on_the_real_model(code_server_factory, s
     server = code_server_factory({
         "codellamaLsp.server.command": server_command[0],
         "codellamaLsp.server.args": ["--stdio", "--model", str(real_gguf), "--threads", "1"],
-        "codellamaLsp.instructMaxTokens": 40,
+        "codellamaLsp.instructMaxTokens": 128,
     })
     result, context = _drive({
         "playwrightCore": str(PLAYWRIGHT_CORE),
