@@ -89,13 +89,28 @@ async function instructEdit(page, editor, quickInput) {
   // "Explain" on the whole (edited) file: the answer opens as a markdown preview beside the code.
   // A selection, not the cursor: at a cursor the action is offered only inside a definition,
   // and where the model's edit put one differs between CPUs.
-  await editor.locator(".view-lines").click();
-  await page.keyboard.press("Control+A");
-  await fromPalette(page, quickInput, "Refactor...");
-  log("choose Explain");
-  await page.locator(".action-widget .monaco-list-row", { hasText: "Explain" }).first().click();
-  // The answer opens as an untitled markdown document, then as its preview.
-  await page.locator(".tab", { hasText: "Untitled-1" }).first().waitFor({ state: "visible" });
+  // The Refactor menu's rows are re-rendered when a late codeAction answer for the new selection
+  // arrives: a click on a row being replaced resolves the action but runs nothing, and a menu
+  // opened in between may lack the row. Either way the menu is opened again, up to three times
+  // (the server answers in seconds).
+  const explanation = page.locator(".tab", { hasText: "Untitled-1" }).first();
+  for (let attempt = 1; ; attempt++) {
+    await editor.locator(".view-lines").click();
+    await page.keyboard.press("Control+A");
+    await fromPalette(page, quickInput, "Refactor...");
+    log("choose Explain, attempt", attempt);
+    const last = attempt >= 3;
+    try {
+      await page.locator(".action-widget .monaco-list-row", { hasText: "Explain" }).first()
+        .click({ timeout: last ? 300000 : 30000 });
+      // The answer opens as an untitled markdown document, then as its preview.
+      await explanation.waitFor({ state: "visible", timeout: last ? 300000 : 60000 });
+      break;
+    } catch (err) {
+      if (last) throw err;
+      await page.keyboard.press("Escape");
+    }
+  }
   log("explanation opened; waiting for its preview");
   const preview = page.locator(".tab", { hasText: "Preview" }).first();
   await preview.waitFor({ state: "visible" });
