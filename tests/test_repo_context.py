@@ -153,6 +153,21 @@ def test_select_is_sticky_while_the_previous_choice_stays_good() -> None:
     assert [x.snippet for x in again] == [b, a2]
 
 
+def test_a_return_to_a_place_keeps_its_choice_even_when_fresh_ones_score_more() -> None:
+    """Edits made elsewhere meanwhile would change the place's prompt from its first token, and
+    the engine could no longer serve it from the sequence it kept for the place."""
+    a = snip("a.py", 0, "    parse_header(line, key, value)\n", "edited")
+    b = snip("b.py", 0, "    read_headers(stream, line)\n", "edited")
+    far = "read_headers(stream, line)"
+    assert b in [x.snippet for x in select([a, b], far, "", 100, by_chars, [])]  # a fresh choice
+    assert select([a, b], far, "", 100, by_chars, [], returning=True) == []  # the place had none
+    first = select([a], "parse_header(line)", "", by_chars(a), by_chars)
+    assert [x.snippet for x in select([a, b], far, "", by_chars(a), by_chars, first, returning=True)] == [a]
+    # One of its snippets is gone (its text changed): a fresh choice, even returning.
+    a2 = snip("a.py", 0, "    parse_header(line, key, value, strict)\n", "edited")
+    assert b in [x.snippet for x in select([a2, b], far, "", 100, by_chars, first, returning=True)]
+
+
 def test_python_import_candidates() -> None:
     here = PurePosixPath("pkg/sub/mod.py")
     got = imports.python_candidates(here, ["from .helpers import parse_header, Frame as F",

@@ -195,7 +195,7 @@ def _overlaps(a: Snippet, b: Snippet) -> bool:
 
 
 def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, cost: Callable[[Snippet], int],
-           previous: Sequence[Scored] = ()) -> list[Scored]:
+           previous: Sequence[Scored] = (), returning: bool = False) -> list[Scored]:
     """The snippets for one prompt, in prompt order: within ``budget`` tokens, none the local window repeats.
 
     ``query`` is the text the snippets are ranked against (``score``); ``local`` is
@@ -204,7 +204,9 @@ def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, c
     which is no candidate). The best-scoring snippets are taken greedily;
     of two overlapping ranges of one file only the better one. ``previous`` (the last
     prompt's choice for this document) is kept as it was while all its snippets are still
-    candidates and it scores at least ``STICKY_RATIO`` of the fresh choice. Otherwise the
+    candidates and it scores at least ``STICKY_RATIO`` of the fresh choice; ``returning`` to
+    a place, it is kept while its snippets are candidates, whatever scores more now (edits made
+    elsewhere meanwhile): the place's prompt, which the engine has kept, starts with them. Otherwise the
     fresh choice is ordered with the snippets it shares with ``previous`` first, in their
     old order (the KV cache still holds them), then the others, most relevant last, next
     to the code the model completes.
@@ -230,9 +232,10 @@ def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, c
             fresh.append(Scored(x.snippet, x.score, n))
             used += n
     now = {x.snippet.key: x.score for x in scored}
-    if previous and all(p.snippet.key in now for p in previous) and sum(p.tokens for p in previous) <= budget:
+    if (previous or returning) and all(p.snippet.key in now for p in previous) \
+            and sum(p.tokens for p in previous) <= budget:
         kept = sum(now[p.snippet.key] for p in previous)
-        if kept >= STICKY_RATIO * sum(x.score for x in fresh):
+        if returning or kept >= STICKY_RATIO * sum(x.score for x in fresh):
             return [Scored(p.snippet, now[p.snippet.key], p.tokens) for p in previous]
     order = {p.snippet.key: i for i, p in enumerate(previous)}
     old = sorted((x for x in fresh if x.snippet.key in order), key=lambda x: order[x.snippet.key])

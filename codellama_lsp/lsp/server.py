@@ -251,7 +251,8 @@ class CodeLlamaServer(LanguageServer):
         place = self.docs.place_at(doc.uri, cursor.line)
         sources = None if settings.context_tokens <= 0 else Sources(  # off: no scan of the document at all
             ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
-            place.snippets if place else (), ws.import_lines(doc), ws.import_spans(doc))
+            place.snippets if place else (), ws.import_lines(doc), ws.import_spans(doc),
+            returning=place is not None and not self.docs.is_latest(doc.uri, place))
         try:
             p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
                      place.window if place else None, sources)
