@@ -196,3 +196,23 @@ async def test_a_prefetch_waits_for_a_pause_that_every_keystroke_restarts() -> N
     assert (await life.suggest("a.py", Anchor(0, "x = foo(", ""), 6, None))[1] == "typed_through"
     assert stopped == [] and life.running() == {"a.py": 0}
     life.forget("a.py")
+
+
+async def test_a_warm_up_replaces_a_prefetch_the_user_left_and_skips_what_is_computed() -> None:
+    life, started, stopped = Lifecycle(), [], []
+    elsewhere = Anchor(5, "    ", "")
+    life.prefetch("a.py", lambda: (Ahead(END, "t"), lambda _: _slow("ahead", started, stopped)), 0)
+    await asyncio.sleep(0.02)
+    assert life.warm("a.py", elsewhere, lambda: (Ahead(elsewhere, "t"), lambda _: _slow("warm", started, stopped)))
+    await asyncio.sleep(0.02)
+    assert stopped == ["ahead"] and started == ["ahead", "warm"]
+    # Where it is already warming, and where a request computes, nothing more starts.
+    assert not life.warm("a.py", elsewhere, lambda: (Ahead(elsewhere, "t"), lambda _: _quick("again")))
+    task = asyncio.ensure_future(life.suggest("a.py", Anchor(9, "z", ""), 3, lambda _: _slow("asked", started, stopped)))
+    await asyncio.sleep(0.02)
+    assert not life.warm("a.py", elsewhere, lambda: (Ahead(elsewhere, "t"), lambda _: _quick("again")))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # Where the shown suggestion was asked for, it is computed already.
+    life.remember("b.py", Shown(elsewhere, "shown"))
+    assert not life.warm("b.py", elsewhere, lambda: (Ahead(elsewhere, "t"), lambda _: _quick("again")))

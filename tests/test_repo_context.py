@@ -132,40 +132,27 @@ def test_select_keeps_one_of_overlapping_ranges_and_puts_the_best_last() -> None
     assert [x.score for x in got] == sorted(x.score for x in got)
 
 
-def test_select_is_sticky_while_the_previous_choice_stays_good() -> None:
-    # Recent edits that use names and define none: ranked by Jaccard alone (plus the same edit bonus).
+def test_a_place_keeps_its_choice_while_all_of_it_is_still_there() -> None:
+    """A changed choice would recompute the whole prompt (the snippets open it): while typing at
+    a place, and on a return to it, whose kept KV sequence starts with the old choice."""
     a = snip("a.py", 0, "    parse_header(line, key, value)\n", "edited")
     b = snip("b.py", 0, "    read_headers(stream, line)\n", "edited")
     budget = by_chars(a)  # one of them fits
     first = select([a, b], "key, value = parse_header(line)", "", budget, by_chars)
     assert [x.snippet for x in first] == [a]
-    # The query moves towards b (Jaccard 0.6 against a's 0.5): a fresh choice would be b, but the
-    # previous one scores more than STICKY_RATIO of it and stays.
-    query = "key, value, line = read_headers(stream)"
-    assert [x.snippet for x in select([a, b], query, "", budget, by_chars)] == [b]
-    assert [x.snippet for x in select([a, b], query, "", budget, by_chars, first)] == [a]
-    # Far from it: a fresh choice.
-    assert [x.snippet for x in select([a, b], "read_headers(stream, line)", "", budget, by_chars, first)] == [b]
-    # A snippet of the previous choice that changed: a fresh choice, the unchanged ones first in their old order.
+    # The query moves to b (an edit made elsewhere, a name typed): a new place would take b,
+    # this place keeps a.
+    far = "read_headers(stream, line)"
+    assert [x.snippet for x in select([a, b], far, "", budget, by_chars)] == [b]
+    assert [x.snippet for x in select([a, b], far, "", budget, by_chars, first)] == [a]
+    # A place that had none keeps none; a new place (None) chooses.
+    assert select([a, b], far, "", 100, by_chars, []) == []
+    assert b in [x.snippet for x in select([a, b], far, "", 100, by_chars, None)]
+    # A snippet of the choice that changed: a fresh choice, the unchanged ones first in their old order.
     both = select([a, b], "parse_header(line) read_headers(stream)", "", 100, by_chars)
     a2 = snip("a.py", 0, "    parse_header(line, key, value, strict)\n", "edited")
     again = select([a2, b], "parse_header(line) read_headers(stream)", "", 100, by_chars, both)
     assert [x.snippet for x in again] == [b, a2]
-
-
-def test_a_return_to_a_place_keeps_its_choice_even_when_fresh_ones_score_more() -> None:
-    """Edits made elsewhere meanwhile would change the place's prompt from its first token, and
-    the engine could no longer serve it from the sequence it kept for the place."""
-    a = snip("a.py", 0, "    parse_header(line, key, value)\n", "edited")
-    b = snip("b.py", 0, "    read_headers(stream, line)\n", "edited")
-    far = "read_headers(stream, line)"
-    assert b in [x.snippet for x in select([a, b], far, "", 100, by_chars, [])]  # a fresh choice
-    assert select([a, b], far, "", 100, by_chars, [], returning=True) == []  # the place had none
-    first = select([a], "parse_header(line)", "", by_chars(a), by_chars)
-    assert [x.snippet for x in select([a, b], far, "", by_chars(a), by_chars, first, returning=True)] == [a]
-    # One of its snippets is gone (its text changed): a fresh choice, even returning.
-    a2 = snip("a.py", 0, "    parse_header(line, key, value, strict)\n", "edited")
-    assert b in [x.snippet for x in select([a2, b], far, "", 100, by_chars, first, returning=True)]
 
 
 def test_python_import_candidates() -> None:
@@ -315,7 +302,7 @@ def test_the_header_opens_the_prefix_of_a_window_cut_below_the_imports(tmp_path:
     cost = template.snippet_cost(count, "#")(definition)
     # The snippet takes the whole contextTokens: the header comes on top of it, not out of it.
     settings = resolve_format(Settings(prefix_tokens=64, suffix_tokens=16, context_tokens=cost), "psm")
-    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: [definition], (), ws.import_lines(main),
+    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: [definition], None, ws.import_lines(main),
                       ws.import_spans(main))
     p = plan(main, cursor, settings, template, tok, count, None, sources)
     assert p.window.prefix_start > 1 and p.header == "from .helpers import read_headers\nimport os\n"
@@ -398,7 +385,7 @@ def expected(engine: Engine, main: Document, ws: Workspace, line: int, col: int,
     """What the server must answer, in process: the same plan with the same snippet sources."""
     settings = resolve_format(Settings(time_budget_ms=60000.0, max_new_tokens=8, context_tokens=256,
                                        prefix_tokens=prefix_tokens), engine.preferred_format)
-    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: ws.candidates(main, lines, {main.uri: main}), (),
+    sources = Sources(ws.name, ws.relative(main.uri), lambda lines: ws.candidates(main, lines, {main.uri: main}), None,
                       ws.import_lines(main), ws.import_spans(main))
     p = plan(main, main.cursor(line, col), settings, detect(engine.tokenizer), engine.tokenizer,
              TokenCounter(engine.tokenizer.encode), None, sources)

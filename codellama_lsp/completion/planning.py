@@ -38,10 +38,9 @@ class Sources:
     repo: str  # the workspace folder's name
     path: str  # the current file, workspace-relative
     candidates: Callable[[tuple[int, int]], list[Snippet]]  # given the local window's first and last line
-    previous: Sequence[Scored] = ()  # the snippets of the place this prompt continues (open_documents.place_at)
+    previous: Sequence[Scored] | None = None  # the snippets of the place this prompt continues (None: a new place)
     imports: Sequence[str] = ()  # the document's import lines: what it uses from other files, wherever the cursor is
     import_spans: Sequence[tuple[int, int]] = ()  # where its import statements are (first and last line)
-    returning: bool = False  # that place is not the last one asked for: the user came back to it
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def repo_context(sources: Sources | None, template: Template, language: str, lin
     query = "\n".join(sources.imports) + "\n" + "".join(prefix.splitlines(keepends=True)[-QUERY_LINES_BEFORE:]) + \
         "".join(suffix.splitlines(keepends=True)[:QUERY_LINES_AFTER])
     chosen = tuple(select(sources.candidates((win.prefix_start, win.suffix_end)), query, head + prefix + suffix,
-                          budget, template.snippet_cost(count, marker), sources.previous, sources.returning))
+                          budget, template.snippet_cost(count, marker), sources.previous))
     if not chosen and not head:
         return None, ()
     return RepoContext(sources.repo, sources.path, marker, [x.snippet for x in chosen], head), chosen

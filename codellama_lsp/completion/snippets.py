@@ -25,10 +25,12 @@ which of them go in, and in what order, as pure functions:
   look-alike code is where the model copies a wrong name from (``ActionResult:`` for
   ``S3ControlBackend:``); leaving it out measured 24.0 % against 23.5 % exact on
   ``benchmarks/repo_context.py``'s 200 lines, and it leaves the budget to definitions.
-* ``select`` takes the best-scoring snippets that fit ``budget`` tokens, drops those the
-  local window already shows, and keeps its previous choice while that is still nearly as
-  good. The snippets go first in the prompt, so a changed choice recomputes the whole
-  prompt; stickiness is what lets the KV cache keep them while the user types.
+* ``select`` takes the best-scoring snippets that fit ``budget`` tokens and drops those the
+  local window already shows, once per place: a place keeps its choice while all of it is
+  still there. The snippets go first in the prompt, so a changed choice recomputes the whole
+  prompt (seconds on a CPU); a choice that followed every better score (an edit made
+  elsewhere, a name typed) would do that while the user types, and on every return to a
+  place, whose kept KV sequence starts with the old choice.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ EDIT_BONUS = 0.1  # a recently edited range is where the user's attention was: r
 DEFINITION_BONUS = 0.3  # per name of the query the snippet defines, up to MAX_DEFINITIONS of them
 MAX_DEFINITIONS = 3
 MODULE_BONUS = 0.3  # the snippet's module is named in the query (``import io`` ... ``io.``): it is used here
-STICKY_RATIO = 0.8  # the previous choice stays while it scores at least this share of a fresh one
 DUPLICATE = 0.9  # a snippet this similar to the local window adds nothing the model does not see
 # The most characters a snippet may have: 40 lines of 200 characters. Longer ones are data or
 # minified code (a 5 MB line), which no budget fits, and whose names and tokens would cost a
@@ -195,21 +196,18 @@ def _overlaps(a: Snippet, b: Snippet) -> bool:
 
 
 def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, cost: Callable[[Snippet], int],
-           previous: Sequence[Scored] = (), returning: bool = False) -> list[Scored]:
+           previous: Sequence[Scored] | None = None) -> list[Scored]:
     """The snippets for one prompt, in prompt order: within ``budget`` tokens, none the local window repeats.
 
     ``query`` is the text the snippets are ranked against (``score``); ``local`` is
     the whole local window (prefix and suffix), whose near-copies are dropped; ``cost``
     counts a snippet's tokens as rendered (never called for one longer than ``MAX_SNIPPET_CHARS``,
     which is no candidate). The best-scoring snippets are taken greedily;
-    of two overlapping ranges of one file only the better one. ``previous`` (the last
-    prompt's choice for this document) is kept as it was while all its snippets are still
-    candidates and it scores at least ``STICKY_RATIO`` of the fresh choice; ``returning`` to
-    a place, it is kept while its snippets are candidates, whatever scores more now (edits made
-    elsewhere meanwhile): the place's prompt, which the engine has kept, starts with them. Otherwise the
-    fresh choice is ordered with the snippets it shares with ``previous`` first, in their
-    old order (the KV cache still holds them), then the others, most relevant last, next
-    to the code the model completes.
+    of two overlapping ranges of one file only the better one. ``previous`` (the choice of
+    the place this prompt continues, empty or not; None: a new place) is kept as it was while
+    all its snippets are still candidates and fit. Otherwise the fresh choice is ordered with
+    the snippets it shares with ``previous`` first, in their old order (the KV cache still
+    holds them), then the others, most relevant last, next to the code the model completes.
     """
     if budget <= 0:
         return []
@@ -232,11 +230,10 @@ def select(candidates: Iterable[Snippet], query: str, local: str, budget: int, c
             fresh.append(Scored(x.snippet, x.score, n))
             used += n
     now = {x.snippet.key: x.score for x in scored}
-    if (previous or returning) and all(p.snippet.key in now for p in previous) \
-            and sum(p.tokens for p in previous) <= budget:
-        kept = sum(now[p.snippet.key] for p in previous)
-        if returning or kept >= STICKY_RATIO * sum(x.score for x in fresh):
-            return [Scored(p.snippet, now[p.snippet.key], p.tokens) for p in previous]
+    if previous is None:
+        previous = ()
+    elif all(p.snippet.key in now for p in previous) and sum(p.tokens for p in previous) <= budget:
+        return [Scored(p.snippet, now[p.snippet.key], p.tokens) for p in previous]
     order = {p.snippet.key: i for i, p in enumerate(previous)}
     old = sorted((x for x in fresh if x.snippet.key in order), key=lambda x: order[x.snippet.key])
     new = sorted((x for x in fresh if x.snippet.key not in order), key=lambda x: x.score)

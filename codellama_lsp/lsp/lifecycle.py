@@ -151,6 +151,27 @@ class Lifecycle:
         # Answered by a generation started before the last keystrokes.
         return rest_after_typing(text, typed_since(anchor, here)) or "", "typed_ahead"
 
+    def warm(self, uri: str, here: Anchor,
+             prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None]) -> bool:
+        """Compute the suggestion at ``here``, where the cursor rests, unless it is known or coming.
+
+        Nothing is done where the shown suggestion was asked for or a prefetch finished (it is
+        computed), or while a request computes; a prefetch under way elsewhere is a guess about a place the user has
+        left, and gives way. Whether a warm-up started.
+        """
+        shown, done = self._shown.get(uri), self._ahead.get(uri)
+        if (shown is not None and shown.anchor == here) or (done is not None and done[0].anchor == here):
+            return False
+        key: Key = ("completion", uri)
+        flight = self._flights.get(key)
+        if flight is not None and not flight.task.done():
+            if not flight.guess or (flight.ahead is not None and flight.ahead.anchor == here):
+                return False
+            flight.task.cancel()
+            del self._flights[key]
+        self.prefetch(uri, prepare, 0.0)
+        return True
+
     def prefetch(self, uri: str, prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None],
                  pause_s: float) -> None:
         """Compute a suggestion ahead in the background once ``pause_s`` pass without a request

@@ -53,10 +53,6 @@ class OpenDocuments:
         spanning = (p for p in places if p.window.prefix_start <= line <= p.window.suffix_end)
         return next(spanning, None) or next((p for p in places if p.window.prefix_start <= line), None)
 
-    def is_latest(self, uri: str, place: Place) -> bool:
-        places = self.places.get(uri)
-        return bool(places) and places[0] is place
-
     def remember(self, uri: str, place: Place) -> None:
         """``place`` becomes the latest; one with the same window start is the same place, replaced."""
         others = [p for p in self.places.get(uri, ()) if p.window.prefix_start != place.window.prefix_start]

@@ -225,16 +225,16 @@ class CodeLlamaServer(LanguageServer):
         if found is None:
             return
         doc, cursor = found
-        version = doc.version
-        self.metrics.count("warm_up")
+        version, here = doc.version, anchor_at(doc, cursor)
 
         def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None:
             if doc.version != version:
                 return None
-            return (Ahead(anchor_at(doc, cursor), doc.digest()),
+            return (Ahead(here, doc.digest()),
                     lambda flight: self._complete(doc, cursor, ready, flight, what="warm-up"))
 
-        self.lifecycle.prefetch(uri, prepare, 0.0)
+        if self.lifecycle.warm(uri, here, prepare):
+            self.metrics.count("warm_up")
 
     def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight,
                   what: str = "completion") -> Awaitable[str]:
@@ -251,8 +251,7 @@ class CodeLlamaServer(LanguageServer):
         place = self.docs.place_at(doc.uri, cursor.line)
         sources = None if settings.context_tokens <= 0 else Sources(  # off: no scan of the document at all
             ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
-            place.snippets if place else (), ws.import_lines(doc), ws.import_spans(doc),
-            returning=place is not None and not self.docs.is_latest(doc.uri, place))
+            place.snippets if place else None, ws.import_lines(doc), ws.import_spans(doc))
         try:
             p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
                      place.window if place else None, sources)
