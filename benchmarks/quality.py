@@ -233,6 +233,7 @@ class Completer:
     """The product's path from a document and cursor to an engine request, for one model's tokenizer."""
 
     suffix_tokens: int | None = None  # --suffix-tokens, for every system alike (None: the server's default)
+    prefix_tokens: int | None = None  # --prefix-tokens, likewise
 
     def __init__(self, tokenizer: TextTokenizer, preferred_format: str | None, device: str | None = None,
                  bounded: bool = False) -> None:
@@ -240,7 +241,8 @@ class Completer:
         ``bounded``: the time budget in force, else lifted."""
         self.tokenizer = tokenizer
         self.template: Template = detect(tokenizer)
-        budgets = {} if self.suffix_tokens is None else {"suffix_tokens": self.suffix_tokens}
+        budgets = {k: v for k, v in (("suffix_tokens", self.suffix_tokens), ("prefix_tokens", self.prefix_tokens))
+                   if v is not None}
         given = Settings(**budgets, given=frozenset(budgets))
         if device is not None:
             given = for_device(given, on_cpu=device == "cpu")
@@ -518,10 +520,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="the local engine for ours (default: auto, the server's default: llama.cpp for a .gguf "
                          "on the CPU, else torch)")
     ap.add_argument("--suffix-tokens", type=int, help="the suffixTokens budget for every system (default: the server's)")
+    ap.add_argument("--prefix-tokens", type=int, help="the prefixTokens budget for every system (default: the server's)")
     ap.add_argument("--json", type=Path, help="write the results here (parent directories are created)")
     ap.add_argument("--log", type=Path, help="write every task's suggestions here, one JSON object a line")
     ns = ap.parse_args(argv)
-    Completer.suffix_tokens = ns.suffix_tokens
+    Completer.suffix_tokens, Completer.prefix_tokens = ns.suffix_tokens, ns.prefix_tokens
     wanted = [s.strip() for s in ns.only.split(",") if s.strip()]
     unknown = set(wanted) - set(SYSTEMS)
     if unknown:
@@ -600,6 +603,7 @@ def main(argv: list[str] | None = None) -> None:
         if stages:
             results["ablation"] = {name: s.summary() for name, s in stages.items()}
         results["meta"] = {"limit": ns.limit, "threads": ns.threads, "suffix_tokens": ns.suffix_tokens,
+                           "prefix_tokens": ns.prefix_tokens,
                            "seconds": round(seconds, 1),
                            "ours_engine": ours.engine if ours is not None else None,
                            "load_s": {k: round(v, 1) for k, v in load_s.items()}, "model": str(real)}
