@@ -112,10 +112,11 @@ def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, s
 
 
 # Budgets for a local engine on the CPU, where they are the latency: in PSM (the only layout
-# Qwen2.5-Coder has) every keystroke recomputes the suffix, at about 100 tokens/s on two cores
-# for the default model, and a changed choice of other files' snippets recomputes the whole
-# prompt after them. Measured (README, "Budgets on the CPU", "Context from other files").
-CPU_BUDGETS: dict[str, Any] = {"suffix_tokens": 64, "time_budget_ms": 2000.0, "context_tokens": 512}
+# Qwen2.5-Coder has) every keystroke recomputes the suffix, a changed choice of other files'
+# snippets recomputes the whole prompt after them, and a new place computes its window, which
+# a warm-up must finish while the cursor rests. Measured (docs/measurements.md, README).
+CPU_BUDGETS: dict[str, Any] = {"prefix_tokens": 512, "suffix_tokens": 64, "time_budget_ms": 2000.0,
+                               "context_tokens": 512}
 
 
 def for_device(s: Settings, on_cpu: bool) -> Settings:

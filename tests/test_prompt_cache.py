@@ -159,7 +159,6 @@ def test_typing_at_one_place_keeps_no_copies(torch_engines: tuple[Engine, Engine
     """A keystroke throws away less than ``KEEP_MIN_TOKENS`` (the suffix and the last suggestion)."""
     engine, _ = torch_engines
     engine.reset_cache()
-    engine.prompt_cache.entries.clear()
     prompt = prompts(engine)["a"]
     tail = engine.tokenizer.encode("return value + 1\n")
     for i in range(1, len(tail)):

@@ -120,8 +120,10 @@ class Engine:
         return self.runner.preferred_format
 
     def reset_cache(self) -> None:
+        """Start cold: no live sequence and no kept ones (a failed request forgets only the live one)."""
         with self._lock:
             self._forget()
+            self.prompt_cache.entries.clear()
 
     def _forget(self) -> None:
         self._cached, self._prompt_end, self._moved_from, self._stale = [], 0, _NONE_MOVED, 0
