@@ -98,6 +98,41 @@ def test_a_start_after_an_assembly_was_killed_leaves_no_part_file(
     assert partial_files(cache) == []
 
 
+@pytest.mark.parametrize("stage, how", [("verification", signal.SIGKILL), ("loading", signal.SIGKILL),
+                                        ("loading", signal.SIGTERM)])
+def test_a_start_killed_while_its_model_is_verified_or_loaded_is_followed_by_a_working_start(
+        stage: str, how: signal.Signals, real_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real default model in a cache of its own, without its record: the server hashes it
+    (verification), records it, then llama.cpp reads it (loading). Killed in either stage, the
+    next start works, and nothing is left half-written."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    target = cache / default_model.DEFAULT.file_name
+    shutil.copyfile(real_gguf, target)
+    record = target.with_name(target.name + ".verified.json")
+    monkeypatch.setenv("CODELLAMA_LSP_CACHE", str(cache))
+    first = RawServer(target, tmp_path / "first.log")
+    try:
+        first.initialize()
+        if stage == "verification":
+            wait_until(lambda: first.status()["state"] == "loading")
+            assert not record.exists(), "the record was written before the kill: verification was too quick to catch"
+        else:
+            wait_until(record.exists, timeout=60)
+        os.kill(first.proc.pid, how)
+        first.proc.wait(20)
+    finally:
+        first.close()
+    with RawServer(target, tmp_path / "second.log") as second:
+        second.initialize()
+        status = second.wait_loaded(timeout=180)
+        assert status["state"] == "ready", status
+        assert record.exists() and partial_files(cache) == []
+        assert status["model_verified"], status
+
+
 def test_a_live_assemblers_part_file_is_not_swept(assembling: tuple[subprocess.Popen, Path]) -> None:
     child, cache = assembling
     live = partial_files(cache)
