@@ -67,15 +67,9 @@ async function fromPalette(page, quickInput, title) {
  * "Explain", whose answer opens as a markdown preview.
  */
 async function instructEdit(page, editor, quickInput) {
-  await editor.locator(".view-lines").click();
-  await page.keyboard.press("Control+A");
-  await fromPalette(page, quickInput, "Refactor...");
-  const row = page.locator(".action-widget .monaco-list-row", { hasText: "Edit selection" }).first();
-  await row.waitFor({ state: "visible" });
-  result.actions = await page.locator(".action-widget .monaco-list-row").allInnerTexts();
+  result.actions = await refactor(page, editor, quickInput, "Edit selection", (timeout) =>
+    page.locator(".quick-input-widget", { hasText: "How should the selected code change?" }).waitFor({ state: "visible", timeout }));
   log("code actions", JSON.stringify(result.actions));
-  await row.click();
-  await page.locator(".quick-input-widget", { hasText: "How should the selected code change?" }).waitFor({ state: "visible" });
   await quickInput.fill(cfg.instruction);
   await page.keyboard.press("Enter");
   await page.locator(".tab.active.dirty").waitFor({ state: "visible" }); // the edit was applied
@@ -89,28 +83,8 @@ async function instructEdit(page, editor, quickInput) {
   // "Explain" on the whole (edited) file: the answer opens as a markdown preview beside the code.
   // A selection, not the cursor: at a cursor the action is offered only inside a definition,
   // and where the model's edit put one differs between CPUs.
-  // The Refactor menu's rows are re-rendered when a late codeAction answer for the new selection
-  // arrives: a click on a row being replaced resolves the action but runs nothing, and a menu
-  // opened in between may lack the row. Either way the menu is opened again, up to three times
-  // (the server answers in seconds).
-  const explanation = page.locator(".tab", { hasText: "Untitled-1" }).first();
-  for (let attempt = 1; ; attempt++) {
-    await editor.locator(".view-lines").click();
-    await page.keyboard.press("Control+A");
-    await fromPalette(page, quickInput, "Refactor...");
-    log("choose Explain, attempt", attempt);
-    const last = attempt >= 3;
-    try {
-      await page.locator(".action-widget .monaco-list-row", { hasText: "Explain" }).first()
-        .click({ timeout: last ? 300000 : 30000 });
-      // The answer opens as an untitled markdown document, then as its preview.
-      await explanation.waitFor({ state: "visible", timeout: last ? 300000 : 60000 });
-      break;
-    } catch (err) {
-      if (last) throw err;
-      await page.keyboard.press("Escape");
-    }
-  }
+  await refactor(page, editor, quickInput, "Explain", (timeout) =>
+    page.locator(".tab", { hasText: "Untitled-1" }).first().waitFor({ state: "visible", timeout }));
   log("explanation opened; waiting for its preview");
   const preview = page.locator(".tab", { hasText: "Preview" }).first();
   await preview.waitFor({ state: "visible" });
@@ -119,6 +93,34 @@ async function instructEdit(page, editor, quickInput) {
   const shot2 = path.join(cfg.artifacts, "vscode-explain.png");
   await page.screenshot({ path: shot2 });
   result.screenshots.push(shot2);
+}
+
+/**
+ * "Refactor..." on the whole file, then its row `label`; `done(timeout)` waits for what the click
+ * opens. The menu's rows are re-rendered when a late codeAction answer for the new selection
+ * arrives: a click on a row being replaced resolves the action but runs nothing, and a menu
+ * opened in between may lack the row. Either way the menu is opened again, up to three times
+ * (the server answers in seconds). The menu's rows, as shown when the click was made.
+ */
+async function refactor(page, editor, quickInput, label, done) {
+  for (let attempt = 1; ; attempt++) {
+    const last = attempt >= 3;
+    await editor.locator(".view-lines").click();
+    await page.keyboard.press("Control+A");
+    await fromPalette(page, quickInput, "Refactor...");
+    log("choose", label, "attempt", attempt);
+    try {
+      const row = page.locator(".action-widget .monaco-list-row", { hasText: label }).first();
+      await row.waitFor({ state: "visible", timeout: last ? 300000 : 30000 });
+      const rows = await page.locator(".action-widget .monaco-list-row").allInnerTexts();
+      await row.click();
+      await done(last ? 300000 : 60000);
+      return rows;
+    } catch (err) {
+      if (last) throw err;
+      await page.keyboard.press("Escape");
+    }
+  }
 }
 
 let page;
