@@ -21,6 +21,8 @@ DEFAULT_CONTEXT_LENGTH = 4096
 # here so that settings and the CLI check them without importing torch.
 COMPILE_CHOICES = ("auto", "on", "off")
 QUANTIZE_CHOICES = ("auto", "none", "int8", "int4")
+# Host memory for the engine's kept KV sequences (engine.prompt_cache), the promptCacheMb setting's default.
+PROMPT_CACHE_MB = 512
 
 StopReason = Literal["eot", "eos", "length", "stop_string", "callback", "time", "cancelled"]
 

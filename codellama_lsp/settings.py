@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal, Mapping
 from codellama_lsp.completion.chat import CHAT_SETTINGS
 from codellama_lsp.completion.families import FAMILY_SETTINGS
 from codellama_lsp.completion.templates import Format
-from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES
+from codellama_lsp.generation import COMPILE_CHOICES, PROMPT_CACHE_MB, QUANTIZE_CHOICES
 
 SECTION = "codellama"
 FormatSetting = Literal["auto", "psm", "spm"]
@@ -69,7 +69,7 @@ class Settings:
     instruct_time_budget_ms: float = 120_000.0
     # Host memory for KV sequences of places left behind (engine.prompt_cache), so that a return
     # to a place, a file or after a hover computes only what changed; 0 keeps none.
-    prompt_cache_mb: int = 512
+    prompt_cache_mb: int = PROMPT_CACHE_MB
     # How docstrings are written (hover, "Generate docstring"): "infill" between the signature and
     # the body, or "instruct", asked of the chat model; infill, as measured (DOCSTRINGS_MEASURED in completion/docstring.py).
     docstrings: str = "infill"

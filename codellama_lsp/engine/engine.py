@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from codellama_lsp.generation import (DEFAULT_CONTEXT_LENGTH, GenerationRequest, GenerationResult, PromptTooLong,
+from codellama_lsp.generation import (DEFAULT_CONTEXT_LENGTH, PROMPT_CACHE_MB, GenerationRequest, GenerationResult, PromptTooLong,
                                       StopReason, StopRule, TextTokenizer)
 from codellama_lsp.engine.checkpoint import load_model, resolve_device
 from codellama_lsp.engine.lookup import LookupDrafter
@@ -53,7 +53,6 @@ KEEP_MIN_TOKENS = 192
 # A kept sequence replaces the live one when it shares at least this many more tokens with the
 # prompt: copying it in costs about as much as computing a few tokens.
 RESTORE_MIN_GAIN = 16
-DEFAULT_PROMPT_CACHE_BYTES = 256 << 20
 
 
 class Engine:
@@ -61,7 +60,7 @@ class Engine:
 
     def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = 8,
                  prefill_chunk: int = 128, reuse_suffix: bool = False,
-                 prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES) -> None:
+                 prompt_cache_bytes: int = PROMPT_CACHE_MB << 20) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.device, self.dtype = runner.device, runner.dtype
