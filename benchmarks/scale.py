@@ -59,7 +59,7 @@ from codellama_lsp.engine.config import ModelArgs
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.engine.model import Transformer
 from codellama_lsp.engine.quantize import resolve_quantize
-from codellama_lsp.engine.runner import TorchRunner, resolve_compile
+from codellama_lsp.engine.torch_runner import TorchRunner, resolve_compile
 from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES, GenerationRequest
 # benchmarks/engine.py: run as a script, this file's folder is first on sys.path.
 from engine import bytes_per_step, memory_bandwidth, speed

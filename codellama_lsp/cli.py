@@ -39,7 +39,7 @@ def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
                         help="torch engine: the linear layers' weights in int8 (per channel) or int4 (per group); "
                              "auto = int8 on CUDA, none on the CPU, where the int kernels are slower (default: auto)")
     parser.add_argument("--threads", type=int, default=default(None),
-                        help="CPU threads for the model, either engine (default: PyTorch's choice; 1 is fastest "
+                        help="CPU threads for the model, either engine (default: one per physical core; 1 is fastest "
                              "for small models on a busy machine)")
     parser.add_argument("--log-file", type=Path, default=default(None),
                         help="log here (default: the server logs to its client as window/logMessage, "
@@ -117,10 +117,9 @@ def _log_to_client(server: "CodeLlamaServer", level: str) -> None:
 
 
 def _threads(n: int | None) -> None:
-    if n is not None:
-        import torch
+    from codellama_lsp.engine import threads
 
-        torch.set_num_threads(max(1, n))
+    threads.use(n)
 
 
 def complete(args: argparse.Namespace) -> int:

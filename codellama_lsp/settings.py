@@ -49,7 +49,7 @@ class Settings:
     # llama.cpp on a .gguf file; "auto" is llama.cpp for a .gguf on the CPU (see choose_engine).
     engine: str = "auto"
     # The torch engine only. compile: the one-token decode step through torch.compile (a CUDA graph
-    # on a GPU); auto is on for CUDA, off on the CPU (engine.runner.resolve_compile). Three values,
+    # on a GPU); auto is on for CUDA, off on the CPU (engine.torch_runner.resolve_compile). Three values,
     # not a bool, because the default depends on the device, as device and dtype's "auto" does.
     compile: str = "auto"
     # Weights of the linear layers in int8 or int4 (engine.quantize); auto is int8 on CUDA, none on the CPU.

@@ -25,7 +25,7 @@ from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.checkpoint import load_model
 from codellama_lsp.engine.model import fuse_linears
 from codellama_lsp.engine.quantize import Int4Projection, Int8Projection
-from codellama_lsp.engine.runner import TorchRunner
+from codellama_lsp.engine.torch_runner import TorchRunner
 
 CONTEXT = 4096
 PROMPT, STEPS = 16, 32

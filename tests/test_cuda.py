@@ -15,7 +15,7 @@ import torch
 
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.checkpoint import load_model
-from codellama_lsp.engine.runner import TorchRunner
+from codellama_lsp.engine.torch_runner import TorchRunner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU: bf16, int8, int4 and CUDA-graph decode run only there")

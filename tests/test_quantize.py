@@ -9,7 +9,7 @@ from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.checkpoint import load_model
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.engine.quantize import Int4Projection, Int8Projection, int4_group_size, resolve_quantize
-from codellama_lsp.engine.runner import TorchRunner
+from codellama_lsp.engine.torch_runner import TorchRunner
 from codellama_lsp.generation import GenerationRequest
 
 PROMPT_TEXT = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n\ndef "

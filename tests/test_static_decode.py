@@ -11,7 +11,7 @@ from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.checkpoint import load_model
 from codellama_lsp.engine.config import ModelArgs
 from codellama_lsp.engine.model import Transformer
-from codellama_lsp.engine.runner import TorchRunner, resolve_compile
+from codellama_lsp.engine.torch_runner import TorchRunner, resolve_compile
 
 PROMPT = [1, 17, 230, 44, 901, 12, 7, 300, 55, 81]
 

@@ -20,7 +20,7 @@ from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine import engine as engine_module
 from codellama_lsp.engine.checkpoint import load_model
 from codellama_lsp.engine.engine import Engine
-from codellama_lsp.engine.runner import TorchRunner
+from codellama_lsp.engine.torch_runner import TorchRunner
 from codellama_lsp.generation import GenerationRequest
 
 CONTEXT = 256

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 # A meta-path finder that refuses torch, installed before anything else is imported.
 BLOCK_TORCH = """
 import sys
@@ -46,7 +48,33 @@ def test_the_completion_pipeline_works_with_torch_blocked() -> None:
 
 
 def test_the_block_is_real() -> None:
-    """The same subprocess fails when the pipeline imports the engine, so the test above can fail."""
-    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import codellama_lsp.engine.engine"],
+    """The same subprocess fails when the torch engine is imported, so the tests above and below can fail."""
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import codellama_lsp.engine.torch_runner"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "torch is blocked" in out.stderr
+
+
+LLAMACPP = """
+import sys
+from pathlib import Path
+from codellama_lsp.backends import open_backend
+from codellama_lsp.generation import GenerationRequest
+engine = open_backend("local", Path(sys.argv[1]))  # engine auto: llama.cpp for a GGUF on this CPU
+assert engine.kind == "llamacpp", engine.kind
+ids = engine.tokenizer.encode("def add(a, b):\\n    return")
+greedy = engine.generate(GenerationRequest(prompt=ids, max_new_tokens=4))
+sampled = engine.generate(GenerationRequest(prompt=ids, max_new_tokens=4, temperature=0.8, seed=7))
+again = engine.generate(GenerationRequest(prompt=ids, max_new_tokens=4, temperature=0.8, seed=7))
+assert greedy.generated_tokens == 4 and sampled.token_ids == again.token_ids, (greedy, sampled, again)
+assert "torch" not in sys.modules
+print("ok")
+"""
+
+
+def test_the_llamacpp_engine_loads_and_generates_with_torch_blocked(real_gguf) -> None:
+    """The default model's engine never imports torch (about 200 MB of memory it does not use); a few seconds."""
+    pytest.importorskip("llama_cpp", reason="the llamacpp engine needs llama-cpp-python")
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + LLAMACPP, str(real_gguf)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 
 from codellama_lsp import BUNDLED_MODEL
+from codellama_lsp.engine import threads as cpu_threads
 from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend, TextTokenizer
 from codellama_lsp.backends.errors import BackendError
@@ -71,15 +73,28 @@ def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "
         raise BackendError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if not gguf or torch_only or device not in ("auto", "cpu"):
         return "torch"
-    import torch
-
-    if device == "auto" and torch.cuda.is_available():
+    if device == "auto" and _gpu_for_torch():
         return "torch"
     if importlib.util.find_spec("llama_cpp") is None:
         log.info("engine auto: llama-cpp-python is not installed, so %s runs on the torch engine "
                  "(pip install llama-cpp-python for the faster llamacpp engine)", model)
         return "torch"
     return "llamacpp"
+
+
+def _gpu_for_torch() -> bool:
+    """Whether PyTorch can compute on a GPU here; torch is imported only where a GPU driver is present.
+
+    Importing torch costs about 200 MB of resident memory that the llama.cpp engine never
+    uses, so a machine without NVIDIA's or AMD's GPU driver is answered without it.
+    """
+    driver = (Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()
+              or shutil.which("nvidia-smi") is not None)
+    if not driver or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str = "auto", context_length: int = DEFAULT_CONTEXT_LENGTH,
@@ -89,9 +104,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     """Load the local engine from ``model``, or connect to the server at ``url``.
 
     The local engine is the one ``choose_engine`` picks; ``compile`` and ``quantize`` are the
-    torch engine's (see ``Engine.load``). llama.cpp runs on ``threads``
-    threads; None: as many as PyTorch uses (the --threads flag sets that, else PyTorch's
-    default), so one flag sizes either engine. ``reuse_suffix`` is the engine's option of that name.
+    torch engine's (see ``Engine.load``). Either engine runs on ``threads`` CPU threads;
+    None: the --threads flag's count, else one per physical core (``engine.threads``). ``reuse_suffix`` is the engine's option of that name.
 
     A remote backend never loads weights, but it needs the served model's tokenizer to
     build the prompt and size the context window: ``tokenizer`` (a ``tokenizer.model``, a
@@ -100,14 +114,18 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     model's, whose infilling pieces have the same text as Code Llama's.
     """
     if backend == "local":
-        # torch (and llama-cpp-python) are imported only when the local engine is used
+        # llama-cpp-python, or torch, is imported only when its engine is used
+        threads = threads or cpu_threads.chosen()
         if choose_engine(engine, model, device, dtype, compile, quantize) == "llamacpp":
-            import torch
-
             from codellama_lsp.engine.llamacpp import open_llamacpp
 
-            return open_llamacpp(model, context_length, threads or torch.get_num_threads(), reuse_suffix=reuse_suffix)
+            return open_llamacpp(model, context_length, threads or cpu_threads.count(), reuse_suffix=reuse_suffix)
         from codellama_lsp.engine.engine import Engine
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
 
         return Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
                            context_length=context_length, compile=compile, quantize=quantize, reuse_suffix=reuse_suffix)

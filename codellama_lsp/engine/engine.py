@@ -18,16 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
+import numpy as np
 
 from codellama_lsp.generation import (DEFAULT_CONTEXT_LENGTH, PROMPT_CACHE_MB, GenerationRequest, GenerationResult, PromptTooLong,
                                       StopReason, StopRule, TextTokenizer)
-from codellama_lsp.engine.checkpoint import load_model, resolve_device
 from codellama_lsp.engine.lookup import LookupDrafter
 from codellama_lsp.engine.prompt_cache import Entry, PromptCache, common_prefix_length
-from codellama_lsp.engine.quantize import resolve_quantize
-from codellama_lsp.engine.runner import Runner, TorchRunner, resolve_compile
-from codellama_lsp.engine.sampling import next_token
+from codellama_lsp.engine.runner import Runner
+from codellama_lsp.engine.sampling import generator as seeded, next_token
 
 
 
@@ -98,6 +96,11 @@ class Engine:
         int4: quantize.resolve_quantize) are checked before the weights are read, so a bad
         value fails at once.
         """
+        # Imported here: the llama.cpp engine builds an Engine too, and never needs torch.
+        from codellama_lsp.engine.checkpoint import load_model, resolve_device
+        from codellama_lsp.engine.quantize import resolve_quantize
+        from codellama_lsp.engine.torch_runner import TorchRunner, resolve_compile
+
         dev = resolve_device(device)
         compiled, quantized = resolve_compile(compile, dev), resolve_quantize(quantize, dev)
         model, tokenizer = load_model(path, device=device, dtype=dtype)
@@ -151,7 +154,6 @@ class Engine:
 
         threading.Thread(target=release, name="codellama-engine-close", daemon=True).start()
 
-    @torch.inference_mode()
     def generate(self, req: GenerationRequest) -> GenerationResult:
         """Run one request to completion on the calling thread (the worker, normally)."""
         prompt = list(req.prompt)
@@ -230,7 +232,7 @@ class Engine:
         self._cached = prompt[:head]
         return head, 0
 
-    def _prefill(self, prompt: list[int], reused: int, cancel: threading.Event) -> torch.Tensor | None:
+    def _prefill(self, prompt: list[int], reused: int, cancel: threading.Event) -> Any | None:
         """Compute the prompt past its ``reused`` tokens; the last position's logits, or None if cancelled.
 
         Chunks of ``prefill_chunk`` tokens, with the cancel flag checked between them: a
@@ -247,13 +249,13 @@ class Engine:
             if cancel.is_set():
                 return None
 
-    def _decode_step(self, tok: int, draft: list[int]) -> torch.Tensor:
+    def _decode_step(self, tok: int, draft: list[int]) -> Any:
         """Feed ``tok`` and the draft after it in one pass: the logits after each of them."""
         rows = self.runner.forward([tok, *draft], len(self._cached), last_only=not draft)
         self._cached.append(tok)
         return rows
 
-    def _accept_draft(self, draft: list[int], rows: torch.Tensor, state: "_Decoding",
+    def _accept_draft(self, draft: list[int], rows: Any, state: "_Decoding",
                       drafter: LookupDrafter) -> tuple[int, StopReason | None]:
         """Keep draft tokens while they equal the model's own choice; the next token, or why it ends.
 
@@ -273,11 +275,11 @@ class Engine:
         state.accepted += kept
         return choices[kept], None
 
-    def _decode(self, first: torch.Tensor, state: "_Decoding", drafter: LookupDrafter | None,
-                generator: torch.Generator | None) -> StopReason:
+    def _decode(self, first: Any, state: "_Decoding", drafter: LookupDrafter | None,
+                rng: np.random.Generator | None) -> StopReason:
         """Generate from the prompt's last logits until a stop; drafts only when greedy."""
         req = state.req
-        tok = next_token(first, req.temperature, req.top_p, generator)
+        tok = next_token(first, req.temperature, req.top_p, rng)
         while (reason := state.take(tok, len(self._cached))) is None:
             draft: list[int] = []
             if drafter is not None:
@@ -287,7 +289,7 @@ class Engine:
                 draft = drafter.propose(room)
             rows = self._decode_step(tok, draft)
             if not draft:
-                tok = next_token(rows[-1], req.temperature, req.top_p, generator)
+                tok = next_token(rows[-1], req.temperature, req.top_p, rng)
                 continue
             assert drafter is not None
             tok, reason = self._accept_draft(draft, rows, state, drafter)
@@ -309,16 +311,14 @@ class Engine:
         if logits is None:
             return GenerationResult("", [], "cancelled", n, reused, len(self._cached) - reused, prefill_ms, 0.0,
                                     restored=restored)
-        generator = None
-        if req.temperature > 0:
-            generator = torch.Generator(device=self.device).manual_seed(req.seed)
+        rng = seeded(req.seed) if req.temperature > 0 else None
         # Drafts only for greedy decoding, where checking them cannot change the output.
-        drafter = LookupDrafter(prompt, previous[head:]) if self.draft_tokens and generator is None else None
+        drafter = LookupDrafter(prompt, previous[head:]) if self.draft_tokens and rng is None else None
         state = _Decoding(req, rule, self.tokenizer.decode_infilling if req.infilling else self.tokenizer.decode,
                           self._stop_ids | req.stop_ids, self.tokenizer.eot_id, self.context_length)
         t1 = time.perf_counter()
         rule.generating()
-        reason = self._decode(logits, state, drafter, generator)
+        reason = self._decode(logits, state, drafter, rng)
         return GenerationResult(
             text=state.final_text(),
             token_ids=state.out,

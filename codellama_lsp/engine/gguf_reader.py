@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from codellama_lsp.engine.config import CheckpointError, ModelArgs
+from codellama_lsp.engine.gguf_file import open_gguf
 
 Q = gguf.GGMLQuantizationType
 # Types gguf.quants.dequantize covers that llama.cpp's common model files use.
@@ -37,7 +38,6 @@ SUPPORTED_TYPES = frozenset({
 })
 # GGUF architecture -> the Hugging Face class whose names and layout the tensors get.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-GGUF_MAGIC = b"GGUF"
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -220,23 +220,6 @@ def read_gguf(path: str | Path) -> GgufCheckpoint:
         raise CheckpointError(f"{path}: {exc}") from None
     _check_shapes(path, args, config["attention_bias"], tensors)
     return GgufCheckpoint(path=path, arch=arch, config=config, args=args, reader=reader, _tensors=tensors)
-
-
-def open_gguf(path: Path) -> gguf.GGUFReader:
-    """A ``GGUFReader`` on ``path``, or a CheckpointError saying what is wrong with the file."""
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path} cannot be read: {exc}") from None
-    if magic != GGUF_MAGIC:
-        raise CheckpointError(f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as exc:  # noqa: BLE001 - the reader raises ValueError, IndexError, KeyError, … on bad data
-        raise CheckpointError(f"{path} is a truncated or corrupt GGUF file: {exc}") from None
 
 
 def _get(reader: gguf.GGUFReader, path: Path, key: str, default: Any = _REQUIRED) -> Any:

@@ -28,7 +28,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from codellama_lsp.engine.config import CheckpointError
-from codellama_lsp.engine.gguf_reader import open_gguf
+from codellama_lsp.engine.gguf_file import open_gguf
 from codellama_lsp.engine.tokenizer import InfillingCheck, Tokenizer
 
 TT = gguf.TokenType

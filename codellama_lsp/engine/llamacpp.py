@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from codellama_lsp.engine import llamacpp_kernels as kernels
 from codellama_lsp.engine.config import CheckpointError
@@ -251,13 +250,13 @@ class LlamaCppRunner:
         n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
 
-    def forward(self, tokens: list[int], start: int, last_only: bool) -> torch.Tensor:
-        """Logits (float32, ours to keep) after each of ``tokens`` at positions ``start..``, or after the last one."""
+    def forward(self, tokens: list[int], start: int, last_only: bool) -> np.ndarray:
+        """Logits (float32 [rows, vocab], ours to keep) after each of ``tokens`` at positions ``start..``, or after the last one."""
         if not tokens:
             raise ValueError("forward needs at least one token")
         if self._ctx is None:
             raise LlamaCppError("the llama.cpp runner is closed")
-        rows: list[torch.Tensor] = []
+        rows: list[np.ndarray] = []
         step = self.n_batch if last_only else self.n_outputs
         for at in range(0, len(tokens), step):
             part = tokens[at:at + step]
@@ -267,9 +266,9 @@ class LlamaCppRunner:
                 rows.append(self._decode(part, start + at, False))
             else:  # earlier parts of a last_only call need no logits at all
                 self._decode(part, start + at, None)
-        return torch.cat(rows) if len(rows) > 1 else rows[0]
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
-    def _decode(self, tokens: list[int], start: int, want_all: bool | None, seq: int = 0) -> torch.Tensor:
+    def _decode(self, tokens: list[int], start: int, want_all: bool | None, seq: int = 0) -> np.ndarray:
         """One llama_decode of ``tokens`` in sequence ``seq``; logits of every token (True), the last (False), or none (None)."""
         lib, b, n = self._lib, self._batch, len(tokens)
         for i, tok in enumerate(tokens):
@@ -285,7 +284,7 @@ class LlamaCppRunner:
         if status != 0:
             raise LlamaCppError(self._decode_error(status, n, start))
         if want_all is None:
-            return torch.empty(0, self.n_vocab)
+            return np.empty((0, self.n_vocab), np.float32)
         if want_all:
             ptr, count = lib.llama_get_logits(self._ctx), n
         else:
@@ -293,7 +292,7 @@ class LlamaCppRunner:
         if not ptr:
             raise LlamaCppError(f"llama.cpp returned no logits for {n} tokens at position {start}")
         # A copy: the buffer belongs to llama.cpp and the next decode overwrites it.
-        return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(count, self.n_vocab)).copy())
+        return np.ctypeslib.as_array(ptr, shape=(count, self.n_vocab)).copy()
 
     def _decode_error(self, status: int, n: int, start: int) -> str:
         """What llama_decode's status means (llama.h), for an error a user or developer can act on."""
@@ -336,7 +335,7 @@ class LlamaCppRunner:
                 lasts.append(row)
             finally:
                 self._lib.llama_memory_seq_rm(self._memory, 1, -1, -1)
-        return all(torch.equal(lasts[0], x) for x in lasts[1:])
+        return all(np.array_equal(lasts[0], x) for x in lasts[1:])
 
     def truncate(self, n: int) -> None:
         """Drop positions ``n..`` of sequence 0 from the KV memory: a new prefix's stale tail, or rejected drafts."""
@@ -428,7 +427,7 @@ def open_llamacpp(path: str | Path, context_length: int, threads: int, **options
     """
     from codellama_lsp.engine.default_model import cache_dir
     from codellama_lsp.engine.engine import Engine
-    from codellama_lsp.engine.gguf_reader import open_gguf
+    from codellama_lsp.engine.gguf_file import open_gguf
     from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
 
     reader = open_gguf(Path(path))

@@ -1,25 +1,38 @@
-"""Next-token choice: greedy, or seeded temperature / nucleus (top-p) sampling."""
+"""Next-token choice: greedy, or seeded temperature / nucleus (top-p) sampling.
+
+Logits come from either runner: a torch tensor (the torch engine, on any device) or a numpy
+array (llama.cpp). Greedy choice stays on the logits' device; sampling draws on the host
+with numpy, so the llama.cpp engine runs without torch.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
+
+import numpy as np
 
 
-def next_token(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """Pick the next id from the logits of one position ([V]).
+def generator(seed: int) -> np.random.Generator:
+    """The random source of one request: a fixed seed gives the same completion every time."""
+    return np.random.default_rng(seed)
 
-    ``temperature <= 0`` is greedy. Sampling draws from ``generator`` so a fixed seed
-    gives the same completion every time.
+
+def next_token(logits: Any, temperature: float, top_p: float, rng: np.random.Generator | None) -> int:
+    """Pick the next id from the logits of one position ([V], a torch tensor or numpy array).
+
+    ``temperature <= 0`` is greedy. Sampling draws from ``rng``.
     """
     if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return int(logits.argmax())
+    assert rng is not None, "sampling needs a generator"
+    z = np.asarray(logits.float().cpu() if hasattr(logits, "cpu") else logits, dtype=np.float64) / temperature
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
     if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
+        order = np.argsort(-probs, kind="stable")
+        sorted_p = probs[order]
         # Keep the smallest set whose mass reaches top_p (the first token is always kept).
-        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < top_p
-        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-        choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+        keep = np.cumsum(sorted_p) - sorted_p < top_p
+        sorted_p = np.where(keep, sorted_p, 0.0)
+        return int(order[rng.choice(len(sorted_p), p=sorted_p / sorted_p.sum())])
+    return int(rng.choice(len(probs), p=probs))
