@@ -60,7 +60,8 @@ from codellama_lsp.engine.engine import Engine
 from codellama_lsp.engine.model import Transformer
 from codellama_lsp.engine.quantize import resolve_quantize
 from codellama_lsp.engine.torch_runner import TorchRunner, resolve_compile
-from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES, GenerationRequest
+from codellama_lsp.generation import GenerationRequest
+from codellama_lsp.settings import COMPILE_CHOICES, QUANTIZE_CHOICES
 # benchmarks/engine.py: run as a script, this file's folder is first on sys.path.
 from engine import bytes_per_step, memory_bandwidth, speed
 

@@ -8,11 +8,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from codellama_lsp import __version__
-from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES
-from codellama_lsp.settings import Settings, resolve_format
+from codellama_lsp.settings import SCHEMA, Setting, Settings, apply, for_backend
 
 if TYPE_CHECKING:
     from codellama_lsp.lsp.server import CodeLlamaServer
@@ -20,24 +19,27 @@ if TYPE_CHECKING:
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _flag_type(s: Setting) -> Callable[[str], Any]:
+    """argparse's converter for ``s``'s flag: the setting's own check, so a flag and a client's value agree."""
+    def parse(text: str) -> Any:
+        value = s.kind(text) if s.kind in (int, float) else text  # a ValueError is argparse's "invalid int value"
+        problem = s.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return s.convert(value)
+    parse.__name__ = s.kind.__name__
+    return parse
+
+
 def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
-    """Options accepted before and after ``complete``; the subcommand's must not reset the top level's."""
+    """Options accepted before and after ``complete``; the subcommand's must not reset the top level's.
+    A setting's flag has no default (``SUPPRESS``): it is in ``Settings.given`` only when given."""
     default = (lambda value: argparse.SUPPRESS) if sub else (lambda value: value)
-    parser.add_argument("--model", type=Path, default=default(None),
-                        help="a checkpoint directory or .gguf file (default: the real default model, Qwen2.5-Coder-0.5B, "
-                             "when installed, else the small demo model)")
-    parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--dtype", default=default("auto"), choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights' dtype (default: auto = bfloat16 on a GPU, float32 on the CPU)")
-    parser.add_argument("--engine", default=default("auto"), choices=["auto", "torch", "llamacpp"],
-                        help="what computes: torch (our PyTorch model), llamacpp (llama.cpp on a .gguf file, "
-                             "CPU), or auto = llamacpp for a .gguf on the CPU, else torch (default: auto)")
-    parser.add_argument("--compile", default=default("auto"), choices=list(COMPILE_CHOICES),
-                        help="torch engine: compile the decode step (a CUDA graph on a GPU); auto = on for CUDA, "
-                             "off on the CPU, where it is not faster (default: auto)")
-    parser.add_argument("--quantize", default=default("auto"), choices=list(QUANTIZE_CHOICES),
-                        help="torch engine: the linear layers' weights in int8 (per channel) or int4 (per group); "
-                             "auto = int8 on CUDA, none on the CPU, where the int kernels are slower (default: auto)")
+    for s in SCHEMA:
+        if s.spec.flag:
+            parser.add_argument(s.flag, dest=s.name, type=_flag_type(s), choices=list(s.spec.choices) or None,
+                                default=argparse.SUPPRESS,
+                                help=f"{s.spec.description} (default: {s.default_words()})".replace("`", ""))
     parser.add_argument("--threads", type=int, default=default(None),
                         help="CPU threads for the model, either engine (default: one per physical core; 1 is fastest "
                              "for small models on a busy machine)")
@@ -46,6 +48,14 @@ def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
                              "the terminal commands to stderr)")
     parser.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="default: INFO")
+
+
+def flag_settings(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> Settings:
+    """The settings the command line gives, over ``base`` (camelCase, as a client would send them)."""
+    given = {s.key: getattr(args, s.name) for s in SCHEMA if hasattr(args, s.name)}
+    settings, errors = apply(Settings(), {**(base or {}), **given})
+    assert not errors, errors  # every flag was checked by _flag_type
+    return settings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,9 +72,6 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("file", type=Path)
     c.add_argument("--line", type=int, required=True, help="1-based line")
     c.add_argument("--column", type=int, required=True, help="1-based column, in characters (past the end: end of line)")
-    c.add_argument("--format", choices=["auto", "psm", "spm"], default="auto",
-                   help="prompt format (default: auto, the model's preferred one, else psm)")
-    c.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
     _common(c, sub=True)
     e = sub.add_parser("export-gguf", help="write a checkpoint as GGUF for llama.cpp and Ollama, and exit")
     e.add_argument("model_dir", type=Path, help="checkpoint directory (Hugging Face or Meta layout)")
@@ -137,10 +144,10 @@ def complete(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"codellama-lsp: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    model = args.model or default_model_path()
+    # The terminal waits for the whole suggestion, not the next keystroke: a minute's time budget.
+    settings = flag_settings(args, {"timeBudgetMs": 60_000})
+    model = Path(settings.model) if settings.model else default_model_path()
     _threads(args.threads)
-    settings = Settings(format=args.format, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
-                        engine=args.engine, compile=args.compile, quantize=args.quantize, time_budget_ms=60_000.0)
     try:
         backend = open_for(model, settings)
         template = detect(backend.tokenizer)
@@ -151,7 +158,9 @@ def complete(args: argparse.Namespace) -> int:
                              encoding="utf-32")
     line = min(max(args.line, 1), len(doc.lines)) - 1
     cursor = doc.cursor(line, max(args.column, 1) - 1)
-    settings = resolve_format(settings, backend.preferred_format)
+    settings, note = for_backend(settings, backend)
+    if note is not None:
+        print(note, file=sys.stderr)
     p = plan(doc, cursor, settings, template, backend.tokenizer, TokenCounter(backend.tokenizer.encode))
     result = asyncio.run(backend.agenerate(generation_request(p, settings)))
     text = shown(result, p)
@@ -178,9 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     from codellama_lsp.lsp.server import build_server
 
     _threads(args.threads)
-    settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype,
-                        engine=args.engine, compile=args.compile, quantize=args.quantize)
-    server = build_server(settings)
+    server = build_server(flag_settings(args))
     if args.log_file is None:
         _log_to_client(server, args.log_level)
     if args.tcp:

@@ -17,10 +17,6 @@ from typing import Callable, Literal, Protocol, Sequence
 # Tokens a prompt and its completion may span in the local engine: the default budgets
 # (1024 prefix + 256 suffix + 64 new tokens) fit with room, and the KV cache stays small.
 DEFAULT_CONTEXT_LENGTH = 4096
-# The torch engine's compile and quantize settings (engine.torch_runner.resolve_compile, engine.quantize),
-# here so that settings and the CLI check them without importing torch.
-COMPILE_CHOICES = ("auto", "on", "off")
-QUANTIZE_CHOICES = ("auto", "none", "int8", "int4")
 # Host memory for the engine's kept KV sequences (engine.prompt_cache), the promptCacheMb setting's default.
 PROMPT_CACHE_MB = 512
 

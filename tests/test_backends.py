@@ -350,7 +350,7 @@ def test_settings_accept_exactly_the_backends(tmp_path: Path) -> None:
     _, errors = settings_module.apply(new, {"backend": "triton", "url": "gpu-box:8000", "apiKeyEnv": "sk-123 abc"})
     assert len(errors) == 3 and "expected one of local, openai, vllm, tgi, llamacpp" in errors[0]
     assert "never goes in settings" in errors[2]
-    assert BACKENDS == ("local", "openai", "vllm", "tgi", "llamacpp")
+    assert BACKENDS == ("local", "openai", "vllm", "tgi", "llamacpp") == ("local", *PROTOCOLS)
 
 
 def test_open_backend(tiny_model_dir: Path, tokenizer_path: Path, tmp_path: Path) -> None:

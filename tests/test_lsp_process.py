@@ -207,7 +207,8 @@ def test_version_and_help() -> None:
 
 
 def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """``codellama-lsp complete`` goes the server's way: same context, prompt, engine and post-processing."""
+    """``codellama-lsp complete`` goes the server's way: same context, budgets for the device, prompt, engine and
+    post-processing."""
     import subprocess
 
     import torch
@@ -218,20 +219,26 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
     from codellama_lsp.completion.context import TokenCounter
     from codellama_lsp.documents import Document
     from codellama_lsp.engine.engine import Engine
-    from codellama_lsp.settings import Settings
+    from codellama_lsp.settings import Settings, apply, for_backend
 
     source = tmp_path / "add.py"
-    text = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+    # Long enough before the cursor that the CPU's prefix budget (512 tokens, not 1024) shapes the prompt.
+    text = "".join(f"def add{i}(a, b):\n    return a + b + {i}\n\n" for i in range(60)) + "def add(a, b):\n    return a + b\n"
     source.write_text(text)
-    out = subprocess.run([sys.executable, "-m", "codellama_lsp", "complete", str(source), "--line", "2", "--column", "12",
-                          "--model", str(tiny_model_dir), "--format", "spm", "--max-new-tokens", "8", "--threads", "1"],
-                         capture_output=True, text=True, timeout=120)
+    line = text.count("\n")
+    out = subprocess.run([sys.executable, "-m", "codellama_lsp", "complete", str(source), "--line", str(line),
+                          "--column", "12", "--model", str(tiny_model_dir), "--format", "spm", "--max-new-tokens", "8",
+                          "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     torch.set_num_threads(1)
     engine = Engine.load(tiny_model_dir, device="cpu")
-    settings = Settings(format="spm", max_new_tokens=8, time_budget_ms=60_000.0)
+    asked, _ = apply(Settings(), {"format": "spm", "maxNewTokens": 8, "timeBudgetMs": 60_000})
+    settings, _ = for_backend(asked, engine)
     doc = Document.from_text(source.as_uri(), text, encoding="utf-32")
-    p = plan(doc, doc.cursor(1, 11), settings, detect(engine.tokenizer), engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    counter = TokenCounter(engine.tokenizer.encode)
+    p = plan(doc, doc.cursor(line - 1, 11), settings, detect(engine.tokenizer), engine.tokenizer, counter)
+    gpu = plan(doc, doc.cursor(line - 1, 11), asked, detect(engine.tokenizer), engine.tokenizer, counter)
+    assert len(p.token_ids) < len(gpu.token_ids)  # the CPU's budgets, as the server would use
     assert out.stdout == shown(engine.generate(generation_request(p, settings)), p) + "\n"
 
 

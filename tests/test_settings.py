@@ -104,3 +104,43 @@ def test_budgets_follow_the_device_unless_the_client_set_them() -> None:
     assert not errors and chosen.given == {"suffix_tokens"}
     mine = for_device(chosen, on_cpu=True)
     assert (mine.suffix_tokens, mine.time_budget_ms) == (300, CPU_BUDGETS["time_budget_ms"])
+
+
+def test_the_schema_declares_each_setting_once() -> None:
+    """Keys are the fields' camelCase names; what reloads and the CPU's budgets are read from the schema."""
+    from codellama_lsp.settings import CPU_BUDGETS, SCHEMA
+
+    assert [s.key for s in SCHEMA][:5] == ["model", "device", "dtype", "format", "maxNewTokens"]
+    assert {s.key for s in SCHEMA} >= {"apiKeyEnv", "timeBudgetMs", "promptCacheMb", "instructTimeBudgetMs"}
+    assert CPU_BUDGETS == {"prefix_tokens": 512, "suffix_tokens": 64, "context_tokens": 512, "time_budget_ms": 2000.0}
+    reloading = {s.key for s in SCHEMA if s.spec.reloads}
+    free = {"device": "cpu", "url": "http://h:1/v1", "apiKeyEnv": "KEY", "model": "m", "tokenizer": "t"}
+    for s in SCHEMA:
+        if s.kind is bool:
+            other = not s.default
+        elif s.kind in (int, float):
+            other = s.spec.bounds[1]
+        else:
+            other = s.spec.choices[-1] if s.spec.choices else free[s.key]
+        changed, errors = apply(Settings(), {s.key: other})
+        assert not errors, errors
+        assert (changed.load_key != Settings().load_key) == (s.key in reloading), s.key
+
+
+def test_cli_flags_come_from_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    """A flag is checked as a client's value is; given before or after ``complete``, it is ``given``."""
+    from codellama_lsp.cli import flag_settings, parser
+
+    args = parser().parse_args(["--device", "cuda:1", "--model", " /m ", "complete", "f.py", "--line", "1",
+                                "--column", "1", "--max-new-tokens", "8", "--engine", "torch"])
+    s = flag_settings(args)
+    assert (s.device, s.model, s.max_new_tokens, s.engine) == ("cuda:1", "/m", 8, "torch")
+    assert s.given == {"device", "model", "max_new_tokens", "engine"}
+    assert flag_settings(parser().parse_args([])) == Settings()
+    for argv, message in ((["--device", "tpu"], "argument --device: expected auto, cpu, cuda, cuda:N"),
+                          (["--max-new-tokens", "2000"], "argument --max-new-tokens: expected an integer from 1 to 1024"),
+                          (["--max-new-tokens", "many"], "argument --max-new-tokens: invalid int value: 'many'"),
+                          (["--dtype", "int4"], "argument --dtype: expected one of auto, float32, bfloat16, float16")):
+        with pytest.raises(SystemExit):
+            parser().parse_args(argv)
+        assert message in capsys.readouterr().err

@@ -21,11 +21,12 @@ from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend, TextTokeni
 from codellama_lsp.backends.errors import BackendError
 from codellama_lsp.backends.remote import RemoteBackend
 from codellama_lsp.backends.wire import PROTOCOLS
+from codellama_lsp.settings import BACKEND_CHOICES, ENGINE_CHOICES
 
 log = logging.getLogger("codellama_lsp")
 
 # Setting value -> what serves completions. "local" is the in-process engine.
-BACKENDS = ("local", *PROTOCOLS)
+BACKENDS = BACKEND_CHOICES  # tests/test_backends.py checks these are "local" and the protocols of wire.py
 # What computes for the local backend: our PyTorch model, or llama.cpp's kernels on a GGUF file.
 #
 # "auto" is llama.cpp for a .gguf file on the CPU. Measured on this project's machine (2-core
@@ -47,7 +48,7 @@ BACKENDS = ("local", *PROTOCOLS)
 # a few prompt tokens and then decode tens, so decode speed is what a user waits for, and
 # llama.cpp needs a quarter of the memory. A GPU, or a checkpoint that is not GGUF, goes to
 # torch; so does an explicit dtype, compile or quantize, which only torch honours.
-ENGINES = ("auto", "torch", "llamacpp")
+ENGINES = ENGINE_CHOICES
 
 
 def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "auto", compile: str = "auto",

@@ -25,7 +25,6 @@ from typing import Any, Literal, Sequence
 from codellama_lsp.completion.templates import B_INST, Message, instruct_tokens
 
 Layout = Literal["chatml", "codellama"]
-CHAT_SETTINGS = ("auto", "chatml", "codellama", "off")
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 # Qwen2.5's chat template, the branch for a dialog without a system message (and without tools).
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."

@@ -25,8 +25,9 @@ from codellama_lsp.generation import GenerationRequest, TextTokenizer
 from codellama_lsp.completion.postprocess import END_MARKERS, drop_repeated_lines, indent_of, loop_end, whole_sentences
 from codellama_lsp.completion.chat import Chat
 from codellama_lsp.completion.families import Template
+from codellama_lsp.completion.templates import prompt_format
 from codellama_lsp.completion import instruct
-from codellama_lsp.settings import Settings, prompt_format
+from codellama_lsp.settings import Settings
 from codellama_lsp.completion.syntax import language_of, parser
 
 Style = Literal["python", "jsdoc"]
@@ -279,7 +280,7 @@ def generation_request(doc: Document, d: Definition, settings: Settings, templat
     """The engine request whose answer is ``d``'s docstring, built from the document as it is now."""
     around = sides(doc, d, settings.prefix_tokens, settings.suffix_tokens, count, layout)
     return GenerationRequest(
-        prompt=template.prompt(tokenizer, around.prefix, around.suffix, prompt_format(settings)),
+        prompt=template.prompt(tokenizer, around.prefix, around.suffix, prompt_format(settings.format)),
         stop_ids=template.stop_ids,
         max_new_tokens=MAX_TOKENS, temperature=settings.temperature,
         time_budget_ms=max(settings.time_budget_ms, TIME_BUDGET_MS), stop_strings=around.stop,

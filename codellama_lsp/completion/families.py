@@ -33,8 +33,8 @@ from typing import Any, Callable
 from codellama_lsp.completion.repo_layout import RepoContext, by_file, commented, repo_head
 from codellama_lsp.completion.snippets import Snippet
 from codellama_lsp.completion.templates import FORMATS, Format, infill_layout
+from codellama_lsp.settings import FAMILY_CHOICES
 
-FAMILY_SETTINGS = ("auto", "codellama", "qwen2.5-coder", "deepseek-coder", "starcoder2", "plain")
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def detect(tok: Any, setting: str = "auto") -> Template:
     """The template for ``tok``'s model: the family the setting names, else the first whose markers it has."""
     if setting != "auto":
         if setting not in FAMILIES:
-            raise UnknownFamily(f"unknown model family {setting!r}; expected one of {', '.join(FAMILY_SETTINGS)}")
+            raise UnknownFamily(f"unknown model family {setting!r}; expected one of {', '.join(FAMILY_CHOICES)}")
         return bind(FAMILIES[setting], tok)
     ids = _token_ids(tok)
     for family in (CODE_LLAMA, QWEN_CODER, DEEPSEEK_CODER, STARCODER2):

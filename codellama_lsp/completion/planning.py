@@ -21,9 +21,10 @@ from codellama_lsp.completion.postprocess import (STEPS, Mode, Step, block_end, 
                                                   UNFINISHED_CODE, whole_lines)
 from codellama_lsp.completion import imports
 from codellama_lsp.completion.families import Template
+from codellama_lsp.completion.templates import prompt_format
 from codellama_lsp.completion.repo_layout import RepoContext, comment_marker
 from codellama_lsp.completion.snippets import Scored, Snippet, select
-from codellama_lsp.settings import Settings, prompt_format
+from codellama_lsp.settings import Settings
 from codellama_lsp.completion.syntax import language_of, parser, trim_to_syntax
 
 
@@ -103,7 +104,7 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
     return Plan(
         mode=choose_mode(line, cursor.index),
         window=win,
-        token_ids=template.prompt(tokenizer, prefix, suffix, prompt_format(settings), ctx),
+        token_ids=template.prompt(tokenizer, prefix, suffix, prompt_format(settings.format), ctx),
         stop_ids=template.stop_ids,
         line_suffix=line[cursor.index:],
         block_indent=indent_of(head) if head.strip() else head,

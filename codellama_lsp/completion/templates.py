@@ -13,6 +13,13 @@ from typing import Literal, Protocol, Sequence
 Format = Literal["psm", "spm"]
 FORMATS: tuple[Format, ...] = ("psm", "spm")
 
+
+def prompt_format(setting: str) -> Format:
+    """The concrete layout of a ``format`` setting already resolved for its model (settings.resolve_format)."""
+    if setting not in FORMATS:
+        raise ValueError(f"format {setting!r} must be resolved for the model first (settings.resolve_format)")
+    return setting  # type: ignore[return-value]
+
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codellama_lsp.generation import QUANTIZE_CHOICES
+from codellama_lsp.settings import QUANTIZE_CHOICES
 
 
 def resolve_quantize(setting: str, device: torch.device) -> str:

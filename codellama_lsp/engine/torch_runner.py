@@ -8,7 +8,7 @@ import torch
 
 from codellama_lsp.engine.model import Transformer
 from codellama_lsp.engine.quantize import quantize_model
-from codellama_lsp.generation import COMPILE_CHOICES
+from codellama_lsp.settings import COMPILE_CHOICES
 
 
 def resolve_compile(setting: str, device: torch.device) -> bool:

@@ -38,7 +38,7 @@ from codellama_lsp.positions import negotiate
 from codellama_lsp.lsp.protocol import CURSOR_REST, REQUEST_ID, CodeLlamaProtocol
 from codellama_lsp.lsp.open_documents import OpenDocuments, Place
 from codellama_lsp.lsp.parent import watch_client
-from codellama_lsp.settings import SECTION, Settings, apply, fit_to_context, for_device, resolve_format
+from codellama_lsp.settings import SECTION, Settings, apply, for_backend
 from codellama_lsp.workspace import Workspace, uri_path
 
 log = logging.getLogger("codellama_lsp")
@@ -103,8 +103,7 @@ class CodeLlamaServer(LanguageServer):
     def request_settings(self, backend: Backend) -> Settings:
         """The settings a request uses: the budgets of ``backend``'s device where the client set none,
         format "auto" resolved for its model, and the budgets cut to fit its context, with a warning once."""
-        own = for_device(self.settings, on_cpu=str(backend.device) == "cpu")
-        fitted, note = fit_to_context(resolve_format(own, backend.preferred_format), backend.context_length)
+        fitted, note = for_backend(self.settings, backend)
         if note is not None and note != self._fit_note:
             log.warning(note)
             self.show(types.MessageType.Warning, note)

@@ -343,3 +343,58 @@ def test_vscode_instruct_edit_selection_on_the_real_model(code_server_factory, s
     explained = [a for a in answers if isinstance(a, dict) and a.get("action") == "explain"]
     assert explained and explained[-1]["markdown"].strip(), answers
     assert "Preview" in result["previewTab"], result["previewTab"]
+
+
+def test_vscode_remote_backend_from_settings(code_server_factory, server_command: list[str], tmp_path: Path):
+    """A team deployment set from VS Code's settings alone: `codellamaLsp.backend` and its key's
+    environment variable from the extension's own settings, the `url` and `apiKeyEnv` from a
+    `codellama` section in settings.json (team-deployment.md's form, passed through by the
+    extension). The ghost text Tab accepts is the remote server's answer: llama-cpp-python's
+    server, on the demo model exported as GGUF, logs the completion requests, which need its key."""
+    from codellama_lsp.devtools.llamacpp_server import LlamaCppServer
+    from codellama_lsp.engine.gguf_export import export_gguf
+    from llamacpp_support import llamacpp_model_dir
+
+    key_env, key = "CODELLAMA_E2E_REMOTE_KEY", "sk-e2e-remote-7c3a"
+    scratch = tmp_path / "llamacpp"
+    scratch.mkdir()
+    gguf = export_gguf(llamacpp_model_dir(scratch), scratch / "model.gguf")
+    remote = LlamaCppServer(gguf, scratch / "llama-server.log", api_key=key)
+    try:
+        server = code_server_factory({
+            "codellamaLsp.server.command": server_command[0],
+            "codellamaLsp.server.args": ["--stdio"],  # no --model: a remote backend loads no weights
+            "codellamaLsp.server.env": {key_env: key},
+            "codellamaLsp.backend": "openai",
+            "codellamaLsp.tokenizer": str(gguf),  # the served model's own vocabulary
+            "codellama": {"url": remote.url + "/v1", "apiKeyEnv": key_env},
+        })
+        result, context = _drive({
+            "playwrightCore": str(PLAYWRIGHT_CORE),
+            "chromium": str(CHROMIUM),
+            "url": server["url"],
+            "file": "sample.py",
+            "typeChunks": ["def greet(name):", "\n", "return", " ", "n", "a"],
+            "waitFrom": 3,
+            "hoverWord": "add",
+            "artifacts": str(ARTIFACTS),
+            "timeoutMs": 300000,
+        }, tmp_path, server)
+        served = remote.read_log()
+    finally:
+        remote.stop()
+
+    added = (server["workspace"] / "sample.py").read_text(encoding="utf-8")[len(PY_SAMPLE):]
+    suggestions = [s for s in _server_suggestions(server["data"]) if s]
+    assert any(added.endswith(s) for s in suggestions), (added, suggestions, context)
+    # The requests reached the remote server, with its key (a request without it is refused with 401).
+    assert re.search(r'"POST /v1/completions HTTP/1\.1" 200', served), served[-3000:]
+    assert " 401 " not in served, served[-3000:]
+    # The server was told the remote backend by the extension, from both places at once.
+    trace = "".join(p.read_text(encoding="utf-8", errors="replace")
+                    for p in server["data"].glob("logs/**/*Code Llama LSP Trace*.log"))
+    start = trace.find("Sending request 'initialize")
+    init = trace[start:trace.find("Received response 'initialize", start)]
+    assert '"backend": "openai"' in init and f'"url": "{remote.url}/v1"' in init, init
+    assert key not in trace and key not in _extension_log(server["data"])
+    assert re.search(r"model ready: .* engine openai", _extension_log(server["data"])), _extension_log(server["data"])[-3000:]

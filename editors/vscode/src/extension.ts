@@ -15,7 +15,15 @@ import {
   State,
 } from "vscode-languageclient/node";
 import { StatusItem, describeStatus } from "./status";
-import { SECTION, SERVER_SECTION, serverSettings, serverSettingsChanged, restartSettingsChanged } from "./settings";
+import {
+  SECTION,
+  SERVER_SECTION,
+  rawServerSection,
+  reloadSettingsChanged,
+  restartSettingsChanged,
+  serverSettings,
+  serverSettingsChanged,
+} from "./settings";
 import { INSTRUCT_COMMAND, runInstruct } from "./instruct";
 import { INSTALL_HINT, expandHome, findExecutable, missingCommand } from "./command";
 import { watchRestingCursor } from "./rest";
@@ -113,9 +121,10 @@ async function start(): Promise<void> {
     ]),
     outputChannel: log,
     traceOutputChannel: trace,
-    initializationOptions: serverSettings(cfg),
+    initializationOptions: serverSettings(cfg, rawServerSection()),
     middleware: {
-      // The server pulls its settings as the `codellama` section; answer from `codellamaLsp.*`.
+      // The server pulls its settings as the `codellama` section: `codellamaLsp.*`, with VS Code's
+      // own answer for that section (a `codellama` object in settings.json) passed through over it.
       workspace: {
         configuration: async (params, token, next) => {
           const rest = await next(params, token);
@@ -123,7 +132,7 @@ async function start(): Promise<void> {
             return rest;
           }
           return params.items.map((item, i) =>
-            item.section === SERVER_SECTION ? serverSettings(config()) : rest[i],
+            item.section === SERVER_SECTION ? serverSettings(config(), rest[i]) : rest[i],
           );
         },
       },
@@ -286,7 +295,7 @@ async function toggleSuggestions(): Promise<void> {
 }
 
 async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promise<void> {
-  if (!e.affectsConfiguration(SECTION)) {
+  if (!e.affectsConfiguration(SECTION) && !e.affectsConfiguration(SERVER_SECTION)) {
     return;
   }
   status.setEnabled(enabled());
@@ -296,12 +305,12 @@ async function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promi
   }
   // Live settings: push them to the running server.
   if (serverSettingsChanged(e) && client?.state === State.Running) {
-    const settings = serverSettings(config());
+    const settings = serverSettings(config(), rawServerSection());
     log.info(`Settings changed: ${JSON.stringify(settings)}`);
     await client.sendNotification("workspace/didChangeConfiguration", {
       settings: { [SERVER_SECTION]: settings },
     });
-    if (["model", "device", "dtype", "engine", "compile", "quantize", "family"].some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
+    if (reloadSettingsChanged(e)) {
       ready = false; // the server reloads the model
       status.loading("reloading model");
       void pollUntilReady(client);

@@ -14,24 +14,57 @@ M.defaults = {
   -- Settings sent to the server (initializationOptions, workspace/configuration and
   -- workspace/didChangeConfiguration under the "codellama" section). nil = server default.
   settings = {
-    model = nil, -- model directory; nil: the model bundled with the server
-    device = nil, -- "cpu", "cuda", ...
-    dtype = nil, -- "float32" | "bfloat16" | "float16"
-    compile = nil, -- "auto" | "on" | "off": torch engine, compile the decode step (auto: on for CUDA)
-    quantize = nil, -- "auto" | "none" | "int8" | "int4": torch engine's weights (auto: int8 on CUDA)
-    format = nil, -- "auto" (the server's default) | "psm" | "spm"
-    maxNewTokens = nil,
-    prefixTokens = nil,
-    suffixTokens = nil,
-    contextTokens = nil, -- snippets from other files (0: off)
-    temperature = nil,
-    timeBudgetMs = nil,
-    -- Instruct code actions (Explain, Write tests, Fix, Edit selection…; :help codellama-instruct)
-    chat = nil, -- "auto" (the model's chat template) | "chatml" | "codellama" | "off"
-    instructMaxTokens = nil, -- longest answer (server default 512)
-    instructTimeBudgetMs = nil, -- longest time one answer may take (server default 120000)
-    docstrings = nil, -- "infill" | "instruct": how hover docstrings are written
-    promptCacheMb = nil, -- host memory for the KV of places left behind (server default 512)
+    -- BEGIN generated settings: scripts/generate_settings.py writes them from codellama_lsp/settings.py
+    model = nil,          -- The checkpoint directory or .gguf file (local backend), or the served model's
+                          -- name (remote backends). Default: the server's --model, else the real default
+                          -- model (Qwen2.5-Coder-0.5B) when installed, else the demo model.
+    device = nil,         -- Where the model runs: auto is CUDA when available, else the CPU. Default: auto.
+    dtype = nil,          -- The torch engine's weights: auto is bfloat16 on a GPU, float32 on the CPU.
+                          -- Default: auto.
+    format = nil,         -- Infilling prompt layout, prefix-suffix-middle or suffix-prefix-middle: auto is
+                          -- the one the model declares, else psm. Default: auto.
+    maxNewTokens = nil,   -- Most tokens generated for one suggestion. Default: 64.
+    prefixTokens = nil,   -- Token budget for the text before the cursor. Default: 1024; 512 for a local
+                          -- engine on the CPU.
+    suffixTokens = nil,   -- Token budget for the text after the cursor, recomputed at each keystroke in PSM.
+                          -- Default: 256; 64 for a local engine on the CPU.
+    contextTokens = nil,  -- Token budget for snippets from other files (open documents, recent edits,
+                          -- imported files), put first in the prompt; 0 turns them off. Default: 1024; 512
+                          -- for a local engine on the CPU.
+    temperature = nil,    -- Sampling temperature; 0 is greedy, the same context the same suggestion. Default:
+                          -- 0.
+    timeBudgetMs = nil,   -- Longest time one suggestion's generation may take, from the end of its prompt;
+                          -- what is ready by then is shown, in whole lines. Default: 1000; 2000 for a local
+                          -- engine on the CPU.
+    backend = nil,        -- Where generation runs: this process's engine, or an inference server at url.
+                          -- Default: local.
+    url = nil,            -- The inference server's URL, for a remote backend. Default: none.
+    apiKeyEnv = nil,      -- The name of the environment variable holding the remote server's API key (never
+                          -- the key itself). Default: none.
+    tokenizer = nil,      -- The served model's tokenizer.model (or its directory), for a remote backend;
+                          -- none: the bundled Code Llama tokenizer. Default: none.
+    family = nil,         -- How the model is prompted for infilling (FIM tokens, layouts, stop tokens): auto
+                          -- recognises it by its vocabulary. Default: auto.
+    engine = nil,         -- What computes for the local backend: auto is llama.cpp for a .gguf file on the
+                          -- CPU when llama-cpp-python is installed, else torch. Default: auto.
+    compile = nil,        -- Torch engine: compile the one-token decode step (a CUDA graph on a GPU); auto is
+                          -- on for CUDA, off on the CPU. Default: auto.
+    quantize = nil,       -- Torch engine: the linear layers' weights in int8 or int4; auto is int8 on CUDA,
+                          -- none on the CPU. Default: auto.
+    reuseSuffix = nil,    -- Reuse the suffix's KV cache, moved, while typing in front of it: fewer tokens per
+                          -- keystroke, but approximate, and it costs exact matches. Default: false.
+    prefetch = nil,       -- Compute the next suggestion, at the end of the one shown, while you read or type
+                          -- it. Default: true.
+    chat = nil,           -- Chat layout of the Instruct actions: auto is the model's own chat template (none:
+                          -- no Instruct actions); off turns them off. Default: auto.
+    instructMaxTokens = nil, -- Longest answer of an Instruct action, in tokens. Default: 512.
+    instructTimeBudgetMs = nil, -- Longest time an Instruct action's answer may take; what was written by then
+                                -- is used. Default: 120000.
+    promptCacheMb = nil,  -- Host memory (MB) for the KV sequences of places left behind, so that a return
+                          -- computes only what changed; 0 keeps none. Default: 512.
+    docstrings = nil,     -- How docstrings are written (hover, Generate docstring): infilled between the
+                          -- signature and the body, or asked of the chat model. Default: infill.
+    -- END generated settings
   },
   -- Set 'omnifunc' to vim.lsp.omnifunc in attached buffers (<C-x><C-o> completes the
   -- suggestion as a popup item); false leaves 'omnifunc' alone.
