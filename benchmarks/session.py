@@ -23,8 +23,8 @@ through the suggestion shown), whether the engine started from a kept sequence, 
 the time budget ended its generation. Then every request that reached the model or a
 warm-up is asked again of a second server whose time budget is lifted, in the same
 document at the same place: whether the shown text equals that unbounded one is the
-budget's cost to quality. p50/p95 by kind of step; the server's RSS with its prompt cache
-as full as the sessions left it. Writes JSON (``--out``).
+budget's cost to quality. p50/p95 by kind of step; the server's RSS as the sessions left it, and
+again once new places in other files have filled the prompt cache to its budget. Writes JSON (``--out``).
 
     python benchmarks/session.py [--sessions 2] [--out benchmarks/results/session.json]
 """
@@ -235,6 +235,28 @@ class Session:
         await self.ask(b, b1, "return: other file")
 
 
+# Files visited after the sessions, one new place each, until the prompt cache is full.
+FILL = ("difflib", "argparse", "calendar", "configparser", "tarfile", "zipfile", "smtplib", "imaplib", "ftplib",
+        "pydoc", "inspect", "dataclasses", "enum", "csv", "gettext", "optparse", "pickletools", "pprint", "random",
+        "statistics", "tempfile", "threading", "traceback", "typing", "uuid", "mailbox", "plistlib", "selectors",
+        "tokenize", "trace", "webbrowser", "http.cookiejar", "urllib.parse", "asyncio.tasks", "shutil", "subprocess",
+        "ipaddress", "fractions", "decimal", "pathlib", "platform", "socket", "ssl", "codecs", "locale")
+
+
+async def fill_cache(client: Client) -> dict[str, Any]:
+    """Ask at new places in other files until one more kept sequence would pass the cache's budget; its status then."""
+    s = Session(client, -1)
+    for module in FILL:
+        cache = (await client.status())["prompt_cache"]
+        largest = max((seq["bytes"] for seq in cache["sequences"]), default=0)
+        if cache["bytes"] + largest >= cache["budget_bytes"]:
+            break
+        doc = Doc.emptied(source(module), 1)
+        client.open(doc.uri, doc.text)
+        await s.ask(doc, next(iter(doc.truth)), "filling the prompt cache")
+    return (await client.status())["prompt_cache"]
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -294,6 +316,7 @@ async def main() -> None:
     ap.add_argument("--rest-s", type=float, default=3.0, help="the cursor's rest before asking at a new place")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-unbounded", action="store_true", help="skip the comparison with unbounded suggestions")
+    ap.add_argument("--no-fill", action="store_true", help="skip filling the prompt cache before RSS is read")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "session.json")
     args = ap.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="session-"))
@@ -312,6 +335,11 @@ async def main() -> None:
             other += s.other
         status = await client.status()
         rss = rss_mb(client.process.pid)
+        full: dict[str, Any] | None = None
+        if not args.no_fill:
+            print("filling the prompt cache: a new place in each of several other files", flush=True)
+            full = await fill_cache(client)
+            full_rss = rss_mb(client.process.pid)
     finally:
         await stop(client)
     if not args.no_unbounded:
@@ -329,10 +357,18 @@ async def main() -> None:
     print(f"\nRSS {rss:.0f} MB; prompt cache {cache['bytes'] / 2**20:.0f} MB of {cache['budget_bytes'] >> 20} MB in "
           f"{len(cache['sequences'])} sequences, {cache['hits']} hits; model file {model_mb:.0f} MB; "
           f"RSS - cache - model = {rss - cache['bytes'] / 2**20 - model_mb:.0f} MB")
+    memory: dict[str, Any] = {"after_sessions_mb": rss, "model_mb": model_mb}
+    if full is not None:
+        budget = full["budget_bytes"] / 2**20
+        print(f"with the prompt cache full ({full['bytes'] / 2**20:.0f} MB in {len(full['sequences'])} sequences): "
+              f"RSS {full_rss:.0f} MB against budget {budget:.0f} + model {model_mb:.0f} + 300 = "
+              f"{budget + model_mb + 300:.0f} MB; RSS - cache - model = {full_rss - full['bytes'] / 2**20 - model_mb:.0f} MB")
+        memory.update(full_mb=full_rss, full_cache_bytes=full["bytes"], full_sequences=len(full["sequences"]),
+                      budget_mb=budget)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "settings": "the product's defaults", "threads": args.threads, "budgets": status["budgets"],
-        "table": rows, "rss_mb": rss, "prompt_cache": cache, "model_mb": model_mb,
+        "table": rows, "rss_mb": rss, "prompt_cache": cache, "model_mb": model_mb, "memory": memory,
         "requests": [{**{k: v for k, v in asdict(r).items() if k != "document"}, "same_as_unbounded": r.same_as_unbounded}
                      for r in requests],
         "other": other,

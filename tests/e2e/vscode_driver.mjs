@@ -1,7 +1,7 @@
 // Drives VS Code (code-server) in headless Chromium with playwright-core, for
 // tests/e2e/test_vscode.py. Usage:
 //   node vscode_driver.mjs <config.json>
-// config: { playwrightCore, url, file, typeChunks, hoverWord, artifacts, timeoutMs, mode, instruction }
+// config: { playwrightCore, url, file, typeChunks, hoverWord, hoverLine, artifacts, timeoutMs, mode, instruction }
 // mode: "startFailure" (a server that cannot start), "instruct" (Edit selection… with
 // `instruction`), else typing, ghost text, Tab, hover, toggle and status.
 // Writes a JSON result to stdout's last line: { ghostText, hoverText, screenshots }.
@@ -232,6 +232,13 @@ try {
     // Hover the function name: the hover shows the generated docstring.
     const word = editor.locator(".view-line span", { hasText: new RegExp(`^${cfg.hoverWord}$`) }).first();
     await page.keyboard.press("Control+Home");
+    if (cfg.hoverLine) {
+      // Go to Line (Ctrl+G) brings a function further down the file into view.
+      await page.keyboard.press("Control+G");
+      await quickInput.waitFor({ state: "visible" });
+      await quickInput.fill(`:${cfg.hoverLine}`);
+      await page.keyboard.press("Enter");
+    }
     await word.waitFor({ state: "visible" });
     const hover = page.locator(".monaco-hover:not(.hidden) .hover-contents, .monaco-hover:not(.hidden) .monaco-hover-content").first();
     for (let attempt = 0; attempt < 3; attempt++) {
