@@ -29,25 +29,15 @@ log = logging.getLogger("codellama_lsp")
 BACKENDS = BACKEND_CHOICES  # tests/test_backends.py checks these are "local" and the protocols of wire.py
 # What computes for the local backend: our PyTorch model, or llama.cpp's kernels on a GGUF file.
 #
-# "auto" is llama.cpp for a .gguf file on the CPU. Measured on this project's machine (2-core
-# Xeon, Sapphire Rapids, in a VM shared with other work): scripts/engine_speed.py under
-# `taskset -c 1`, one thread each, the real default model Qwen2.5-Coder-0.5B Q4_K_M, the
-# same 120-token prompt ids, then 32 greedy tokens one per pass; best of 3, tokens per
-# second of CPU time (of wall time in brackets: the core was shared, about 1/3 of it ours):
-#
-#                                  prefill tok/s    decode tok/s    RSS after load (4096 ctx)
-#     torch, dequantized float32     152 (51)          8.3 (2.8)         2820 MB
-#     llama.cpp, Q4_K_M               78 (26)         16.1 (5.4)          670 MB
-#
-# Decoding is memory-bound: llama.cpp reads 4.5-bit blocks where float32 reads 32 bits per
-# weight, and decodes twice as fast. Prefill is compute-bound, and PyTorch's float32 GEMM
-# beats llama.cpp's per-row Q4_K dot products there. (Its tiled K-quant kernel was 94 against
-# 74 tok/s in a paired run, but it rounds differently from the per-row one, so it is off where
-# that makes reuse and drafts exact: engine.llamacpp_kernels; its repacked-weight buffers are off
-# on a CPU that reports AMX: engine.llamacpp.cpu_advertises_amx.) An editor's requests reuse all but
-# a few prompt tokens and then decode tens, so decode speed is what a user waits for, and
-# llama.cpp needs a quarter of the memory. A GPU, or a checkpoint that is not GGUF, goes to
-# torch; so does an explicit dtype, compile or quantize, which only torch honours.
+# "auto" is llama.cpp for a .gguf file on the CPU. Decoding is memory-bound, and llama.cpp reads
+# the file's 4.5-bit blocks where the torch engine reads dequantized 32-bit weights, so it decodes
+# several times faster in a quarter of the memory, at about the same prefill speed
+# (docs/measurements.md, "Engines on the CPU"). An editor's requests reuse all but a few prompt
+# tokens and then decode tens, so decode speed is what a user waits for. llama.cpp's tiled K-quant
+# kernel rounds differently from its per-row one, so it is off where that makes reuse and drafts
+# exact (engine.llamacpp_kernels); its repacked-weight buffers are off on a CPU that reports AMX
+# (engine.llamacpp.cpu_advertises_amx). A GPU, or a checkpoint that is not GGUF, goes to torch; so
+# does an explicit dtype, compile or quantize, which only torch honours.
 ENGINES = ENGINE_CHOICES
 
 

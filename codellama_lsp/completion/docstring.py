@@ -34,21 +34,17 @@ Style = Literal["python", "jsdoc"]
 # Where the docstring's closing delimiter is: already in the suffix ("closed": the model fills
 # the string between the delimiters), or left to the model ("open": the suffix is the code after
 # the docstring, and the stop string ends the middle where the model closes it). "open" is the
-# default: on the default model, 40 HumanEval functions without their docstrings
-# (benchmarks/docstrings.py, one run), it gave a docstring for 100 % of them and named 69 % of
-# their parameters; "closed" gave one for 68 % (the model often closed the string at once) and
-# named 45 %.
+# default: on the default model it gave a docstring more often and named more parameters, where
+# "closed" often had the model close the string at once (docs/measurements.md, "Docstrings: the
+# string's layout").
 Layout = Literal["closed", "open"]
 LAYOUTS: tuple[Layout, ...] = ("closed", "open")
 LAYOUT: Layout = "open"
-# DOCSTRINGS_MEASURED: infilling ("open") stays the default over asking the chat model
-# (``instruct_request``, setting ``docstrings``). On the default model, 60 functions (40 HumanEval,
-# 20 stdlib; benchmarks/docstrings.py, one run, 1 thread): infilling gave a docstring for 97 % of
-# them, named 65 % of their parameters, ended 68 % of them at a sentence's end, p50 2.6 s;
-# Instruct 100 %, 77 %, 23 %, p50 5.1 s. Instruct names more parameters, but its longer prompt (the
-# whole function and the request) and wordier answers take twice as long, and within the same
-# 5 s budget most of its docstrings stop mid-sentence (read by hand: "Sorts every third element
-# in the list `l` in" against infilling's "Sorts every third element in the list.").
+# Infilling ("open") stays the default over asking the chat model
+# (``instruct_request``, setting ``docstrings``). Instruct names more parameters, but its longer
+# prompt (the whole function and the request) and wordier answers take twice as long, and within
+# the same budget most of its docstrings stop mid-sentence (docs/measurements.md, "Docstrings:
+# infilling or Instruct").
 
 PYTHON_DEFS = {"function_definition": "function", "class_definition": "class"}
 JS_DEFS = {

@@ -66,9 +66,8 @@ class Plan:
 
 # The file's own imports above the window take at most this share of the context budget, on top
 # of the snippets' budget: they are the current file's lines, not other files' snippets, and
-# charging them to the snippets cost the definitions of the names they import (on
-# benchmarks/repo_context.py's 200 lines the defining file was among the snippets for 155
-# lines against 170, and 24.0 % exact against 24.5 %).
+# charging them to the snippets cost the definitions of the names they import, and exact
+# matches (docs/measurements.md, "Context from other files").
 HEADER_SHARE = 0.5
 
 

@@ -23,8 +23,8 @@ which of them go in, and in what order, as pure functions:
   Shared names alone are no reason to go in: a snippet of another module that neither
   defines a name of the query nor is named by it (nor was edited recently) scores 0. Such
   look-alike code is where the model copies a wrong name from (``ActionResult:`` for
-  ``S3ControlBackend:``); leaving it out measured 24.0 % against 23.5 % exact on
-  ``benchmarks/repo_context.py``'s 200 lines, and it leaves the budget to definitions.
+  ``S3ControlBackend:``); leaving it out gave more exact matches (docs/measurements.md,
+  "Context from other files"), and it leaves the budget to definitions.
 * ``select`` takes the best-scoring snippets that fit ``budget`` tokens and drops those the
   local window already shows, once per place: a place keeps its choice while all of it is
   still there. The snippets go first in the prompt, so a changed choice recomputes the whole

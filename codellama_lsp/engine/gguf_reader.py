@@ -169,7 +169,7 @@ def _dequantize(t: Any, dtype: torch.dtype, row_order: torch.Tensor | None) -> t
     shape = _torch_shape(t)
     out = torch.empty(shape, dtype=dtype)
     # A plain ndarray view of the mapping: numpy's memmap subclass costs a Python call per slice
-    # the dequantizer takes (measured: 8 of 11 s of loading the 0.5B model went there).
+    # the dequantizer takes, most of a load's time (docs/measurements.md, "Torch engine: loading a GGUF").
     data = t.data.view(np.ndarray)
     if len(shape) == 1:  # norms and biases: small, one piece
         values = _as_torch(gguf.quants.dequantize(data, t.tensor_type)).reshape(shape)

@@ -2,7 +2,7 @@
 
 Our torch engine dequantizes a GGUF to float32 and multiplies full-size matrices; llama.cpp
 multiplies the quantized blocks directly, which on a CPU moves several times fewer bytes
-per token (measured in the comment on ``ENGINES``, codellama_lsp.backends). Everything about a
+per token (docs/measurements.md, "Engines on the CPU"). Everything about a
 request (prefix reuse, chunked prefill, drafts, stops, cancellation) stays in ``Engine``;
 this runner only evaluates tokens at positions and trims the KV memory, through
 llama-cpp-python's low-level bindings (the C API one to one):
@@ -224,12 +224,11 @@ class LlamaCppRunner:
         cparams.n_threads = cparams.n_threads_batch = max(1, threads)
         # Attention without flash attention and with a float32 KV cache: the one setup measured here
         # that is both fast on an editor's requests and batch-invariant. llama.cpp's "auto" turns
-        # flash attention on, whose CPU kernel took 1.3 s for a 41-token keystroke prefill at
-        # position 745 of the default model, against 0.7 s without it (2 threads, one run), and
-        # an f16 cache makes a token's logits depend on its batch (by up to 0.46 here), so KV reuse
-        # and drafts could change greedy text; with f32 keys and values they do not
-        # (test_every_batch_size_gives_the_same_logits). The cost: twice the KV memory (100 MB
-        # at 4096 positions for Qwen2.5-Coder-0.5B, 4.3 GB for CodeLlama-7B).
+        # flash attention on, whose CPU kernel made a keystroke's prefill slower, and an f16 cache
+        # makes a token's logits depend on its batch, so KV reuse and drafts could change greedy
+        # text; with f32 keys and values they do not (docs/measurements.md, "llama.cpp's attention").
+        # The cost: twice the KV memory (100 MB at 4096 positions for Qwen2.5-Coder-0.5B, 4.3 GB
+        # for CodeLlama-7B).
         cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
         cparams.no_perf = True
@@ -315,11 +314,10 @@ class LlamaCppRunner:
         logits after ``INVARIANCE_TOKENS`` tokens computed in one decode, in two of uneven sizes,
         and one decode per token. llama.cpp picks its matrix kernels by CPU and batch size
         (weights repacked for AVX2/AVX-512 take multiples of 4 rows, the rest go row by row),
-        and on some CPUs they round differently. On an AVX-512 EPYC here, with the repacked
-        weights, 101 of 101 positions of textwrap.py differed between a one-token decode and a
-        batch (up to 0.51 in a logit, the greedy token at 3), and 95 of 101 without them, though
-        the first few positions often agree; the AVX2 machines of earlier runs gave the same
-        bits. Where a batch rounds differently, checking drafts in one pass is not decoding them
+        and on some CPUs they round differently: on an AVX-512 EPYC nearly every position
+        differed, by enough to change a greedy token, while the AVX2 machines of earlier runs gave
+        the same bits (docs/measurements.md, "Batch invariance and llama.cpp's tiled kernel").
+        Where a batch rounds differently, checking drafts in one pass is not decoding them
         one by one, so the engine then checks none (``open_llamacpp``).
         """
         if self._ctx is None:

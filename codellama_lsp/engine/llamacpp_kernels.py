@@ -2,13 +2,13 @@
 
 llama.cpp's CPU backend multiplies K-quant weights by a batch of 8 or more tokens with its
 "tiled" kernel (ggml/src/ggml-cpu/tiled/tiled.cpp) and by fewer with the per-row dot
-product; the two round differently (logits differ by up to 0.4). With the tiled kernel off
-(``GGML_CPU_TILED_MM=0``), a token's logits are the same bits whichever batch it is in, on
-the AVX2 machines of earlier runs: KV reuse is exact and lookup drafts can be checked
-several per pass (``LlamaCppRunner.batch_invariant`` measures it). On other CPUs other
-kernels round a batch differently all the same (an AVX-512 EPYC here: 101 of 101 positions),
-and there the switch costs prefill speed for nothing: model-computed keystrokes took 685
-against 592 ms (p50, ``benchmarks/peer.py --sides local --threads 2``, one run each).
+product; the two round differently. With the tiled kernel off (``GGML_CPU_TILED_MM=0``), a
+token's logits are the same bits whichever batch it is in, on the AVX2 machines of earlier
+runs: KV reuse is exact and lookup drafts can be checked several per pass
+(``LlamaCppRunner.batch_invariant`` measures it). On other CPUs (an AVX-512 EPYC) other
+kernels round a batch differently all the same, and there the switch costs prefill speed for
+nothing: model-computed keystrokes were slower with it (docs/measurements.md, "Batch
+invariance and llama.cpp's tiled kernel").
 
 llama.cpp reads the switch once per process, at its first matrix product, so the answer
 has to be known before a model is loaded: it is the measurement of an earlier process on

@@ -73,12 +73,10 @@ def fuse_linears(*linears: nn.Linear) -> Projection:
 
     The parameters keep their names, shapes and values (checkpoints and state_dict are
     unchanged) and no memory is duplicated. Inference then needs one matmul where it
-    needed several, in the layout the GEMV kernels read fastest: input-major for float32
-    (measured here: the 8192×192 LM head in ~0.6× the time), but output-major, nn.Linear's
-    own, for bfloat16 and float16 on the CPU, whose kernels read input-major at about half
-    the speed (measured here on CodeLlama-7B's shapes, one thread: bf16 5.1 vs 2.7 GB/s
-    for q/k/v, 4.8 vs 1.7 for the LM head). A GPU keeps input-major, as before (untested
-    here). One linear alone just gets the layout.
+    needed several, in the layout the GEMV kernels read fastest: input-major for float32,
+    but output-major, nn.Linear's own, for bfloat16 and float16 on the CPU, whose kernels
+    read input-major at about half the speed (docs/measurements.md, "Torch engine: the layout
+    of fused weights"). A GPU keeps input-major, as before (untested here). One linear alone just gets the layout.
     """
     weight = linears[0].weight
     if weight.dtype != torch.float32 and weight.device.type == "cpu":

@@ -4,20 +4,12 @@ Decoding one token reads every weight once, so its speed is the weights' bytes o
 bandwidth; storing them in 8 or 4 bits instead of 16 is what makes a GPU decode faster.
 Activations, the embedding table, norms and the KV cache stay in the model's dtype.
 
-"auto" is int8 on CUDA and none on the CPU. On CUDA, gpt-fast's published A100 numbers for
-Llama-2-7B (github.com/pytorch-labs/gpt-fast, README) are 104.9 tok/s in bf16, 155.6 in
-int8 and 196.8 in int4; int8 is the safe default because per-channel int8 barely moves the
-logits while int4 changes greedy tokens more often (tests/test_quantize.py measures both).
-On this project's CPU (torch 2.13, one Sapphire Rapids core) the quantized kernels are far
-below the float32 GEMV, which reads at the memory bandwidth: scripts/decode_speed.py,
-one run, one token through a 4864×896 linear (Qwen2.5-Coder-0.5B's MLP width), weights
-read per second of CPU time:
-
-    float32 F.linear (input-major)    21.4 GB/s   0.81 ms
-    _weight_int8pack_mm                1.15 GB/s  3.80 ms
-    _weight_int4pack_mm_for_cpu        0.24 GB/s  10.4 ms
-
-so on the CPU quantization would make decoding slower, not faster.
+"auto" is int8 on CUDA and none on the CPU. On CUDA, gpt-fast's published numbers make int8
+and int4 decode faster than bf16; int8 is the safe default because per-channel int8 barely
+moves the logits while int4 changes greedy tokens more often (tests/test_quantize.py measures
+both). On the CPU PyTorch's quantized kernels read weights far slower than the float32 GEMV,
+which reads at the memory bandwidth, so quantization would make decoding slower, not faster
+(docs/measurements.md, "Torch engine: quantized kernels", which also quotes gpt-fast).
 """
 
 from __future__ import annotations

@@ -15,17 +15,10 @@ def resolve_compile(setting: str, device: torch.device) -> bool:
     """Whether ``setting`` compiles the decode step on ``device``; a ValueError for an unknown value.
 
     "auto" is on for CUDA, where a CUDA graph removes the per-kernel launch cost that
-    dominates a small model's decode step, and off on the CPU: scripts/decode_speed.py, one
-    run on this project's CPU (one core of a 2-core Sapphire Rapids VM, one thread), greedy
-    decode at positions 16..48 of a 4096-token cache, tokens per second:
-
-                                     eager   static eager   compiled   first compiled step
-        bundled demo model            564        253           405          57 s
-        Qwen2.5-Coder-0.5B, float32   6.9        4.5           5.5         108 s
-
-    On the CPU the compiled static step is slower than eager (the static step attends over
-    the whole 4096-row cache, which Inductor does not win back) and compiling holds up the
-    first suggestion for one to two minutes.
+    dominates a small model's decode step, and off on the CPU, where the compiled static step
+    is slower than eager (it attends over the whole cache, which Inductor does not win back)
+    and compiling holds up the first suggestion for minutes (docs/measurements.md, "Torch
+    engine: compiling the decode step on the CPU").
     """
     if setting not in COMPILE_CHOICES:
         raise ValueError(f"unknown compile {setting!r}; expected one of {', '.join(COMPILE_CHOICES)}")

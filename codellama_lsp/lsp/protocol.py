@@ -206,8 +206,9 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-# Our own notification: the client's cursor has rested at a place (~300 ms without a keystroke or
-# a move), so the server computes the suggestion there before it is asked for (server.warm).
+# Our own notification: the client's cursor has rested at a place (a moment without a keystroke
+# or a move; docs/server.md, "Warm-up"), so the server computes the suggestion there before it is
+# asked for (server.warm).
 CURSOR_REST = "codellama/cursorRest"
 
 
