@@ -98,7 +98,7 @@ def test_llamacpp_splice_approximates_as_ours_does(tmp_path: Path) -> None:
         lcpp.truncate(0)
         lcpp.forward(A + S, 0, last_only=True)
         lcpp.splice(a, a, a + s, len(typed), typed)
-        return lcpp.forward(LAST, a + len(typed) + s, last_only=True)[-1]
+        return torch.from_numpy(lcpp.forward(LAST, a + len(typed) + s, last_only=True)[-1])
 
     try:
         got, other = spliced(X), spliced([900, 901, 902])

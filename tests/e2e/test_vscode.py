@@ -308,7 +308,9 @@ def test_vscode_default_model_at_default_settings_ghost_text_and_docstring(code_
         "hoverWord": "_compile_pattern",
         "hoverLine": at + 1,
         "artifacts": str(ARTIFACTS),
-        "timeoutMs": 120000,
+        # The first prompt in this 190-line file is a cold one of several hundred tokens, and each
+        # chunk typed supersedes the last: on a busy 2-core machine a chunk may wait tens of seconds.
+        "timeoutMs": 300000,
     }, tmp_path, server)
     ghost = result["ghostText"]
     drawn = (ghost["inline"] + "".join(ghost["lines"])).replace("\u00a0", " ").strip()
