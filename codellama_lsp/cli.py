@@ -12,12 +12,21 @@ from typing import TYPE_CHECKING
 
 from codellama_lsp import __version__
 from codellama_lsp.generation import COMPILE_CHOICES, QUANTIZE_CHOICES
-from codellama_lsp.settings import Settings, resolve_format
+from codellama_lsp.settings import Settings, check_setting, resolve_format
 
 if TYPE_CHECKING:
     from codellama_lsp.lsp.server import CodeLlamaServer
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _context_length(value: str) -> int | str:
+    """``--context-length``: checked as the contextLength setting is."""
+    parsed: int | str = int(value) if value.isdigit() else value
+    problem = check_setting("contextLength", parsed)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return parsed
 
 
 def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
@@ -38,6 +47,9 @@ def _common(parser: argparse.ArgumentParser, sub: bool = False) -> None:
     parser.add_argument("--quantize", default=default("auto"), choices=list(QUANTIZE_CHOICES),
                         help="torch engine: the linear layers' weights in int8 (per channel) or int4 (per group); "
                              "auto = int8 on CUDA, none on the CPU, where the int kernels are slower (default: auto)")
+    parser.add_argument("--context-length", type=_context_length, default=default("auto"),
+                        help="positions the engine's KV cache holds: a length up to what the model supports, or "
+                             "auto = 4096 on the CPU, 16384 on a GPU; planned in memory before loading (default: auto)")
     parser.add_argument("--threads", type=int, default=default(None),
                         help="CPU threads for the model, either engine (default: PyTorch's choice; 1 is fastest "
                              "for small models on a busy machine)")
@@ -141,7 +153,8 @@ def complete(args: argparse.Namespace) -> int:
     model = args.model or default_model_path()
     _threads(args.threads)
     settings = Settings(format=args.format, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
-                        engine=args.engine, compile=args.compile, quantize=args.quantize, time_budget_ms=60_000.0)
+                        engine=args.engine, compile=args.compile, quantize=args.quantize, time_budget_ms=60_000.0,
+                        context_length=args.context_length)
     try:
         backend = open_for(model, settings)
         template = detect(backend.tokenizer)
@@ -180,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
 
     _threads(args.threads)
     settings = Settings(model=str(args.model) if args.model else None, device=args.device, dtype=args.dtype,
-                        engine=args.engine, compile=args.compile, quantize=args.quantize)
+                        engine=args.engine, compile=args.compile, quantize=args.quantize,
+                        context_length=args.context_length)
     server = build_server(settings)
     if args.log_file is None:
         _log_to_client(server, args.log_level)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal, Mapping
 from codellama_lsp.completion.chat import CHAT_SETTINGS
 from codellama_lsp.completion.families import FAMILY_SETTINGS
 from codellama_lsp.completion.templates import Format
-from codellama_lsp.generation import COMPILE_CHOICES, PROMPT_CACHE_MB, QUANTIZE_CHOICES
+from codellama_lsp.generation import COMPILE_CHOICES, CPU_CONTEXT_LENGTH, MIN_CONTEXT_LENGTH, PROMPT_CACHE_MB, QUANTIZE_CHOICES
 
 SECTION = "codellama"
 FormatSetting = Literal["auto", "psm", "spm"]
@@ -70,6 +70,10 @@ class Settings:
     # Host memory for KV sequences of places left behind (engine.prompt_cache), so that a return
     # to a place, a file or after a hover computes only what changed; 0 keeps none.
     prompt_cache_mb: int = PROMPT_CACHE_MB
+    # Positions the engine's KV cache holds (engine.memory_plan): a length up to what the model supports,
+    # or "auto" (4096 on the CPU, 16384 on a GPU); planned in memory before loading. For a remote
+    # backend, the server's window: the budgets are cut and scaled to fit it ("auto": unknown).
+    context_length: int | str = "auto"
     # How docstrings are written (hover, "Generate docstring"): "infill" between the signature and
     # the body, or "instruct", asked of the chat model; infill, as measured (DOCSTRINGS_MEASURED in completion/docstring.py).
     docstrings: str = "infill"
@@ -80,7 +84,7 @@ class Settings:
     def load_key(self) -> tuple[str | None, ...]:
         """What the loaded engine (or server connection) depends on: a change reloads it."""
         return (self.model, self.device, self.dtype, self.backend, self.url, self.api_key_env, self.tokenizer,
-                self.family, self.engine, self.compile, self.quantize, self.reuse_suffix)
+                self.family, self.engine, self.compile, self.quantize, self.reuse_suffix, self.context_length)
 
 
 # Tokens a prompt holds beyond its prefix and suffix budgets: BOS, <PRE>, <SUF>, <MID>, and the
@@ -119,16 +123,29 @@ CPU_BUDGETS: dict[str, Any] = {"prefix_tokens": 512, "suffix_tokens": 64, "time_
                                "context_tokens": 512}
 
 
-def for_device(s: Settings, on_cpu: bool) -> Settings:
-    """``s`` with the budgets the client did not set made those of a local engine on the CPU (``on_cpu``).
+# The budgets that grow with the window where filling it is cheap (``for_device``): their defaults
+# are sized for a CPU_CONTEXT_LENGTH window.
+WINDOW_BUDGETS = ("prefix_tokens", "suffix_tokens", "context_tokens")
 
-    The defaults in ``Settings`` are for a GPU or a server, where a 256-token suffix costs
+
+def for_device(s: Settings, on_cpu: bool, context_length: int | None = None) -> Settings:
+    """``s`` with the budgets the client did not set made those of the device and the window.
+
+    On the CPU (``on_cpu``, a local engine) they are ``CPU_BUDGETS``, whatever the window: the
+    defaults in ``Settings`` are for a GPU or a server, where a 256-token suffix costs
     milliseconds; on the CPU it costs seconds per keystroke, and a 1 s time budget would end
-    most suggestions before their first line.
+    most suggestions before their first line. Elsewhere the prefix, suffix and other files'
+    context grow in proportion to a ``context_length`` window longer than 4,096 positions, so a
+    16k window holds four times the repository context; the long prefix is computed once and
+    stays in the KV cache while the user types, and the suffix, recomputed per keystroke in
+    PSM, costs milliseconds there.
     """
-    if not on_cpu:
+    if on_cpu:
+        return replace(s, **{k: v for k, v in CPU_BUDGETS.items() if k not in s.given})
+    if context_length is None or context_length <= CPU_CONTEXT_LENGTH:
         return s
-    return replace(s, **{k: v for k, v in CPU_BUDGETS.items() if k not in s.given})
+    return replace(s, **{k: getattr(s, k) * context_length // CPU_CONTEXT_LENGTH
+                         for k in WINDOW_BUDGETS if k not in s.given})
 
 
 def resolve_format(s: Settings, preferred: str | None) -> Settings:
@@ -195,6 +212,12 @@ def _path(v: Any) -> str | None:
     return None if v is None or (isinstance(v, str) and v.strip()) else "expected a path"
 
 
+def _context_length(v: Any) -> str | None:
+    """"auto" or a length; the model's own maximum is checked when it loads (engine.memory_plan)."""
+    problem = _int_range(MIN_CONTEXT_LENGTH, 1 << 20)(v)
+    return None if v == "auto" or problem is None else f"expected auto or {problem.removeprefix('expected ')}"
+
+
 def _strip(v: Any) -> Any:
     return v.strip() if isinstance(v, str) else v
 
@@ -231,8 +254,14 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "instructTimeBudgetMs": ("instruct_time_budget_ms", _number_range(100, 600_000), float),
     "docstrings": ("docstrings", _choice("infill", "instruct"), _same),
     "promptCacheMb": ("prompt_cache_mb", _int_range(0, 1 << 20), _same),
+    "contextLength": ("context_length", _context_length, _same),
 }
 assert {f for f, _, _ in _KEYS.values()} == {f.name for f in fields(Settings)} - {"given"}
+
+
+def check_setting(key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the camelCase setting ``key`` (None: valid), for flags that mirror settings."""
+    return _KEYS[key][1](value)
 
 
 def section_of(raw: Any) -> Any:

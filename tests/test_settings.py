@@ -104,3 +104,33 @@ def test_budgets_follow_the_device_unless_the_client_set_them() -> None:
     assert not errors and chosen.given == {"suffix_tokens"}
     mine = for_device(chosen, on_cpu=True)
     assert (mine.suffix_tokens, mine.time_budget_ms) == (300, CPU_BUDGETS["time_budget_ms"])
+
+
+def test_context_length_setting() -> None:
+    assert Settings().context_length == "auto"
+    for value in ("auto", 256, 16384, 100_000):
+        s, errors = apply(Settings(), {"contextLength": value})
+        assert errors == [] and s.context_length == value
+        assert (s.load_key != Settings().load_key) == (value != "auto")  # a change reloads the model
+    for bad in (255, 0, "16k", 4096.0, True, None):
+        after, errors = apply(Settings(), {"contextLength": bad})
+        assert after == Settings()
+        assert errors == [f"invalid value {bad!r} for codellama.contextLength: expected auto or an integer from 256 "
+                          "to 1048576; keeping 'auto'"]
+
+
+def test_budgets_grow_with_the_window_off_the_cpu() -> None:
+    """A GPU's or server's budgets scale with a window past 4096; the CPU's, and the client's own, do not."""
+    from codellama_lsp.settings import CPU_BUDGETS, for_device
+
+    default = Settings()
+    for window in (None, 2048, 4096):
+        assert for_device(default, on_cpu=False, context_length=window) == default
+    long = for_device(default, on_cpu=False, context_length=16384)
+    assert (long.prefix_tokens, long.suffix_tokens, long.context_tokens) == (4096, 1024, 4096)
+    assert long.max_new_tokens == default.max_new_tokens and long.time_budget_ms == default.time_budget_ms
+    assert fit_to_context(long, 16384) == (long, None)  # the scaled budgets fit their window
+    cpu = for_device(default, on_cpu=True, context_length=16384)
+    assert (cpu.prefix_tokens, cpu.context_tokens) == (CPU_BUDGETS["prefix_tokens"], CPU_BUDGETS["context_tokens"])
+    mine, _ = apply(default, {"prefixTokens": 700})
+    assert for_device(mine, on_cpu=False, context_length=16384).prefix_tokens == 700

@@ -222,6 +222,17 @@ def read_gguf(path: str | Path) -> GgufCheckpoint:
     return GgufCheckpoint(path=path, arch=arch, config=config, args=args, reader=reader, _tensors=tensors)
 
 
+def gguf_args(reader: gguf.GGUFReader, path: Path) -> ModelArgs:
+    """The hyperparameters in the metadata of the GGUF at ``path`` alone: for planning memory, also
+    of files whose tensor types only llama.cpp computes in (``read_gguf`` refuses those)."""
+    arch = str(_get(reader, path, "general.architecture"))
+    tensors = {name: t for t in reader.tensors if (name := hf_name(t.name)) is not None}
+    try:
+        return ModelArgs.from_hf_config(_hf_config(reader, path, arch, tensors))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
 def open_gguf(path: Path) -> gguf.GGUFReader:
     """A ``GGUFReader`` on ``path``, or a CheckpointError saying what is wrong with the file."""
     try:

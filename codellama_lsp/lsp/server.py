@@ -103,7 +103,7 @@ class CodeLlamaServer(LanguageServer):
     def request_settings(self, backend: Backend) -> Settings:
         """The settings a request uses: the budgets of ``backend``'s device where the client set none,
         format "auto" resolved for its model, and the budgets cut to fit its context, with a warning once."""
-        own = for_device(self.settings, on_cpu=str(backend.device) == "cpu")
+        own = for_device(self.settings, on_cpu=str(backend.device) == "cpu", context_length=backend.context_length)
         fitted, note = fit_to_context(resolve_format(own, backend.preferred_format), backend.context_length)
         if note is not None and note != self._fit_note:
             log.warning(note)
