@@ -80,17 +80,17 @@ def code_tokens(encode: Callable[[str], list[int]], n: int) -> list[int]:
     raise SystemExit(f"the standard library has fewer than {n} tokens")
 
 
-def open_engine(kind: str, model: Path, context_length: int, threads: int) -> Engine:
+def open_engine(kind: str, model: Path, context_length: int, threads: int, device: str) -> Engine:
     """The engine as the server opens it, with lookup drafts and the prompt cache off (plain one-token decode)."""
     if kind == "llamacpp":
         from codellama_lsp.engine.llamacpp import open_llamacpp
 
         return open_llamacpp(model, context_length, threads, draft_tokens=0, prompt_cache_bytes=0)
-    return Engine.load(model, device="cpu", context_length=context_length, draft_tokens=0, prompt_cache_bytes=0)
+    return Engine.load(model, device=device, context_length=context_length, draft_tokens=0, prompt_cache_bytes=0)
 
 
 def speed(engines: list[str], lengths: list[int], model: Path, threads: int, decode: int,
-          max_seconds: float) -> list[dict[str, Any]]:
+          max_seconds: float, device: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for kind in engines:
         previous: tuple[int, float] | None = None
@@ -104,7 +104,7 @@ def speed(engines: list[str], lengths: list[int], model: Path, threads: int, dec
                 continue
             t0 = time.perf_counter()
             try:
-                engine = open_engine(kind, model, n + decode + 16, threads)
+                engine = open_engine(kind, model, n + decode + 16, threads, device)
             except ContextTooLong as exc:
                 row["skipped"] = str(exc)
                 print(row, flush=True)
@@ -200,11 +200,12 @@ def far_prompt(t: rc.Task, template: Template, tok: Any, count: Callable[[str], 
         snippets = snippets[1:]
 
 
-def far(tasks: int, model: Path, kind: str, threads: int, distance: int, long_window: int) -> dict[str, Any]:
+def far(tasks: int, model: Path, kind: str, threads: int, distance: int, long_window: int,
+        device: str) -> dict[str, Any]:
     chosen = far_tasks(tasks)
     out: dict[str, Any] = {"distance": distance, "engine": kind, "windows": {}}
     for window in (4096, long_window):
-        engine = open_engine(kind, model, window, threads)
+        engine = open_engine(kind, model, window, threads, device)
         tok, template = engine.tokenizer, detect(engine.tokenizer)
         count = TokenCounter(tok.encode)
         rows = []
@@ -262,17 +263,23 @@ def main() -> None:
     ap.add_argument("--distance", type=int, default=10_000, help="tokens from the definition to the cursor")
     ap.add_argument("--long-window", type=int, default=16384)
     ap.add_argument("--far-engine", default="torch", help="the engine of the far-definition tasks (the faster prefill here)")
+    ap.add_argument("--device", default="cpu", help="the torch engine's device (llamacpp runs on the CPU)")
     ap.add_argument("--json", type=Path, default=RESULTS / "long_context.json")
+    ap.add_argument("--table", type=Path, default=None, help="only print the table of this earlier run's JSON")
     opts = ap.parse_args()
+    if opts.table is not None:
+        print(table(json.loads(opts.table.read_text())))
+        return
     torch.set_num_threads(opts.threads)
     model = opts.model or default_gguf()
     report: dict[str, Any] = {"model": str(model), "threads": opts.threads, "decode": opts.decode,
                               "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}"}
     if opts.part in ("speed", "both"):
         report["speed"] = speed(opts.engines.split(","), [int(x) for x in opts.lengths.split(",")], model,
-                                opts.threads, opts.decode, opts.max_seconds)
+                                opts.threads, opts.decode, opts.max_seconds, opts.device)
     if opts.part in ("far", "both"):
-        report["far"] = far(opts.tasks, model, opts.far_engine, opts.threads, opts.distance, opts.long_window)
+        report["far"] = far(opts.tasks, model, opts.far_engine, opts.threads, opts.distance, opts.long_window,
+                            opts.device)
     opts.json.parent.mkdir(parents=True, exist_ok=True)
     opts.json.write_text(json.dumps(report, indent=1))
     print(table(report))
