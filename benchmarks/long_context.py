@@ -90,8 +90,8 @@ def open_engine(kind: str, model: Path, context_length: int, threads: int, devic
 
 
 def speed(engines: list[str], lengths: list[int], model: Path, threads: int, decode: int,
-          max_seconds: float, device: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+          max_seconds: float, device: str, rows: list[dict[str, Any]], save: Callable[[], None]) -> None:
+    """Each row appended to ``rows`` and ``save``d as it is measured, so a run cut short keeps what it measured."""
     for kind in engines:
         previous: tuple[int, float] | None = None
         for n in sorted(lengths):
@@ -122,7 +122,7 @@ def speed(engines: list[str], lengths: list[int], model: Path, threads: int, dec
                        decode_tok_s=round(result.generated_tokens / result.decode_ms * 1000, 2))
             previous = (n, result.prefill_ms / 1000)
             print(row, flush=True)
-    return rows
+            save()
 
 
 def defining_module(t: rc.Task) -> Path | None:
@@ -274,14 +274,19 @@ def main() -> None:
     model = opts.model or default_gguf()
     report: dict[str, Any] = {"model": str(model), "threads": opts.threads, "decode": opts.decode,
                               "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}"}
+    opts.json.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        opts.json.write_text(json.dumps(report, indent=1))
+
     if opts.part in ("speed", "both"):
-        report["speed"] = speed(opts.engines.split(","), [int(x) for x in opts.lengths.split(",")], model,
-                                opts.threads, opts.decode, opts.max_seconds, opts.device)
+        report["speed"] = []
+        speed(opts.engines.split(","), [int(x) for x in opts.lengths.split(",")], model, opts.threads, opts.decode,
+              opts.max_seconds, opts.device, report["speed"], save)
     if opts.part in ("far", "both"):
         report["far"] = far(opts.tasks, model, opts.far_engine, opts.threads, opts.distance, opts.long_window,
                             opts.device)
-    opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(json.dumps(report, indent=1))
+    save()
     print(table(report))
 
 
