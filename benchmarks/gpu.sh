@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path verified in one go, on a machine with one CUDA GPU (issue #13, item 6); about 6 minutes.
+# The GPU path verified in one go, on a machine with one CUDA GPU (issue #13, item 6); about 10 minutes.
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]        # default OUT_DIR: benchmarks/results/gpu
 #
@@ -10,7 +10,9 @@
 #    and on, decode tok/s and the fraction of the GPU's measured copy bandwidth (HBM);
 # 4. benchmarks/scale.py on CodeLlama-7B's shape, bf16 and int8, compile off and on (8 layers of the
 #    32 keep the four runs inside the time; decode reads per layer, so the fraction is the same);
-# 5. one table of every configuration, written to OUT_DIR/gpu.md, each run's JSON beside it.
+# 5. benchmarks/long_context.py: 8k/16k/32k-token prompts through the torch engine on the GPU (the llamacpp
+#    engine is CPU-only), and the far-definition tasks at contextLength 4096 against 32768;
+# 6. one table of every configuration, written to OUT_DIR/gpu.md, each run's JSON beside it.
 # Each step has its own time limit and a failed step does not stop the others; the exit status is
 # the number of failed steps.
 set -uo pipefail
@@ -46,6 +48,8 @@ for q in none int8; do
             --quantize "$q" --compile "$c" --context-length 4096 --json "$OUT/scale_${q}_${c}.json"
     done
 done
+step long_context 240 python benchmarks/long_context.py --device cuda --engines torch --lengths 8192,16384,32768 \
+    --tasks 8 --long-window 32768 --max-seconds 120 --json "$OUT/long_context.json"
 
 python - "$OUT" <<'EOF' | tee "$OUT/gpu.md"
 import json, pathlib, sys
@@ -54,6 +58,8 @@ print("| run | configuration | prefill tok/s | decode tok/s | bytes/step GB | HB
 print("|---|---|---:|---:|---:|---:|---:|")
 for f in sorted(out.glob("*.json")):
     r = json.loads(f.read_text())
+    if "speed" in r:  # benchmarks/long_context.py: its own table, below
+        continue
     if "configurations" in r:  # benchmarks/engine.py
         for name, c in r["configurations"].items():
             print(f"| real model | {name} | {c['prefill_tok_s']:.0f} | {c['decode_tok_s']:.1f} | "
@@ -63,5 +69,6 @@ for f in sorted(out.glob("*.json")):
               f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | {r['bytes_per_step'] / 1e9:.3f} | "
               f"{r['memory_bandwidth_gb_s']:.0f} | {r['decode_bandwidth_fraction']:.2f} |")
 EOF
+python benchmarks/long_context.py --table "$OUT/long_context.json" | tee -a "$OUT/gpu.md"
 echo "failed steps: $failed"
 exit "$failed"

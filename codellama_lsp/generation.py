@@ -14,9 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, Sequence
 
-# Tokens a prompt and its completion may span in the local engine: the default budgets
-# (1024 prefix + 256 suffix + 64 new tokens) fit with room, and the KV cache stays small.
-DEFAULT_CONTEXT_LENGTH = 4096
+# Tokens a prompt and its completion may span, for the contextLength setting's "auto"
+# (engine.memory_plan.auto_context_length): on the CPU the default budgets (1024 prefix + 256
+# suffix + 64 new tokens) fit with room and the KV cache stays small; on a GPU, Code Llama's
+# training length, where a long repository context costs milliseconds to fill.
+CPU_CONTEXT_LENGTH = 4096
+ACCELERATOR_CONTEXT_LENGTH = 16384
+# contextLength's least value: a shorter window would not hold the CPU's prompt budgets.
+MIN_CONTEXT_LENGTH = 256
 # Host memory for the engine's kept KV sequences (engine.prompt_cache), the promptCacheMb setting's default.
 PROMPT_CACHE_MB = 512
 

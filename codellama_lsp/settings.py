@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from codellama_lsp.generation import PROMPT_CACHE_MB, Backend
+from codellama_lsp.generation import CPU_CONTEXT_LENGTH, MIN_CONTEXT_LENGTH, PROMPT_CACHE_MB, Backend
 
 SECTION = "codellama"
 
@@ -147,6 +147,11 @@ class Settings:
     prompt_cache_mb: int = setting(PROMPT_CACHE_MB, "Host memory (MB) for the KV sequences of places left behind, so "
                                                     "that a return computes only what changed; 0 keeps none.",
                                    bounds=(0, 1 << 20))
+    context_length: int | None = setting(
+        None, "Positions the engine's KV cache holds, up to what the model supports, planned in memory before "
+              "loading; for a remote backend, the server's window, which the budgets are cut to.",
+        bounds=(MIN_CONTEXT_LENGTH, 1 << 20), reloads=True, flag=True,
+        default_text="auto: 4096 on the CPU, 16384 on a GPU (halved until it fits); unknown for a remote server")
     docstrings: str = setting("infill", "How docstrings are written (hover, Generate docstring): infilled between the "
                                         "signature and the body, or asked of the chat model.",
                               choices=DOCSTRING_CHOICES)
@@ -256,16 +261,29 @@ BY_KEY: dict[str, Setting] = {s.key: s for s in SCHEMA}
 CPU_BUDGETS: dict[str, Any] = {s.name: s.spec.cpu for s in SCHEMA if s.spec.cpu is not None}
 
 
-def for_device(s: Settings, on_cpu: bool) -> Settings:
-    """``s`` with the budgets the client did not set made those of a local engine on the CPU (``on_cpu``).
+# The budgets that grow with the window where filling it is cheap (``for_device``): their defaults
+# are sized for a CPU_CONTEXT_LENGTH window.
+WINDOW_BUDGETS = ("prefix_tokens", "suffix_tokens", "context_tokens")
 
-    The defaults in ``Settings`` are for a GPU or a server, where a 256-token suffix costs
+
+def for_device(s: Settings, on_cpu: bool, context_length: int | None = None) -> Settings:
+    """``s`` with the budgets the client did not set made those of the device and the window.
+
+    On the CPU (``on_cpu``, a local engine) they are ``CPU_BUDGETS``, whatever the window: the
+    defaults in ``Settings`` are for a GPU or a server, where a 256-token suffix costs
     milliseconds; on the CPU it costs seconds per keystroke, and a 1 s time budget would end
-    most suggestions before their first line.
+    most suggestions before their first line. Elsewhere the prefix, suffix and other files'
+    context grow in proportion to a ``context_length`` window longer than CPU_CONTEXT_LENGTH, so
+    a 16k window holds four times the repository context; the long prefix is computed once and
+    stays in the KV cache while the user types, and the suffix, recomputed per keystroke in
+    PSM, costs milliseconds there.
     """
-    if not on_cpu:
+    if on_cpu:
+        return replace(s, **{k: v for k, v in CPU_BUDGETS.items() if k not in s.given})
+    if context_length is None or context_length <= CPU_CONTEXT_LENGTH:
         return s
-    return replace(s, **{k: v for k, v in CPU_BUDGETS.items() if k not in s.given})
+    return replace(s, **{k: getattr(s, k) * context_length // CPU_CONTEXT_LENGTH
+                         for k in WINDOW_BUDGETS if k not in s.given})
 
 
 # Tokens a prompt holds beyond its prefix and suffix budgets: BOS, <PRE>, <SUF>, <MID>, and the
@@ -304,8 +322,13 @@ def resolve_format(s: Settings, preferred: str | None) -> Settings:
 def for_backend(s: Settings, backend: Backend) -> tuple[Settings, str | None]:
     """The settings a request to ``backend`` uses: its device's budgets where the client set none, format
     "auto" resolved for its model, and the budgets cut to fit its context (with the message saying so)."""
-    own = for_device(s, on_cpu=str(backend.device) == "cpu")
+    own = for_device(s, on_cpu=str(backend.device) == "cpu", context_length=backend.context_length)
     return fit_to_context(resolve_format(own, backend.preferred_format), backend.context_length)
+
+
+def check_setting(key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the camelCase setting ``key`` (None: valid), for flags that mirror settings."""
+    return _KEYS[key][1](value)
 
 
 def section_of(raw: Any) -> Any:

@@ -363,7 +363,9 @@ def test_open_backend(tiny_model_dir: Path, tokenizer_path: Path, tmp_path: Path
     remote = open_backend("llamacpp", tiny_model_dir, url="http://127.0.0.1:1/")
     assert remote.tokenizer.path == tiny_model_dir / "tokenizer.model" and remote.device == "llamacpp server at http://127.0.0.1:1"
     named = open_backend("vllm", Path("codellama/CodeLlama-34b-hf"), url="http://127.0.0.1:1", tokenizer=tokenizer_path)
-    assert named.tokenizer.path == tokenizer_path
+    assert named.tokenizer.path == tokenizer_path and named.context_length is None  # contextLength auto: unknown
+    # contextLength is the server's window: the budgets are cut and scaled to fit it (settings.for_device).
+    assert open_backend("vllm", tiny_model_dir, url="http://127.0.0.1:1", context_length=16384).context_length == 16384
     local = open_backend("local", tiny_model_dir, device="cpu")
     assert local.tokenizer.supports_fim and str(local.device) == "cpu"
     local.close()

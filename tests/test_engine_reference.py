@@ -132,3 +132,26 @@ def test_rotary_permutation_roundtrip() -> None:
     o, i = w.shape
     unpermuted = w.view(4, 2, o // 8, i).transpose(1, 2).reshape(o, i)
     assert torch.equal(_permute_rotary(unpermuted, 4), w)
+
+
+LONG = 6000  # past the checkpoint's declared 4096 positions, allowed by its 1e6 RoPE base (engine.memory_plan)
+
+
+def test_logits_at_6000_positions_match_transformers(tmp_path: Path, tokenizer_path: Path) -> None:
+    """Code Llama's RoPE base at length: the engine's window (planned past the declared length), filled
+    by chunked prefill, then the static-cache decode step (the CUDA-graph path's computation) at the end,
+    give transformers' logits at every position. transformers' SDPA attention: eager would hold a
+    6000 x 6000 matrix per head."""
+    ckpt = make_random_checkpoint(tmp_path, tokenizer_path, seed=3, rope_theta=1e6, max_position_embeddings=4096)
+    engine = Engine.load(ckpt, device="cpu", dtype="float32", context_length=LONG + 1)
+    assert engine.context_length == LONG + 1
+    ref = LlamaForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32, attn_implementation="sdpa").eval()
+    tokens = torch.randint(3, ref.config.vocab_size, (1, LONG + 1), generator=torch.Generator().manual_seed(2))
+    ours = engine.model
+    with torch.no_grad():
+        expected = ref(tokens).logits[0]
+        chunks = [ours(tokens[:, i:i + 1000], start=i)[0] for i in range(0, LONG, 1000)]
+        step = ours.decode_one(tokens[:, LONG:], torch.tensor([LONG]))[0]
+    got = torch.cat([*chunks, step])
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-4

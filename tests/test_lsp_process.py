@@ -47,10 +47,33 @@ async def test_settings_from_initialization_options_and_workspace_configuration(
         await stop(client)
 
 
+async def test_context_length_is_planned_shown_and_reloads(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """contextLength sizes the KV cache (status: context_length, kv_bytes); a change reloads; too long is refused."""
+    per_position = 2 * 2 * 2 * 16 * 4  # the tiny model: 2 layers, 2 KV heads of 16, float32
+    client = await start(tiny_model_dir, tmp_path / "server.log", options={"codellama": {"contextLength": 3000}})
+    try:
+        status = await client.wait_loaded()
+        assert (status["context_length"], status["kv_bytes"]) == (3000, 3000 * per_position)
+        plan = status["memory_plan"]
+        assert plan["bytes_per_position"] == per_position and plan["available_bytes"] > plan["kv_bytes"]
+        assert plan["prompt_cache_full_sequences"] == plan["prompt_cache_budget_bytes"] // (3000 * per_position)
+        await client.configure(contextLength=200_000)
+        status = await client.wait_loaded()
+        assert status["state"] == "failed" and "contextLength 200000 exceeds this model's 100000 positions" in status["error"]
+        await client.configure(contextLength=8192)  # past the 2048 it declares: its RoPE base is 1e6
+        status = await client.wait_loaded()
+        assert (status["state"], status["context_length"], status["kv_bytes"]) == ("ready", 8192, 8192 * per_position)
+        client.open("file:///a.py", "def f(x):\n    return x\n")
+        assert isinstance(await client.inline("file:///a.py", 1, 11), str)
+    finally:
+        await stop(client)
+
+
 async def test_budgets_beyond_the_context_are_cut_with_one_warning(tiny_model_dir: Path, tmp_path: Path) -> None:
-    # The tiny model's context is 2048 tokens; these budgets ask for 4,564, and the file is long enough to fill them.
+    # A 2048-token window; these budgets ask for 4,564, and the file is long enough to fill them.
     client = await start(tiny_model_dir, tmp_path / "server.log",
-                         options={"codellama": {"prefixTokens": 4000, "suffixTokens": 500, "maxNewTokens": 8}})
+                         options={"codellama": {"prefixTokens": 4000, "suffixTokens": 500, "maxNewTokens": 8,
+                                                "contextLength": 2048}})
     try:
         await client.wait_loaded()
         client.open("file:///long.py", "".join(f"value_{i} = compute({i}, 'item {i}')\n" for i in range(3000)))

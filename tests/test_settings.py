@@ -144,3 +144,33 @@ def test_cli_flags_come_from_the_schema(capsys: pytest.CaptureFixture[str]) -> N
         with pytest.raises(SystemExit):
             parser().parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_context_length_setting() -> None:
+    """null is auto (the device's length); a length reloads the model; anything else is refused."""
+    assert Settings().context_length is None
+    for value in (None, 256, 16384, 100_000):
+        s, errors = apply(Settings(), {"contextLength": value})
+        assert errors == [] and s.context_length == value
+        assert (s.load_key != Settings().load_key) == (value is not None)  # a change reloads the model
+    for bad in (255, 0, "16k", 4096.5, True):
+        after, errors = apply(Settings(), {"contextLength": bad})
+        assert after == Settings()
+        assert len(errors) == 1 and "codellama.contextLength" in errors[0] and "256 to 1048576" in errors[0], errors
+
+
+def test_budgets_grow_with_the_window_off_the_cpu() -> None:
+    """A GPU's or server's budgets scale with a window past 4096; the CPU's, and the client's own, do not."""
+    from codellama_lsp.settings import CPU_BUDGETS, for_device
+
+    default = Settings()
+    for window in (None, 2048, 4096):
+        assert for_device(default, on_cpu=False, context_length=window) == default
+    long = for_device(default, on_cpu=False, context_length=16384)
+    assert (long.prefix_tokens, long.suffix_tokens, long.context_tokens) == (4096, 1024, 4096)
+    assert long.max_new_tokens == default.max_new_tokens and long.time_budget_ms == default.time_budget_ms
+    assert fit_to_context(long, 16384) == (long, None)  # the scaled budgets fit their window
+    cpu = for_device(default, on_cpu=True, context_length=16384)
+    assert (cpu.prefix_tokens, cpu.context_tokens) == (CPU_BUDGETS["prefix_tokens"], CPU_BUDGETS["context_tokens"])
+    mine, _ = apply(default, {"prefixTokens": 700})
+    assert for_device(mine, on_cpu=False, context_length=16384).prefix_tokens == 700

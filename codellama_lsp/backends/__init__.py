@@ -17,7 +17,7 @@ from pathlib import Path
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine import threads as cpu_threads
 from codellama_lsp.engine.tokenizer import Tokenizer
-from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend, TextTokenizer
+from codellama_lsp.generation import PROMPT_CACHE_MB, Backend, TextTokenizer
 from codellama_lsp.backends.errors import BackendError
 from codellama_lsp.backends.remote import RemoteBackend
 from codellama_lsp.backends.wire import PROTOCOLS
@@ -88,15 +88,18 @@ def _gpu_for_torch() -> bool:
     return torch.cuda.is_available()
 
 
-def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str = "auto", context_length: int = DEFAULT_CONTEXT_LENGTH,
+def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str = "auto", context_length: int | str = "auto",
                  url: str | None = None, served_model: str | None = None, tokenizer: Path | None = None,
                  api_key_env: str | None = None, engine: str = "auto", threads: int | None = None, compile: str = "auto",
-                 quantize: str = "auto", reuse_suffix: bool = False) -> Backend:
+                 quantize: str = "auto", reuse_suffix: bool = False, prompt_cache_mb: int = PROMPT_CACHE_MB) -> Backend:
     """Load the local engine from ``model``, or connect to the server at ``url``.
 
     The local engine is the one ``choose_engine`` picks; ``compile`` and ``quantize`` are the
     torch engine's (see ``Engine.load``). Either engine runs on ``threads`` CPU threads;
     None: the --threads flag's count, else one per physical core (``engine.threads``). ``reuse_suffix`` is the engine's option of that name.
+    ``context_length`` is the window (a length or "auto"), planned with the ``prompt_cache_mb``
+    budget in the device's memory before loading (engine.memory_plan); a remote backend takes
+    a length as the server's window, which its budgets are cut to, and "auto" as no limit of ours.
 
     A remote backend never loads weights, but it needs the served model's tokenizer to
     build the prompt and size the context window: ``tokenizer`` (a ``tokenizer.model``, a
@@ -110,7 +113,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
         if choose_engine(engine, model, device, dtype, compile, quantize) == "llamacpp":
             from codellama_lsp.engine.llamacpp import open_llamacpp
 
-            return open_llamacpp(model, context_length, threads or cpu_threads.count(), reuse_suffix=reuse_suffix)
+            return open_llamacpp(model, context_length, threads or cpu_threads.count(), reuse_suffix=reuse_suffix,
+                                 prompt_cache_bytes=prompt_cache_mb << 20)
         from codellama_lsp.engine.engine import Engine
 
         if threads is not None:
@@ -119,7 +123,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
             torch.set_num_threads(threads)
 
         return Engine.load(model, device=device, dtype=None if dtype == "auto" else dtype,
-                           context_length=context_length, compile=compile, quantize=quantize, reuse_suffix=reuse_suffix)
+                           context_length=context_length, compile=compile, quantize=quantize, reuse_suffix=reuse_suffix,
+                           prompt_cache_bytes=prompt_cache_mb << 20)
     if backend not in PROTOCOLS:
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not url:
@@ -132,7 +137,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
         tok: TextTokenizer = load_gguf_tokenizer(source)
     else:
         tok = Tokenizer(source / "tokenizer.model" if source.is_dir() else source)
-    return RemoteBackend(PROTOCOLS[backend](tok), url, tok, served_model=served_model, api_key_env=api_key_env)
+    return RemoteBackend(PROTOCOLS[backend](tok), url, tok, served_model=served_model, api_key_env=api_key_env,
+                         context_length=context_length if isinstance(context_length, int) else None)
 
 
 __all__ = ["BACKENDS", "ENGINES", "Backend", "BackendError", "RemoteBackend", "choose_engine", "open_backend"]

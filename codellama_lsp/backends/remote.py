@@ -74,17 +74,19 @@ class _Stopper:
 class RemoteBackend:
     """A ``Backend`` that sends each request to an inference server speaking ``wire``."""
 
-    context_length: int | None = None  # the server enforces its own and answers an error beyond it
     preferred_format: str | None = None  # served models are Code Llama's: PSM unless set
 
     def __init__(self, wire: Wire, url: str, tokenizer: TextTokenizer, *, served_model: str | None = None,
-                 api_key_env: str | None = None, verify: Any = True) -> None:
+                 api_key_env: str | None = None, verify: Any = True, context_length: int | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise BackendError(f"codellama.url must start with http:// or https://, got {url!r}")
         self.wire = wire
         self.url = url.rstrip("/")
         self.tokenizer = tokenizer
         self.served_model = served_model
+        # The server's window, as the contextLength setting gives it: budgets are cut and scaled to
+        # fit it. None: unknown; the server enforces its own and answers an error beyond it.
+        self.context_length = context_length
         self._eot = eot_text(tokenizer)
         self.generated_tokens = 0
         headers = {"Accept": "application/json, text/event-stream"}

@@ -56,6 +56,18 @@ def read_args(path: Path) -> ModelArgs:
     raise CheckpointError(f"{path} has neither config.json (Hugging Face layout) nor params.json (Meta layout)")
 
 
+def checkpoint_args(path: str | Path) -> ModelArgs:
+    """Hyperparameters of a checkpoint directory (either layout) or ``.gguf`` file, without reading weights."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        from codellama_lsp.engine.gguf_file import gguf_args, open_gguf
+
+        return gguf_args(open_gguf(path), path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory with a checkpoint, nor a .gguf file")
+    return read_args(path)
+
+
 def _hf_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
@@ -158,9 +170,7 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | None = None)
     dt = resolve_dtype(dtype, dev)
     if path.is_file():
         return _load_gguf(path, dev, dt)
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a directory with a checkpoint, nor a .gguf file")
-    args = read_args(path)
+    args = checkpoint_args(path)
     tokenizer = Tokenizer(path / "tokenizer.model")
     if tokenizer.vocab_size > args.vocab_size:
         raise CheckpointError(

@@ -20,13 +20,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from codellama_lsp.generation import (DEFAULT_CONTEXT_LENGTH, PROMPT_CACHE_MB, GenerationRequest, GenerationResult, PromptTooLong,
+from codellama_lsp.generation import (PROMPT_CACHE_MB, GenerationRequest, GenerationResult, PromptTooLong,
                                       StopReason, StopRule, TextTokenizer)
 from codellama_lsp.engine.lookup import LookupDrafter
+from codellama_lsp.engine.memory_plan import MemoryPlan, available_memory, plan_memory
 from codellama_lsp.engine.prompt_cache import Entry, PromptCache, common_prefix_length
 from codellama_lsp.engine.runner import Runner
 from codellama_lsp.engine.sampling import generator as seeded, next_token
-
 
 
 def common_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -58,8 +58,9 @@ class Engine:
 
     def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = 8,
                  prefill_chunk: int = 128, reuse_suffix: bool = False,
-                 prompt_cache_bytes: int = PROMPT_CACHE_MB << 20) -> None:
+                 prompt_cache_bytes: int = PROMPT_CACHE_MB << 20, memory: MemoryPlan | None = None) -> None:
         self.runner = runner
+        self.memory = memory  # the window's plan (engine.memory_plan), for codellama.status; None: not planned
         self.tokenizer = tokenizer
         self.device, self.dtype = runner.device, runner.dtype
         self.context_length = runner.context_length
@@ -88,23 +89,30 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", dtype: str | None = None,
-             context_length: int = DEFAULT_CONTEXT_LENGTH, compile: str = "auto", quantize: str = "auto",
+             context_length: int | str = "auto", compile: str = "auto", quantize: str = "auto",
              **options: Any) -> "Engine":
         """Our PyTorch model from a checkpoint; ``options`` are the constructor's (reuse, draft_tokens, ...).
 
         ``compile`` (auto, on, off: runner.resolve_compile) and ``quantize`` (auto, none, int8,
-        int4: quantize.resolve_quantize) are checked before the weights are read, so a bad
-        value fails at once.
+        int4: quantize.resolve_quantize) are checked before the weights are read, and the
+        ``context_length`` window (a length or "auto") is planned against the device's memory
+        (engine.memory_plan), so a bad value or a window that cannot fit fails at once.
         """
         # Imported here: the llama.cpp engine builds an Engine too, and never needs torch.
-        from codellama_lsp.engine.checkpoint import load_model, resolve_device
+        from codellama_lsp.engine.checkpoint import checkpoint_args, load_model, resolve_device, resolve_dtype
         from codellama_lsp.engine.quantize import resolve_quantize
         from codellama_lsp.engine.torch_runner import TorchRunner, resolve_compile
 
         dev = resolve_device(device)
         compiled, quantized = resolve_compile(compile, dev), resolve_quantize(quantize, dev)
+        itemsize = resolve_dtype(dtype, dev).itemsize
+        args = checkpoint_args(path)
+        memory = plan_memory(args, context_length, dev.type, kv_itemsize=itemsize,
+                             weights_bytes=args.num_parameters() * itemsize,
+                             available_bytes=available_memory(dev.type, dev.index),
+                             prompt_cache_bytes=options.get("prompt_cache_bytes", PROMPT_CACHE_MB << 20))
         model, tokenizer = load_model(path, device=device, dtype=dtype)
-        return cls(TorchRunner(model, context_length, compiled, quantized), tokenizer, **options)
+        return cls(TorchRunner(model, memory.context_length, compiled, quantized), tokenizer, memory=memory, **options)
 
     @property
     def model(self) -> Any:

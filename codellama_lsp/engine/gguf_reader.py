@@ -29,47 +29,15 @@ import numpy as np
 import torch
 
 from codellama_lsp.engine.config import CheckpointError, ModelArgs
-from codellama_lsp.engine.gguf_file import open_gguf
+from codellama_lsp.engine.gguf_file import ARCHITECTURES, hf_config, hf_name, metadata, open_gguf, torch_shape
 
 Q = gguf.GGMLQuantizationType
 # Types gguf.quants.dequantize covers that llama.cpp's common model files use.
 SUPPORTED_TYPES = frozenset({
     Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
 })
-# GGUF architecture -> the Hugging Face class whose names and layout the tensors get.
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-# blk.N.<kind> -> model.layers.N.<module>; the .weight/.bias suffix carries over.
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 _BIASED = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _CHUNK_VALUES = 1 << 21  # dequantize about 2M values (8 MB of float32) at a time
-_REQUIRED = object()
-
-
-def hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face name of a GGUF tensor, or None for a tensor this engine has no place for."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    parts = gguf_name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_NAMES \
-            and parts[3] in ("weight", "bias"):
-        return f"model.layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
-    return None
 
 
 def rotate_half_rows(n_rows: int, n_heads: int) -> torch.Tensor:
@@ -125,7 +93,7 @@ class GgufCheckpoint:
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """HF name -> torch shape of every tensor, without reading any data."""
-        return {name: _torch_shape(t) for name, t in self._tensors.items()}
+        return {name: torch_shape(t) for name, t in self._tensors.items()}
 
     def tensor_types(self) -> dict[str, str]:
         """HF name -> the GGML type it is stored as (``"Q4_K"``, ``"F32"``, …)."""
@@ -154,11 +122,7 @@ class GgufCheckpoint:
             heads = self.args.num_key_value_heads
         else:
             return None
-        return rotate_half_rows(_torch_shape(t)[0], heads)
-
-
-def _torch_shape(t: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in reversed(t.shape.tolist()))
+        return rotate_half_rows(torch_shape(t)[0], heads)
 
 
 def _dequantize(t: Any, dtype: torch.dtype, row_order: torch.Tensor | None) -> torch.Tensor:
@@ -166,7 +130,7 @@ def _dequantize(t: Any, dtype: torch.dtype, row_order: torch.Tensor | None) -> t
 
     ``row_order[i]`` is the output row of stored row ``i`` (None: the same row).
     """
-    shape = _torch_shape(t)
+    shape = torch_shape(t)
     out = torch.empty(shape, dtype=dtype)
     # A plain ndarray view of the mapping: numpy's memmap subclass costs a Python call per slice
     # the dequantizer takes, most of a load's time (docs/measurements.md, "Torch engine: loading a GGUF").
@@ -207,29 +171,19 @@ def read_gguf(path: str | Path) -> GgufCheckpoint:
     """
     path = Path(path)
     reader = open_gguf(path)
-    arch = str(_get(reader, path, "general.architecture"))
+    arch = str(metadata(reader, path, "general.architecture"))
     if arch not in ARCHITECTURES:
         raise CheckpointError(
             f"{path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
         )
     tensors = _map_tensors(reader, path)
-    config = _hf_config(reader, path, arch, tensors)
+    config = hf_config(reader, path, arch, tensors)
     try:
         args = ModelArgs.from_hf_config(config)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     _check_shapes(path, args, config["attention_bias"], tensors)
     return GgufCheckpoint(path=path, arch=arch, config=config, args=args, reader=reader, _tensors=tensors)
-
-
-def _get(reader: gguf.GGUFReader, path: Path, key: str, default: Any = _REQUIRED) -> Any:
-    """A metadata value; a missing required key is a CheckpointError naming it."""
-    f = reader.get_field(key)
-    if f is None:
-        if default is _REQUIRED:
-            raise CheckpointError(f"{path} lacks the GGUF metadata key {key!r}")
-        return default
-    return f.contents()
 
 
 def _map_tensors(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
@@ -248,82 +202,15 @@ def _map_tensors(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
     return out
 
 
-def _scalar(reader: gguf.GGUFReader, path: Path, key: str, default: Any = _REQUIRED) -> Any:
-    """A metadata value that must be a single number (per-layer arrays are not supported)."""
-    value = _get(reader, path, key, default)
-    if isinstance(value, list):
-        raise CheckpointError(f"{path}: {key} varies per layer, which is not supported")
-    return value
-
-
-def _hf_config(reader: gguf.GGUFReader, path: Path, arch: str, tensors: dict[str, Any]) -> dict[str, Any]:
-    """The Hugging Face ``config.json`` fields the GGUF's ``{arch}.*`` metadata stands for."""
-    if "model.embed_tokens.weight" not in tensors:
-        raise CheckpointError(f"{path} has no token_embd.weight")
-    k = f"{arch}."
-    hidden = int(_scalar(reader, path, k + "embedding_length"))
-    heads = int(_scalar(reader, path, k + "attention.head_count"))
-    head_dim = hidden // heads if heads else 0
-    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
-        value = _scalar(reader, path, k + key, None)
-        if value is not None and int(value) != head_dim:
-            raise CheckpointError(f"{path}: {k}{key} is {value}, not the head size {head_dim}, which is not supported")
-    config: dict[str, Any] = {
-        "architectures": [ARCHITECTURES[arch]],
-        "model_type": arch,
-        "hidden_act": "silu",
-        "hidden_size": hidden,
-        "intermediate_size": int(_scalar(reader, path, k + "feed_forward_length")),
-        "num_hidden_layers": int(_scalar(reader, path, k + "block_count")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(_scalar(reader, path, k + "attention.head_count_kv", heads)),
-        "vocab_size": _torch_shape(tensors["model.embed_tokens.weight"])[0],
-        "rms_norm_eps": _f32(_scalar(reader, path, k + "attention.layer_norm_rms_epsilon")),
-        # llama.cpp's default when the key is absent (llama-model.cpp), as for HF's configs.
-        "rope_theta": _f32(_scalar(reader, path, k + "rope.freq_base", 10000.0)),
-        "rope_scaling": _rope_scaling(reader, path, k),
-        "max_position_embeddings": int(_scalar(reader, path, k + "context_length")),
-        "tie_word_embeddings": "lm_head.weight" not in tensors,
-        "attention_bias": "model.layers.0.self_attn.q_proj.bias" in tensors,
-        "mlp_bias": False,
-    }
-    for key, name in (("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")):
-        value = _scalar(reader, path, name, None)
-        if value is not None:
-            config[key] = int(value)
-    return config
-
-
-def _f32(value: float) -> float:
-    """A float32 metadata value as the shortest decimal that is that float32 (1e-06, not 9.99999997e-07).
-
-    ``config.json`` holds the decimal; the float32 the GGUF stores is its rounding, and the
-    model computes in at most float32 precision, so nothing is lost.
-    """
-    return float(np.format_float_positional(np.float32(value), unique=True, trim="0"))
-
-
-def _rope_scaling(reader: gguf.GGUFReader, path: Path, k: str) -> dict[str, Any] | None:
-    """HF's ``rope_scaling`` from ``{arch}.rope.scaling.*`` (or the older ``rope.scale_linear``)."""
-    kind = _scalar(reader, path, k + "rope.scaling.type", None)
-    factor = _scalar(reader, path, k + "rope.scaling.factor", None)
-    if kind is None:
-        linear = _scalar(reader, path, k + "rope.scale_linear", None)
-        return {"type": "linear", "factor": _f32(linear)} if linear not in (None, 1.0) else None
-    if kind == "none" or (kind == "linear" and factor in (None, 1.0)):
-        return None
-    return {"type": str(kind), "factor": _f32(factor if factor is not None else 1.0)}
-
-
 def _check_shapes(path: Path, args: ModelArgs, attention_bias: bool, tensors: dict[str, Any]) -> None:
     """Every tensor the model needs is there with the shape the hyperparameters imply, and no other."""
     expected = expected_shapes(args, attention_bias)
     for name, t in tensors.items():
         if name not in expected:
             raise CheckpointError(f"{path}: unexpected tensor {t.name!r} for this model's hyperparameters")
-        if _torch_shape(t) != expected[name]:
+        if torch_shape(t) != expected[name]:
             raise CheckpointError(
-                f"{path}: tensor {t.name!r} has shape {_torch_shape(t)}, expected {expected[name]} (torch order)"
+                f"{path}: tensor {t.name!r} has shape {torch_shape(t)}, expected {expected[name]} (torch order)"
             )
     missing = [n for n in expected if n not in tensors]
     if missing:

@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from codellama_lsp.engine import llamacpp_kernels as kernels
-from codellama_lsp.engine.config import CheckpointError
+from codellama_lsp.engine.config import CheckpointError, ModelArgs
+from codellama_lsp.engine.memory_plan import MemoryPlan, available_memory, plan_memory
+from codellama_lsp.generation import PROMPT_CACHE_MB
 
 if TYPE_CHECKING:
     from codellama_lsp.engine.engine import Engine
@@ -51,6 +53,8 @@ log = logging.getLogger("codellama_lsp.llamacpp")
 # comment still has an older numbering.) Warnings go to DEBUG too: a normal load of a
 # common file warns about its vocabulary ("control-looking token ... was not control-type").
 _GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5
+# Bytes of one key or value element: the cache is float32 (``LlamaCppRunner._open_context`` says why).
+KV_ITEMSIZE = 4
 
 
 class LlamaCppError(RuntimeError):
@@ -209,8 +213,8 @@ class LlamaCppRunner:
 
     def _open_context(self, path: Path, context_length: int, threads: int, n_batch: int, n_outputs: int) -> None:
         lib = self._lib
-        trained = lib.llama_model_n_ctx_train(self._model)
-        n_ctx = max(1, min(context_length, trained) if trained > 0 else context_length)
+        # As given, also past the file's trained length: the caller planned it (engine.memory_plan).
+        n_ctx = max(1, context_length)
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = self.n_batch = max(1, min(n_batch, n_ctx))
@@ -230,7 +234,7 @@ class LlamaCppRunner:
         # The cost: twice the KV memory (100 MB at 4096 positions for Qwen2.5-Coder-0.5B, 4.3 GB
         # for CodeLlama-7B).
         cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
+        cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32  # KV_ITEMSIZE bytes an element
         cparams.no_perf = True
         _LOG.start_capture()
         try:
@@ -413,6 +417,14 @@ class LlamaCppRunner:
             pass
 
 
+def plan_llamacpp(args: ModelArgs, path: Path, context_length: int | str, prompt_cache_bytes: int) -> MemoryPlan:
+    """The window's memory in host RAM: the float32 KV cache (``_open_context`` says why float32)
+    beside the file's weights, which llama.cpp maps and reads in whole."""
+    return plan_memory(args, context_length, "cpu", kv_itemsize=KV_ITEMSIZE,
+                       weights_bytes=path.stat().st_size, available_bytes=available_memory("cpu"),
+                       prompt_cache_bytes=prompt_cache_bytes)
+
+
 def _return_freed_memory() -> None:
     """Give the heap the metadata reader freed back to the OS before llama.cpp allocates.
 
@@ -427,7 +439,7 @@ def _return_freed_memory() -> None:
         pass
 
 
-def open_llamacpp(path: str | Path, context_length: int, threads: int, **options: Any) -> "Engine":
+def open_llamacpp(path: str | Path, context_length: int | str, threads: int, **options: Any) -> "Engine":
     """An ``Engine`` on llama.cpp for the GGUF at ``path``; ``options`` are ``Engine``'s (reuse, draft_tokens, ...).
 
     Unless ``draft_tokens`` is given, drafts are on only where the runner is batch-invariant.
@@ -440,11 +452,14 @@ def open_llamacpp(path: str | Path, context_length: int, threads: int, **options
     """
     from codellama_lsp.engine.default_model import cache_dir
     from codellama_lsp.engine.engine import Engine
-    from codellama_lsp.engine.gguf_file import open_gguf
+    from codellama_lsp.engine.gguf_file import gguf_args, open_gguf
     from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
 
     _bindings()  # fails here, before the file is read, when llama-cpp-python is missing
-    reader = open_gguf(Path(path))
+    file = Path(path)
+    reader = open_gguf(file)
+    memory = plan_llamacpp(gguf_args(reader, file), file, context_length,
+                           options.get("prompt_cache_bytes", PROMPT_CACHE_MB << 20))
     field = reader.get_field("general.file_type")
     file_type = int(field.contents()) if field is not None else None
     tokenizer = load_gguf_tokenizer(reader)
@@ -453,11 +468,11 @@ def open_llamacpp(path: str | Path, context_length: int, threads: int, **options
     memo = cache_dir() / kernels.MEMO_FILE
     key = kernels.memo_key(_installed_version(), quantization_name(file_type))
     tiled = kernels.choose(memo, key)  # before llama.cpp's first matrix product reads the switch
-    runner = LlamaCppRunner(path, context_length, threads, file_type=file_type)
+    runner = LlamaCppRunner(path, memory.context_length, threads, file_type=file_type)
     if not tiled:
         kernels.record(memo, key, runner.batch_invariant)
     if "draft_tokens" not in options and not runner.batch_invariant:
         log.info("llama.cpp's kernels on this CPU round a token differently alone and in a batch, "
                  "so lookup drafts are off: checking them in one pass could change the greedy text")
         options["draft_tokens"] = 0
-    return Engine(runner, tokenizer, **options)
+    return Engine(runner, tokenizer, memory=memory, **options)

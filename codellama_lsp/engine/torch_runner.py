@@ -42,7 +42,8 @@ class TorchRunner:
         self.model = model
         weight = model.model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
-        self.context_length = min(context_length, model.args.max_position_embeddings)
+        # As given: the caller's plan (engine.memory_plan) may go past the declared length by RoPE's base.
+        self.context_length = context_length
         self.preferred_format = model.args.infilling_format
         self.quantize = quantize
         model.fuse_for_inference()

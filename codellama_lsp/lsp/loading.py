@@ -19,7 +19,7 @@ from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.backends import open_backend
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.completion.families import Template, detect
-from codellama_lsp.generation import DEFAULT_CONTEXT_LENGTH, Backend
+from codellama_lsp.generation import Backend
 from codellama_lsp.settings import Settings
 
 log = logging.getLogger("codellama_lsp")
@@ -110,10 +110,11 @@ def open_for(path: Path, settings: Settings) -> Backend:
     if settings.backend == "local" and path == default_model.cache_dir() / default_model.DEFAULT.file_name:
         path = default_model.default_gguf()  # assembled from its packages once, verified by its sha256
     return open_backend(settings.backend, path, device=settings.device, dtype=settings.dtype,
-                        context_length=DEFAULT_CONTEXT_LENGTH, url=settings.url, served_model=settings.model,
+                        context_length=settings.context_length or "auto", url=settings.url, served_model=settings.model,
                         tokenizer=Path(settings.tokenizer).expanduser() if settings.tokenizer else None,
                         api_key_env=settings.api_key_env, engine=settings.engine, compile=settings.compile,
-                        quantize=settings.quantize, reuse_suffix=settings.reuse_suffix)
+                        quantize=settings.quantize, reuse_suffix=settings.reuse_suffix,
+                        prompt_cache_mb=settings.prompt_cache_mb)
 
 
 def size_prompt_cache(backend: Backend, settings: Settings) -> None:

@@ -32,10 +32,11 @@ export const SERVER_KEYS = [
   "instructMaxTokens",
   "instructTimeBudgetMs",
   "promptCacheMb",
+  "contextLength",
   "docstrings",
 ] as const;
 /** Server settings whose change reloads the model. */
-export const RELOAD_KEYS: readonly string[] = ["model", "device", "dtype", "backend", "url", "apiKeyEnv", "tokenizer", "family", "engine", "compile", "quantize", "reuseSuffix"];
+export const RELOAD_KEYS: readonly string[] = ["model", "device", "dtype", "backend", "url", "apiKeyEnv", "tokenizer", "family", "engine", "compile", "quantize", "reuseSuffix", "contextLength"];
 // END generated settings
 
 /** Settings that only take effect when the server process is started again. */

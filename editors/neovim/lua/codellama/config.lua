@@ -62,6 +62,10 @@ M.defaults = {
                                 -- is used. Default: 120000.
     promptCacheMb = nil,  -- Host memory (MB) for the KV sequences of places left behind, so that a return
                           -- computes only what changed; 0 keeps none. Default: 512.
+    contextLength = nil,  -- Positions the engine's KV cache holds, up to what the model supports, planned in
+                          -- memory before loading; for a remote backend, the server's window, which the
+                          -- budgets are cut to. Default: auto: 4096 on the CPU, 16384 on a GPU (halved until
+                          -- it fits); unknown for a remote server.
     docstrings = nil,     -- How docstrings are written (hover, Generate docstring): infilled between the
                           -- signature and the body, or asked of the chat model. Default: infill.
     -- END generated settings
