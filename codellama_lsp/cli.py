@@ -137,7 +137,7 @@ def complete(args: argparse.Namespace) -> int:
     from codellama_lsp.documents import Document
     from codellama_lsp.backends.errors import BackendError
     from codellama_lsp.engine.config import CheckpointError
-    from codellama_lsp.lsp.loading import default_model_path, open_for
+    from codellama_lsp.loading import default_model_path, open_for
 
     try:
         text = args.file.read_text(encoding="utf-8", errors="surrogateescape")

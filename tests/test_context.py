@@ -98,7 +98,7 @@ def test_a_fresh_prefix_starts_on_the_grid_so_returns_and_nearby_places_share_it
 
 def test_a_return_continues_its_own_place_not_the_last_one() -> None:
     """The server plans a request with the window and snippets of the place it continues."""
-    from codellama_lsp.lsp.open_documents import OpenDocuments, Place
+    from codellama_lsp.service.open_documents import OpenDocuments, Place
 
     lines = [f"line{i} a b c\n" for i in range(300)]
     doc = Document.from_text("file:///p.py", "".join(lines))

@@ -56,7 +56,6 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-_BIASED = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _CHUNK_VALUES = 1 << 21  # dequantize about 2M values (8 MB of float32) at a time
 _REQUIRED = object()
 

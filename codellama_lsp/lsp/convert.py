@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from lsprotocol import types
 
 from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion.definitions import Definition
 from codellama_lsp import __version__
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
@@ -52,7 +53,7 @@ def completion_list(text: str, position: types.Position) -> types.CompletionList
     return types.CompletionList(is_incomplete=True, items=[item])
 
 
-def hover(d: ds.Definition, text: str) -> types.Hover:
+def hover(d: Definition, text: str) -> types.Hover:
     return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=ds.markdown(d, text)))
 
 
@@ -123,7 +124,7 @@ def workspace_edit(caps: types.ClientCapabilities, doc: Document, edits: list[ty
     return types.WorkspaceEdit(changes={doc.uri: edits})
 
 
-def docstring_edit(doc: Document, d: ds.Definition, text: str, caps: types.ClientCapabilities) -> types.WorkspaceEdit:
+def docstring_edit(doc: Document, d: Definition, text: str, caps: types.ClientCapabilities) -> types.WorkspaceEdit:
     line, insert = ds.edit(doc, d, text)
     where = types.Position(line=line, character=0)
     return workspace_edit(caps, doc, [types.TextEdit(range=types.Range(start=where, end=where), new_text=insert)])

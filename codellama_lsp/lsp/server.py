@@ -19,24 +19,24 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from codellama_lsp import __version__
-from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion.definitions import Definition, find_definition, header_text
 from codellama_lsp.completion.planning import Sources, generation_request, plan, shown
 from codellama_lsp.completion.snippets import Scored
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend
 from codellama_lsp.lsp import convert
 from codellama_lsp.completion.chat import Chat, detect_chat
-from codellama_lsp.completion.instruct import TITLES
-from codellama_lsp.lsp import instruct
-from codellama_lsp.lsp.docstrings import Docstrings
-from codellama_lsp.lsp.lifecycle import Ahead, Anchor, Flight, Lifecycle
-from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into, size_prompt_cache
+from codellama_lsp.completion.instruct_prompts import TITLES
+from codellama_lsp.lsp import instruct_actions as instruct
+from codellama_lsp.service.cached_docstrings import Docstrings
+from codellama_lsp.service.lifecycle import Ahead, Anchor, Flight, Lifecycle
+from codellama_lsp.loading import BackendSlot, Ready, default_model_path, load_into, size_prompt_cache
 from codellama_lsp.lsp.log import attach_to_running_loop as attach_log_to_client
-from codellama_lsp.lsp.metrics import Metrics, counted_generation
+from codellama_lsp.service.metrics import Metrics, counted_generation
 from codellama_lsp.lsp.progress import LspProgress
 from codellama_lsp.positions import negotiate
 from codellama_lsp.lsp.protocol import CURSOR_REST, REQUEST_ID, CodeLlamaProtocol
-from codellama_lsp.lsp.open_documents import OpenDocuments, Place
+from codellama_lsp.service.open_documents import OpenDocuments, Place
 from codellama_lsp.lsp.parent import watch_client
 from codellama_lsp.settings import SECTION, Settings, apply, for_backend
 from codellama_lsp.workspace import Workspace, uri_path
@@ -323,7 +323,7 @@ class CodeLlamaServer(LanguageServer):
 
     # -- docstrings -------------------------------------------------------------------------------------
     async def docstring(self, uri: str, position: types.Position, version: int | None = None,
-                        header: str | None = None) -> tuple[Document, ds.Definition, str] | None:
+                        header: str | None = None) -> tuple[Document, Definition, str] | None:
         """A generated docstring for the undocumented definition at ``position`` of document ``version``."""
         ready, doc = self.slot.ready, self.docs.documents.get(uri)
         if ready is None:
@@ -411,10 +411,10 @@ async def _code_action(ls: CodeLlamaServer, params: types.CodeActionParams) -> l
     actions = [convert.instruct_action(TITLES[a], a, arg, instruct.COMMAND)
                for a, arg in instruct.offered(doc, params.range, params.context.diagnostics, ls.chat())
                if convert.admits(only, convert.INSTRUCT_KINDS[a])]
-    d = ds.find_definition(doc, start.line)
+    d = find_definition(doc, start.line)
     if d is None or d.has_docstring or not convert.admits(only, types.CodeActionKind.RefactorRewrite.value):
         return actions
-    action = convert.docstring_action(doc.uri, start, doc.version, ds.header_text(doc, d))
+    action = convert.docstring_action(doc.uri, start, doc.version, header_text(doc, d))
     resolved = action if convert.resolves_edits(ls.client_capabilities) else await _resolve_code_action(ls, action)
     return [resolved, *actions]
 

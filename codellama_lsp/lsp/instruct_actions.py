@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from lsprotocol import types
 
-from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion import instruct
+from codellama_lsp.completion.definitions import enclosing_definition
+from codellama_lsp.completion.syntax import language_of
+from codellama_lsp.completion import instruct_prompts as prompts
 from codellama_lsp.completion.chat import Chat
 from codellama_lsp.completion.postprocess import UNFINISHED_PROSE, whole_sentences
 from codellama_lsp.documents import Cursor, Document, PositionOutOfRange
 from codellama_lsp.generation import GenerationRequest
 from codellama_lsp.lsp import convert
-from codellama_lsp.lsp.loading import Ready
-from codellama_lsp.lsp.metrics import Metrics, counted_generation
+from codellama_lsp.loading import Ready
+from codellama_lsp.service.metrics import Metrics, counted_generation
 from codellama_lsp.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ MAX_CHARS_PER_TOKEN = 32
 class Call:
     """One ``codellama.instruct`` command's arguments, checked."""
 
-    action: instruct.Action
+    action: prompts.Action
     uri: str
     range: types.Range
     version: int | None
@@ -62,8 +63,8 @@ def parse_call(args: Any) -> Call | str:
     raw = args[0] if isinstance(args, (list, tuple)) and args else None
     raw = raw if isinstance(raw, dict) else {}
     action, uri, version = raw.get("action"), raw.get("uri"), raw.get("version")
-    if action not in instruct.TITLES or not isinstance(uri, str):
-        return f"{COMMAND} needs {{action: one of {', '.join(instruct.TITLES)}, uri, range, version}}"
+    if action not in prompts.TITLES or not isinstance(uri, str):
+        return f"{COMMAND} needs {{action: one of {', '.join(prompts.TITLES)}, uri, range, version}}"
     try:
         r = raw["range"]
         rng = types.Range(start=types.Position(int(r["start"]["line"]), int(r["start"]["character"])),
@@ -85,7 +86,7 @@ def target(doc: Document, rng: types.Range) -> types.Range | None:
         return rng
     if not 0 <= rng.start.line < len(doc.lines):
         return None
-    d = ds.enclosing_definition(doc, rng.start.line)
+    d = enclosing_definition(doc, rng.start.line)
     if d is None:
         return None
     start = types.Position(line=d.first_line, character=0)
@@ -121,7 +122,7 @@ def diagnostic_lines(diagnostics: list[types.Diagnostic], rng: types.Range) -> l
 
 
 def offered(doc: Document, rng: types.Range, diagnostics: list[types.Diagnostic],
-            chat: Chat) -> list[tuple[instruct.Action, dict[str, Any]]]:
+            chat: Chat) -> list[tuple[prompts.Action, dict[str, Any]]]:
     """The Instruct actions for a code action request at ``rng``, each with its command argument."""
     if not chat.available:
         return []
@@ -130,7 +131,7 @@ def offered(doc: Document, rng: types.Range, diagnostics: list[types.Diagnostic]
         return []
     base = {"uri": doc.uri, "version": doc.version, "range": range_json(where)}
     problems = diagnostic_lines(diagnostics, where)
-    actions: list[instruct.Action] = ["explain", "tests", "edit"] + (["fix"] if problems else [])
+    actions: list[prompts.Action] = ["explain", "tests", "edit"] + (["fix"] if problems else [])
     return [(a, {**base, "action": a, **({"diagnostics": problems} if a == "fix" else {})}) for a in actions]
 
 
@@ -176,8 +177,8 @@ class Streamed:
 
 def request_for(call: Call, doc: Document, code: str, chat: Chat, ready: Ready, settings: Settings,
                 on_text: Callable[[str], None]) -> GenerationRequest:
-    language = ds.language_of(doc.language_id, doc.uri) or "text"
-    dialog = instruct.dialog(call.action, instruct.Code(code, language, doc.uri), call.diagnostics, call.instruction)
+    language = language_of(doc.language_id, doc.uri) or "text"
+    dialog = prompts.dialog(call.action, prompts.Code(code, language, doc.uri), call.diagnostics, call.instruction)
     return GenerationRequest(prompt=chat.prompt(ready.backend.tokenizer, dialog), infilling=False,
                              max_new_tokens=settings.instruct_max_tokens, temperature=settings.temperature,
                              time_budget_ms=settings.instruct_time_budget_ms, stop_ids=chat.stop_ids,
@@ -186,10 +187,10 @@ def request_for(call: Call, doc: Document, code: str, chat: Chat, ready: Ready, 
 
 def result_edit(call: Call, doc: Document, end: Cursor, code: str, answer: str) -> tuple[types.Range, str]:
     """Where the answer goes and its text: Edit and Fix replace the code; Write tests go below it."""
-    body = instruct.code_in(answer)
+    body = prompts.code_in(answer)
     eol = doc.line_ending(min(end.line, len(doc.lines) - 1))  # the model writes LF; the document keeps its own
     if call.action in ("edit", "fix"):
-        return call.range, instruct.placed(body, code).replace("\n", eol)
+        return call.range, prompts.placed(body, code).replace("\n", eol)
     # Below the code, after a blank line: the tests stay next to what they test, and any client
     # applies this (a new file would need resource operations many clients lack).
     tests = textwrap.dedent(body).strip("\n").replace("\n", eol) + eol
@@ -205,7 +206,7 @@ def result_edit(call: Call, doc: Document, end: Cursor, code: str, answer: str) 
 async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, settings: Settings,
               metrics: Metrics) -> dict[str, Any]:
     """Generate ``call``'s answer and deliver it: markdown for Explain, ``workspace/applyEdit`` for the others."""
-    title = instruct.TITLES[call.action]
+    title = prompts.TITLES[call.action]
     doc = server.docs.documents.get(call.uri)
     if doc is None:
         return {"error": f"{call.uri} is not open"}
@@ -238,7 +239,7 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
             outcome = "cancelled"
             return {"error": f"{title} cancelled"}
         cut = result.stop_reason in UNFINISHED_PROSE  # the time budget or token limit ended it mid-way
-        if cut and call.action in ("edit", "fix") and not instruct.code_closed(result.text):  # half a replacement
+        if cut and call.action in ("edit", "fix") and not prompts.code_closed(result.text):  # half a replacement
             # would lose the rest of the code; a closed code block cut in the prose after it is whole
             return {"error": f"{title}: the answer did not finish within instructMaxTokens or instructTimeBudgetMs; "
                              "nothing was changed (select less, or raise them)"}

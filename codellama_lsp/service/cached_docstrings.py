@@ -12,13 +12,14 @@ import logging
 from typing import Callable
 
 from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion import instruct
+from codellama_lsp.completion.definitions import Definition, relocate
+from codellama_lsp.completion import instruct_prompts as prompts
 from codellama_lsp.completion.chat import Chat
 from codellama_lsp.documents import Document
-from codellama_lsp.lsp.lifecycle import Lifecycle
-from codellama_lsp.lsp.loading import Ready
+from codellama_lsp.service.lifecycle import Lifecycle
+from codellama_lsp.loading import Ready
 from codellama_lsp.completion.postprocess import UNFINISHED_PROSE
-from codellama_lsp.lsp.metrics import Metrics, counted_generation
+from codellama_lsp.service.metrics import Metrics, counted_generation
 from codellama_lsp.settings import Settings
 
 log = logging.getLogger("codellama_lsp")
@@ -38,7 +39,7 @@ class Docstrings:
 
     async def generate(self, doc: Document, line: int, version: int | None, header: str | None, ready: Ready,
                        settings: Settings, chat: Chat, current: Callable[[str], Document | None]
-                       ) -> tuple[Document, ds.Definition, str] | None:
+                       ) -> tuple[Document, Definition, str] | None:
         """The docstring for the definition at ``line`` of ``doc`` as of ``version``, and where it now is.
 
         ``current(uri)`` gives the document as it is after generation, which may have changed.
@@ -62,7 +63,7 @@ class Docstrings:
                 result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {doc.uri}")
                 if result is None:
                     return ""
-                return ds.clean(instruct.docstring_text(result.text) if asks_chat else result.text, d.style,
+                return ds.clean(prompts.docstring_text(result.text) if asks_chat else result.text, d.style,
                                 unfinished=result.stop_reason in UNFINISHED_PROSE)
 
             outcome = await self.lifecycle.run(("docstring", doc.uri), key, lambda _: run())
@@ -71,7 +72,7 @@ class Docstrings:
                 self.cache.put(key, text)
             now = current(doc.uri)
             if now is not doc or doc.version != computed_for:  # edited (or reopened) while generating
-                d = ds.relocate(now, key[1]) if now is not None else None
+                d = relocate(now, key[1]) if now is not None else None
                 if d is None or d.has_docstring:
                     log.info("docstring for %s in %s dropped: the document changed and the definition is gone",
                              key[1].strip()[:80], doc.uri)
