@@ -323,13 +323,13 @@ class CountingTokenizer:
 def instruct_call(code: str) -> tuple[Any, ...]:
     doc = Document.from_text("file:///big.py", code, 1, "python")
     tok = CountingTokenizer()
-    server = SimpleNamespace(docs=SimpleNamespace(documents={doc.uri: doc}),
-                             client_capabilities=SimpleNamespace(window=None))
+    # The editor side (instruct_actions.Editor): the refusal comes before anything is shown or applied.
+    editor = SimpleNamespace(document={doc.uri: doc}.get, progress=lambda title: SimpleNamespace(report=lambda text: None))
     ready = SimpleNamespace(backend=SimpleNamespace(tokenizer=tok, context_length=4096))
     last = len(doc.lines) - 1
     whole = types.Range(start=types.Position(0, 0), end=types.Position(last, len(doc.lines[last])))
     call = instruct_actions.Call("explain", doc.uri, whole, 1, None, ())
-    return tok, (server, call, ready, Chat("codellama", "test", frozenset({2})), Settings(), None)
+    return tok, (editor, call, ready, Chat("codellama", "test", frozenset({2})), Settings(), None)
 
 
 @pytest.mark.parametrize("code", ["x = [" + "1, " * 2_000_000 + "]", "x = 1\n" * 200_000], ids=["5 MB line", "200k lines"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import chain
 from typing import Callable, Literal
@@ -25,7 +24,7 @@ from codellama_lsp.completion.families import Template
 from codellama_lsp.completion.templates import prompt_format
 from codellama_lsp.completion import instruct_prompts as prompts
 from codellama_lsp.settings import Settings
-from codellama_lsp.completion.definitions import Definition, Style, find_definition, header_text, relocate
+from codellama_lsp.completion.definitions import Definition, Style, find_definition, relocate
 from codellama_lsp.completion.syntax import language_of
 
 # Where the docstring's closing delimiter is: already in the suffix ("closed": the model fills
@@ -183,35 +182,3 @@ def definition_for(doc: Document, line: int, version: int | None, header: str | 
     moved = version is not None and doc.version != version
     d = (relocate(doc, header) if header else None) if moved else find_definition(doc, line)
     return None if d is None or d.has_docstring else d
-
-
-class DocstringCache:
-    """Generated docstrings by document and definition header, so hover and the code action share one.
-
-    Keyed by the header's text, not its line: typing elsewhere keeps the entry, editing the
-    signature drops it. Bounded; the oldest entry goes first.
-    """
-
-    def __init__(self, capacity: int = 64) -> None:
-        self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._capacity = capacity
-
-    @staticmethod
-    def key(doc: Document, d: Definition) -> tuple[str, str]:
-        return doc.uri, header_text(doc, d)
-
-    def get(self, key: tuple[str, str]) -> str | None:
-        return self._entries.get(key)
-
-    def put(self, key: tuple[str, str], text: str) -> None:
-        self._entries[key] = text
-        if len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def forget(self, uri: str) -> None:
-        """A closed document's entries (a header may be a whole minified file's first line)."""
-        for key in [k for k in self._entries if k[0] == uri]:
-            del self._entries[key]

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import textwrap
-import time
-import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from lsprotocol import types
 
@@ -29,18 +27,13 @@ from codellama_lsp.completion.chat import Chat
 from codellama_lsp.completion.postprocess import UNFINISHED_PROSE, whole_sentences
 from codellama_lsp.documents import Cursor, Document, PositionOutOfRange
 from codellama_lsp.generation import GenerationRequest
-from codellama_lsp.lsp import convert
 from codellama_lsp.loading import Ready
 from codellama_lsp.service.metrics import Metrics, counted_generation
 from codellama_lsp.settings import Settings
 
-if TYPE_CHECKING:
-    from codellama_lsp.lsp.server import CodeLlamaServer
-
 log = logging.getLogger("codellama_lsp")
 
 COMMAND = "codellama.instruct"
-REPORT_EVERY_S = 0.25  # progress reports while streaming: often enough to read along, not a flood
 # Code takes 3 to 4 characters a token; a selection with more than this many characters per token of the
 # context is far too long whatever its tokens, and is refused without tokenizing it (seconds for megabytes).
 MAX_CHARS_PER_TOKEN = 32
@@ -135,44 +128,20 @@ def offered(doc: Document, rng: types.Range, diagnostics: list[types.Diagnostic]
     return [(a, {**base, "action": a, **({"diagnostics": problems} if a == "fix" else {})}) for a in actions]
 
 
-class Streamed:
-    """A generation's text as work-done progress: begun and created by the server, reported throttled."""
+class Report(Protocol):
+    """An action's progress as the editor shows it: begun (with what cancels it), the text so far, the end."""
 
-    def __init__(self, server: "CodeLlamaServer", title: str) -> None:
-        self.server, self.title = server, title
-        self.token: str | None = None
-        self.last = 0.0
-        self.loop: asyncio.AbstractEventLoop | None = None
+    async def begin(self, on_cancel: Callable[[], None]) -> None: ...
+    def report(self, text: str) -> None: ...
+    def end(self, message: str) -> None: ...
 
-    async def begin(self, on_cancel: Callable[[], None]) -> None:
-        caps = self.server.client_capabilities.window
-        if not (caps and caps.work_done_progress):
-            return
-        token = f"codellama-instruct-{uuid.uuid4()}"
-        try:
-            await asyncio.wait_for(self.server.work_done_progress.create_async(token), 5)
-        except Exception as exc:  # noqa: BLE001 - progress is a nicety; the action goes on without it
-            log.warning("window/workDoneProgress/create failed: %s", exc)
-            return
-        self.token, self.loop = token, asyncio.get_running_loop()
-        self.server.work_done_progress.begin(token, types.WorkDoneProgressBegin(
-            title=f"codellama: {self.title}", cancellable=True, message="…"))
-        self.server.work_done_progress.tokens[token].add_done_callback(lambda f: f.cancelled() and on_cancel())
 
-    def report(self, text: str) -> None:
-        """Called from the engine's thread with the text so far."""
-        now = time.monotonic()
-        if self.token is None or self.loop is None or now - self.last < REPORT_EVERY_S:
-            return
-        self.last = now
-        token = self.token
-        self.loop.call_soon_threadsafe(lambda: self.server.work_done_progress.report(
-            token, types.WorkDoneProgressReport(message=text)))
+class Editor(Protocol):
+    """What an Instruct action needs of the editor: an open document, an edit applied to it, progress shown."""
 
-    def end(self, message: str) -> None:
-        if self.token is not None:
-            self.server.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
-            self.server.work_done_progress.tokens.pop(self.token, None)
+    def document(self, uri: str) -> Document | None: ...
+    async def apply(self, doc: Document, edits: list[types.TextEdit], label: str) -> bool: ...
+    def progress(self, title: str) -> Report: ...
 
 
 def request_for(call: Call, doc: Document, code: str, chat: Chat, ready: Ready, settings: Settings,
@@ -203,11 +172,11 @@ def result_edit(call: Call, doc: Document, end: Cursor, code: str, answer: str) 
     return types.Range(start=at, end=at), eol * 2 + tests
 
 
-async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, settings: Settings,
+async def run(editor: Editor, call: Call, ready: Ready, chat: Chat, settings: Settings,
               metrics: Metrics) -> dict[str, Any]:
     """Generate ``call``'s answer and deliver it: markdown for Explain, ``workspace/applyEdit`` for the others."""
     title = prompts.TITLES[call.action]
-    doc = server.docs.documents.get(call.uri)
+    doc = editor.document(call.uri)
     if doc is None:
         return {"error": f"{call.uri} is not open"}
     if call.version is not None and doc.version != call.version:
@@ -222,7 +191,7 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
     if limit is not None and len(code) > limit * MAX_CHARS_PER_TOKEN:
         return {"error": f"{title}: the code is too long for the model's {limit}-token context "
                          f"({len(code)} characters); select less"}
-    stream = Streamed(server, title)
+    stream = editor.progress(title)
     computed_for = doc.version
     # Tokenizing a long selection takes a while: off the event loop, which goes on answering meanwhile.
     request = await asyncio.to_thread(request_for, call, doc, code, chat, ready, settings, stream.report)
@@ -247,14 +216,13 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
         metrics.count(f"instruct_{call.action}")
         if call.action == "explain":
             return {"action": "explain", "markdown": (whole_sentences(result.text) if cut else result.text).strip()}
-        now = server.docs.documents.get(call.uri)
+        now = editor.document(call.uri)
         if now is not doc or doc.version != computed_for:
             return {"error": f"{title}: the document changed while the model was writing; nothing was changed"}
         where, text = result_edit(call, doc, end, code, result.text)
         if not text.strip():
             return {"error": f"{title}: the model wrote no code"}
-        edit = convert.workspace_edit(server.client_capabilities, doc, [types.TextEdit(range=where, new_text=text)])
-        applied = await server.apply(edit, f"codellama: {title}")
+        applied = await editor.apply(doc, [types.TextEdit(range=where, new_text=text)], f"codellama: {title}")
         return {"action": call.action, "applied": applied, "range": range_json(where), "text": text}
     except asyncio.CancelledError:
         outcome = "cancelled"
