@@ -20,7 +20,7 @@ the default real model, greedy. Reported per variant:
 Variants (``--variants``): infilling with the ``closed`` layout (the closing quotes start the
 suffix, so the model fills the string between them) or the ``open`` one (the model closes the
 string; the stop string ends the middle there); ``instruct``: the model's chat layout asked to
-write the docstring (``instruct.docstring_dialog``).
+write the docstring (``prompts.docstring_dialog``).
 
     python benchmarks/docstrings.py [--variants open,instruct] [--threads 1] [--json PATH]
 """
@@ -39,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion import instruct
+from codellama_lsp.completion.definitions import find_definition
+from codellama_lsp.completion import instruct_prompts as prompts
 from codellama_lsp.completion.chat import detect_chat
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.completion.families import detect
 from codellama_lsp.documents import Document
-from codellama_lsp.lsp.loading import default_model_path, open_for
+from codellama_lsp.loading import default_model_path, open_for
 from codellama_lsp.settings import Settings, resolve_format
 
 
@@ -131,7 +132,7 @@ def main() -> None:
         samples[layout] = []
         for pid, source, line, params in tasks:
             doc = Document.from_text(f"file:///{pid.replace('/', '_')}.py", source, language_id="python")
-            d = ds.find_definition(doc, line)
+            d = find_definition(doc, line)
             assert d is not None and not d.has_docstring, pid
             if layout == "instruct":
                 request = ds.instruct_request(doc, d, settings, chat, backend.tokenizer)
@@ -140,7 +141,7 @@ def main() -> None:
             t0 = time.perf_counter()
             result = backend.generate(request)
             ms.append((time.perf_counter() - t0) * 1000)
-            text = ds.clean(instruct.docstring_text(result.text) if layout == "instruct" else result.text, d.style)
+            text = ds.clean(prompts.docstring_text(result.text) if layout == "instruct" else result.text, d.style)
             present.append(bool(text))
             if (share := mentions(text, params)) is not None:
                 named.append(share)

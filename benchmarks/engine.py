@@ -41,8 +41,8 @@ import torch
 from codellama_lsp.completion.families import Template, detect
 from codellama_lsp.engine.engine import Engine
 from codellama_lsp.generation import GenerationRequest
-from codellama_lsp.lsp.loading import default_model_path
-from codellama_lsp.lsp.metrics import percentile
+from codellama_lsp.loading import default_model_path
+from codellama_lsp.service.metrics import percentile
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
 REPEATS = 3  # speed figures are the median of this many runs (the machine is noisy)

@@ -31,7 +31,7 @@ from codellama_lsp.completion.planning import generation_request, plan
 from codellama_lsp.completion.families import detect
 from codellama_lsp.completion.context import TokenCounter, Window
 from codellama_lsp.documents import Document
-from codellama_lsp.lsp.metrics import percentile
+from codellama_lsp.service.metrics import percentile
 from codellama_lsp.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

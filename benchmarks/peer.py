@@ -69,8 +69,8 @@ from typing import Any, Callable
 from codellama_lsp.devtools.llamacpp_server import LlamaCppServer
 from codellama_lsp.devtools.lsp_client import Client, start, stop
 from codellama_lsp.engine.gguf_export import export_gguf
-from codellama_lsp.lsp.loading import default_model_path
-from codellama_lsp.lsp.metrics import percentile
+from codellama_lsp.loading import default_model_path
+from codellama_lsp.service.metrics import percentile
 from codellama_lsp.settings import CPU_BUDGETS
 
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"

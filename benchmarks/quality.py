@@ -273,7 +273,7 @@ class EngineSystem:
         """``defaults``: the server's budgets for the engine's device, with its time budget (True) or
         with it lifted (False); None: ``Settings()``'s budgets, lifted (the historical ``ours``)."""
         from codellama_lsp.backends import choose_engine
-        from codellama_lsp.lsp.loading import open_for
+        from codellama_lsp.loading import open_for
 
         self.typed = typed  # ours_typed: suffix reuse, after the request of the line above (module docstring)
         settings = Settings(engine=engine, reuse_suffix=typed)
@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(max(1, ns.threads))
-    from codellama_lsp.lsp.loading import default_model_path
+    from codellama_lsp.loading import default_model_path
 
     loop = asyncio.new_event_loop()
     runners: dict[str, Callable[[Task], dict[str, Outcome]]] = {}

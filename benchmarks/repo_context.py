@@ -69,8 +69,8 @@ from typing import Any, Iterator
 from lsprotocol import types
 
 from codellama_lsp.devtools.lsp_client import Client, start, stop
-from codellama_lsp.lsp.loading import default_model_path
-from codellama_lsp.lsp.metrics import percentile
+from codellama_lsp.loading import default_model_path
+from codellama_lsp.service.metrics import percentile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from peer import LogTail, lsp_computed  # noqa: E402  (a sibling script)

@@ -46,7 +46,7 @@ from typing import Any
 from lsprotocol import types
 
 from codellama_lsp.devtools.lsp_client import Client, start, stop
-from codellama_lsp.lsp.metrics import percentile
+from codellama_lsp.service.metrics import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 UNBOUNDED_MS = 600_000.0

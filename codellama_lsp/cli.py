@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from codellama_lsp import __version__
-from codellama_lsp.settings import SCHEMA, Setting, Settings, apply, for_backend
+from codellama_lsp.settings import SCHEMA, Setting, Settings, apply
 
 if TYPE_CHECKING:
     from codellama_lsp.lsp.server import CodeLlamaServer
@@ -129,15 +129,22 @@ def _threads(n: int | None) -> None:
     threads.use(n)
 
 
+class _TerminalProgress:
+    """Loading as the terminal shows it: nothing while it loads, the reason on stderr when it fails."""
+
+    async def begin(self, message: str) -> None:
+        return None
+
+    def end(self, handle: object | None, state: str) -> None:
+        pass
+
+    def failed(self, message: str) -> None:
+        print(message, file=sys.stderr)
+
+
 def complete(args: argparse.Namespace) -> int:
-    """One completion from the terminal: the same path as the server's, printed to stdout."""
-    from codellama_lsp.completion.planning import generation_request, plan, shown
-    from codellama_lsp.completion.families import UnknownFamily, detect
-    from codellama_lsp.completion.context import TokenCounter
-    from codellama_lsp.documents import Document
-    from codellama_lsp.backends.errors import BackendError
-    from codellama_lsp.engine.config import CheckpointError
-    from codellama_lsp.lsp.loading import default_model_path, open_for
+    """One completion from the terminal: the completion service's path, the editor's, printed to stdout."""
+    from codellama_lsp.service.completion_service import CompletionService
 
     try:
         text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
@@ -145,28 +152,25 @@ def complete(args: argparse.Namespace) -> int:
         print(f"codellama-lsp: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
     # The terminal waits for the whole suggestion, not the next keystroke: a minute's time budget.
-    settings = flag_settings(args, {"timeBudgetMs": 60_000})
-    model = Path(settings.model) if settings.model else default_model_path()
+    service = CompletionService(flag_settings(args, {"timeBudgetMs": 60_000}), _TerminalProgress(),
+                                lambda note: print(note, file=sys.stderr))
     _threads(args.threads)
-    try:
-        backend = open_for(model, settings)
-        template = detect(backend.tokenizer)
-    except (CheckpointError, BackendError, UnknownFamily, OSError) as exc:
-        print(f"codellama-lsp: cannot load the model at {model}: {exc}", file=sys.stderr)
+    uri = args.file.as_uri() if args.file.is_absolute() else args.file.resolve().as_uri()
+
+    async def suggestion() -> str | None:
+        await service.load()
+        if service.slot.ready is None:
+            return None
+        service.open(uri, text, None, "", "utf-32")  # columns count characters
+        lines = len(service.docs.document(uri).lines)
+        return await service.suggest(uri, min(max(args.line, 1), lines) - 1, max(args.column, 1) - 1)
+
+    shown = asyncio.run(suggestion())
+    if shown is None:
         return 2
-    doc = Document.from_text(args.file.as_uri() if args.file.is_absolute() else args.file.resolve().as_uri(), text,
-                             encoding="utf-32")
-    line = min(max(args.line, 1), len(doc.lines)) - 1
-    cursor = doc.cursor(line, max(args.column, 1) - 1)
-    settings, note = for_backend(settings, backend)
-    if note is not None:
-        print(note, file=sys.stderr)
-    p = plan(doc, cursor, settings, template, backend.tokenizer, TokenCounter(backend.tokenizer.encode))
-    result = asyncio.run(backend.agenerate(generation_request(p, settings)))
-    text = shown(result, p)
-    if not text:
-        print(f"codellama-lsp: no suggestion here (the model's text was {result.text!r})", file=sys.stderr)
-    print(text)
+    if not shown:
+        print("codellama-lsp: no suggestion here", file=sys.stderr)
+    print(shown)
     return 0
 
 

@@ -51,15 +51,6 @@ def _drop_partial_utf8(data: bytes) -> bytes:
     return data if len(data) - (i - 1) >= need else data[: i - 1]
 
 
-def index_to_units(line: str, index: int, encoding: Encoding) -> int:
-    """The LSP column of string index ``index`` in ``line``."""
-    index = max(0, min(index, len(line)))
-    if encoding == "utf-32" or line.isascii():
-        return index
-    codec, width = _CODECS[encoding]
-    return len(line[:index].encode(codec, "surrogatepass")) // width
-
-
 def negotiate(offered: list[str] | None) -> Encoding:
     """The client's most preferred encoding we support; UTF-16 when it offers none."""
     for name in offered or ():

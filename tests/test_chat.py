@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.completion import instruct
+from codellama_lsp.completion import instruct_prompts as prompts
 from codellama_lsp.completion.chat import QWEN_DEFAULT_SYSTEM, detect_chat
 from codellama_lsp.completion.templates import Message
 from codellama_lsp.engine.tokenizer import Tokenizer
@@ -17,7 +17,7 @@ from codellama_lsp.engine.tokenizer import Tokenizer
 DIALOGS = [
     [Message("user", "hi")],
     [Message("system", "Be brief."), Message("user", "Explain:\n```python\ndef f(a):\n    return a  # é 😀\n```\n")],
-    instruct.dialog("fix", instruct.Code("x = 1 /\n", "python", "file:///a.py"), ["line 1: invalid syntax"]),
+    prompts.dialog("fix", prompts.Code("x = 1 /\n", "python", "file:///a.py"), ["line 1: invalid syntax"]),
     [Message("user", "a"), Message("assistant", "b"), Message("user", "  c\n\n")],
 ]
 
@@ -57,26 +57,26 @@ def test_detection_and_the_setting(qwen) -> None:
 
 
 def test_code_in_an_answer() -> None:
-    assert instruct.code_in("Here:\n```python\ndef f():\n    return 1\n```\nDone.") == "def f():\n    return 1"
-    assert instruct.code_in("```\nx = 1\ny = 2") == "x = 1\ny = 2"  # cut off by the token limit
-    assert instruct.code_in("x = 1\n") == "x = 1"  # no fence: all of it
-    assert instruct.code_in("~~~~js\na\n```\nb\n~~~~\n") == "a\n```\nb"
+    assert prompts.code_in("Here:\n```python\ndef f():\n    return 1\n```\nDone.") == "def f():\n    return 1"
+    assert prompts.code_in("```\nx = 1\ny = 2") == "x = 1\ny = 2"  # cut off by the token limit
+    assert prompts.code_in("x = 1\n") == "x = 1"  # no fence: all of it
+    assert prompts.code_in("~~~~js\na\n```\nb\n~~~~\n") == "a\n```\nb"
 
 
 def test_placed_keeps_the_replaced_codes_indentation() -> None:
     like = "    def f(self):\n        return 1\n"
-    assert instruct.placed("def g(self):\n    return 2", like) == "    def g(self):\n        return 2\n"
-    assert instruct.placed("x", "y") == "x"
+    assert prompts.placed("def g(self):\n    return 2", like) == "    def g(self):\n        return 2\n"
+    assert prompts.placed("x", "y") == "x"
 
 
 def test_prompts_carry_what_each_action_needs() -> None:
-    code = instruct.Code("    return a / b\n", "python", "file:///m.py")
-    (system, user) = instruct.dialog("edit", code, instruction="use floor division")
+    code = prompts.Code("    return a / b\n", "python", "file:///m.py")
+    (system, user) = prompts.dialog("edit", code, instruction="use floor division")
     assert system.role == "system" and "```python\nreturn a / b\n```" in user.content
     assert "file:///m.py" in user.content and "use floor division" in user.content
-    assert "- line 3: x" in instruct.dialog("fix", code, ["line 3: x"])[1].content
-    assert "`area`" in instruct.docstring_dialog(code, "area")[1].content
-    assert instruct.docstring_text('```\n"""Area of a box."""\n```') == "Area of a box."
+    assert "- line 3: x" in prompts.dialog("fix", code, ["line 3: x"])[1].content
+    assert "`area`" in prompts.docstring_dialog(code, "area")[1].content
+    assert prompts.docstring_text('```\n"""Area of a box."""\n```') == "Area of a box."
     whole = '```python\ndef area(w, h):\n    """\n    Area of a box.\n\n    w: width\n    """\n    return w * h\n```'
-    assert instruct.docstring_text(whole) == "Area of a box.\n\n    w: width"
-    assert instruct.docstring_text('def f():\n    """Cut off by the limit') == "Cut off by the limit"
+    assert prompts.docstring_text(whole) == "Area of a box.\n\n    w: width"
+    assert prompts.docstring_text('def f():\n    """Cut off by the limit') == "Cut off by the limit"

@@ -98,17 +98,17 @@ def test_a_fresh_prefix_starts_on_the_grid_so_returns_and_nearby_places_share_it
 
 def test_a_return_continues_its_own_place_not_the_last_one() -> None:
     """The server plans a request with the window and snippets of the place it continues."""
-    from codellama_lsp.lsp.open_documents import OpenDocuments, Place
+    from codellama_lsp.service.open_documents import OpenDocument, Place
 
     lines = [f"line{i} a b c\n" for i in range(300)]
     doc = Document.from_text("file:///p.py", "".join(lines))
-    docs = OpenDocuments()
+    record = OpenDocument(doc)
     first = window(doc, Cursor(100, 0), 200, 20, words)
-    docs.remember(doc.uri, Place(first, ()))
+    record.remember(Place(first, ()))
     far = window(doc, Cursor(250, 0), 200, 20, words)
-    docs.remember(doc.uri, Place(far, ()))
-    assert docs.place_at(doc.uri, 250).window == far
-    back = docs.place_at(doc.uri, 100)
+    record.remember(Place(far, ()))
+    assert record.place_at(250).window == far
+    back = record.place_at(100)
     assert back is not None and back.window == first
     assert window(doc, Cursor(100, 0), 200, 20, words, previous=back.window).prefix_start == first.prefix_start
-    assert docs.place_at(doc.uri, 0) is None
+    assert record.place_at(0) is None

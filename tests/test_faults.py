@@ -29,7 +29,7 @@ from codellama_lsp.documents import Document
 from codellama_lsp.settings import Settings
 from codellama_lsp.engine import default_model, llamacpp_kernels
 from codellama_lsp.engine.default_model import Asset, default_gguf
-from codellama_lsp.lsp import instruct
+from codellama_lsp.lsp import instruct_actions
 from codellama_lsp.workspace import Workspace
 from raw_lsp import REPO, RawServer, frame, strict_json
 from test_default_model import asset_for, fake_parts
@@ -323,26 +323,26 @@ class CountingTokenizer:
 def instruct_call(code: str) -> tuple[Any, ...]:
     doc = Document.from_text("file:///big.py", code, 1, "python")
     tok = CountingTokenizer()
-    server = SimpleNamespace(docs=SimpleNamespace(documents={doc.uri: doc}),
-                             client_capabilities=SimpleNamespace(window=None))
+    # The editor side (instruct_actions.Editor): the refusal comes before anything is shown or applied.
+    editor = SimpleNamespace(document={doc.uri: doc}.get, progress=lambda title: SimpleNamespace(report=lambda text: None))
     ready = SimpleNamespace(backend=SimpleNamespace(tokenizer=tok, context_length=4096))
     last = len(doc.lines) - 1
     whole = types.Range(start=types.Position(0, 0), end=types.Position(last, len(doc.lines[last])))
-    call = instruct.Call("explain", doc.uri, whole, 1, None, ())
-    return tok, (server, call, ready, Chat("codellama", "test", frozenset({2})), Settings(), None)
+    call = instruct_actions.Call("explain", doc.uri, whole, 1, None, ())
+    return tok, (editor, call, ready, Chat("codellama", "test", frozenset({2})), Settings(), None)
 
 
 @pytest.mark.parametrize("code", ["x = [" + "1, " * 2_000_000 + "]", "x = 1\n" * 200_000], ids=["5 MB line", "200k lines"])
 def test_a_huge_instruct_selection_is_refused_without_tokenizing_it(code: str) -> None:
     tok, args = instruct_call(code)
-    answer = asyncio.run(instruct.run(*args))
+    answer = asyncio.run(instruct_actions.run(*args))
     assert "too long" in answer["error"] and "characters" in answer["error"]
     assert tok.longest < 1000
 
 
 def test_an_instruct_selection_is_tokenized_off_the_event_loop() -> None:
     tok, args = instruct_call("value = compute(1, 2)\n" * 2000)  # too long in tokens, not in characters
-    answer = asyncio.run(instruct.run(*args))
+    answer = asyncio.run(instruct_actions.run(*args))
     assert "too long" in answer["error"] and "tokens" in answer["error"]
     assert tok.longest > 40_000 and not tok.on_loop_thread
 

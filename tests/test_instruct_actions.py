@@ -7,7 +7,7 @@ from lsprotocol import types
 
 from codellama_lsp.completion.chat import Chat
 from codellama_lsp.documents import Document
-from codellama_lsp.lsp import instruct as li
+from codellama_lsp.lsp import instruct_actions as li
 
 CHATML = Chat("chatml", "test", frozenset({1}), (2, 3))
 SOURCE = "class Box:\n    def area(self):\n        return self.w * self.h\n\nx = 1\n"

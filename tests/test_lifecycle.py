@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from codellama_lsp.generation import GenerationResult
-from codellama_lsp.lsp.lifecycle import Ahead, Anchor, Lifecycle, Shown, rest_after_typing, typed_since
-from codellama_lsp.lsp.metrics import Metrics, percentile
+from codellama_lsp.service.lifecycle import Ahead, Anchor, Lifecycle, Shown, rest_after_typing, typed_since
+from codellama_lsp.service.metrics import Metrics, percentile
 
 
 async def _slow(result: str, started: list[str], stopped: list[str]) -> str:

@@ -15,6 +15,7 @@ import pytest_asyncio
 from lsprotocol import types
 
 from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion.definitions import find_definition
 from codellama_lsp.completion.planning import generation_request, plan, shown
 from codellama_lsp.completion.families import detect
 from codellama_lsp.completion.context import TokenCounter
@@ -332,7 +333,7 @@ def expected_docstring(engine: Engine, text: str, line: int, language_id: str = 
     from codellama_lsp.completion.docstring import MAX_TOKENS as DOCSTRING_MAX_TOKENS
 
     doc = Document.from_text("file:///expected", text, language_id=language_id)
-    d = ds.find_definition(doc, line)
+    d = find_definition(doc, line)
     p = ds.sides(doc, d, SETTINGS.prefix_tokens, SETTINGS.suffix_tokens, TokenCounter(engine.tokenizer.encode))
     fmt = resolve_format(SETTINGS, engine.preferred_format).format
     result = engine.generate(GenerationRequest(prompt=infilling_tokens(engine.tokenizer, p.prefix, p.suffix, fmt),

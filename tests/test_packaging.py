@@ -37,7 +37,7 @@ class Hide:
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, Hide())
 import codellama_lsp
-from codellama_lsp.lsp.loading import default_model_path
+from codellama_lsp.loading import default_model_path
 assert default_model_path() == codellama_lsp.BUNDLED_MODEL, default_model_path()
 print(codellama_lsp.BUNDLED_MODEL)
 from codellama_lsp.cli import main

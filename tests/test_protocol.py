@@ -193,7 +193,7 @@ def test_non_finite_numbers_are_refused(server: RawServer, body: bytes) -> None:
 
 def test_a_result_with_a_non_finite_number_becomes_an_error(tmp_path: Path) -> None:
     patch = ("import math, codellama_lsp.lsp.convert as c; status = c.status; "
-             "c.status = lambda server: {**status(server), 'load_ms': math.inf}; "
+             "c.status = lambda *args: {**status(*args), 'load_ms': math.inf}; "
              "from codellama_lsp.cli import main; main()")
     with RawServer(BUNDLED_MODEL, tmp_path / "server.log", python=("-c", patch)) as s:
         answer = s.request("workspace/executeCommand", STATUS, msg_id=1)
@@ -258,7 +258,7 @@ def test_long_client_strings_are_not_echoed_in_full(server: RawServer) -> None:
 
 
 def test_internal_errors_keep_the_traceback_in_the_log(tmp_path: Path) -> None:
-    patch = ("import codellama_lsp.lsp.convert as c; c.status = lambda server: [][1]; "
+    patch = ("import codellama_lsp.lsp.convert as c; c.status = lambda *args: [][1]; "
              "from codellama_lsp.cli import main; main()")
     with RawServer(BUNDLED_MODEL, tmp_path / "server.log", python=("-c", patch)) as s:
         error = s.request("workspace/executeCommand", STATUS)["error"]

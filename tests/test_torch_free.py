@@ -19,7 +19,8 @@ PIPELINE = """
 from codellama_lsp.completion import context, docstring, families, planning, postprocess, templates
 from codellama_lsp.documents import Document
 from codellama_lsp.generation import StopRule, GenerationRequest
-from codellama_lsp.lsp import lifecycle, server
+from codellama_lsp.lsp import server
+from codellama_lsp.service import lifecycle
 from codellama_lsp import positions, settings
 from codellama_lsp.backends import remote, wire
 

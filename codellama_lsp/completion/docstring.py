@@ -4,33 +4,29 @@ The model writes the docstring where it belongs: for Python the prompt's prefix 
 with the signature and an indented ``\"\"\"`` and its suffix is the body (the model closes
 the string itself; ``LAYOUT``); for C-like languages the prefix ends with ``/**`` and `` * ``
 above the definition and the suffix starts with `` */`` and the definition. The edit then
-writes it in the language's idiom.
-
-Definitions are found with tree-sitter (Python, JavaScript) in a window of lines around
-the cursor, never the whole document; other languages fall back to a line pattern.
+writes it in the language's idiom. The definition comes from ``definitions``.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
-from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import chain
 from typing import Callable, Literal
 
 from codellama_lsp.completion.context import cut, model_text
-from codellama_lsp.documents import Document, split_lines
+from codellama_lsp.documents import Document
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
-from codellama_lsp.completion.postprocess import END_MARKERS, drop_repeated_lines, indent_of, loop_end, whole_sentences
+from codellama_lsp.completion.postprocess import END_MARKERS, drop_repeated_lines, loop_end, whole_sentences
 from codellama_lsp.completion.chat import Chat
 from codellama_lsp.completion.families import Template
 from codellama_lsp.completion.templates import prompt_format
-from codellama_lsp.completion import instruct
+from codellama_lsp.completion import instruct_prompts as prompts
 from codellama_lsp.settings import Settings
-from codellama_lsp.completion.syntax import language_of, parser
+from codellama_lsp.completion.definitions import Definition, Style, find_definition, relocate
+from codellama_lsp.completion.syntax import language_of
 
-Style = Literal["python", "jsdoc"]
 # Where the docstring's closing delimiter is: already in the suffix ("closed": the model fills
 # the string between the delimiters), or left to the model ("open": the suffix is the code after
 # the docstring, and the stop string ends the middle where the model closes it). "open" is the
@@ -46,142 +42,8 @@ LAYOUT: Layout = "open"
 # the same budget most of its docstrings stop mid-sentence (docs/measurements.md, "Docstrings:
 # infilling or Instruct").
 
-PYTHON_DEFS = {"function_definition": "function", "class_definition": "class"}
-JS_DEFS = {
-    "function_declaration": "function",
-    "generator_function_declaration": "function",
-    "method_definition": "method",
-    "class_declaration": "class",
-}
 MAX_TOKENS = 128  # a summary line and a few lines of arguments
 TIME_BUDGET_MS = 5000.0  # hover waits longer than ghost text: the user asked for it
-# How far around the cursor the parser looks: a definition's header is near its keyword.
-LINES_ABOVE = 60
-LINES_BELOW = 200
-_FALLBACK = re.compile(
-    r"\b(?:function\*?|class|fn|func|def|struct|interface|trait|impl)\s+(\w+)"  # keyword definitions
-    r"|^\s*(?:[\w<>\[\],*&:]+\s+)+\**(\w+)\s*\([^;]*$"  # C-like: type name(args) with no ';'
-)
-
-
-@dataclass(frozen=True)
-class Definition:
-    name: str
-    kind: str
-    style: Style
-    first_line: int  # where a block comment goes (above any "export")
-    header_end: int  # last line of the signature
-    body_line: int  # first line of the body
-    indent: str  # the definition's indentation
-    body_indent: str
-    has_docstring: bool
-    last_line: int  # the definition's last line (its header's, where only a line pattern found it)
-
-
-def find_definition(doc: Document, line: int) -> Definition | None:
-    """The function or class whose header contains ``line``."""
-    lang = language_of(doc.language_id, doc.uri)
-    if lang == "python":
-        return _tree_sitter_definition(doc, line, "python", PYTHON_DEFS)
-    if lang in ("javascript", "javascriptreact"):
-        found = _tree_sitter_definition(doc, line, "javascript", JS_DEFS)
-        return found if found is not None else _fallback_definition(doc, line)
-    return _fallback_definition(doc, line)
-
-
-def enclosing_definition(doc: Document, line: int) -> Definition | None:
-    """The innermost definition whose lines (header or body) hold ``line``: what an action at a cursor is about.
-
-    Only lines a definition's keyword or signature pattern matches are tried, so a cursor
-    deep in a body costs a few parses, not one per line above it.
-    """
-    for i in range(line, max(-1, line - LINES_ABOVE), -1):
-        if i != line and not _FALLBACK.search(doc.lines[i]):
-            continue
-        d = find_definition(doc, i)
-        if d is not None and d.first_line <= line <= d.last_line:
-            return d
-    return None
-
-
-def _window_start(doc: Document, line: int) -> int:
-    """A top-level line at or above ``line - LINES_ABOVE``, so the parsed window starts cleanly."""
-    lo = max(0, line - LINES_ABOVE)
-    for i in range(lo, max(-1, lo - 10 * LINES_ABOVE), -1):
-        text = doc.lines[i]
-        if text.strip() and not text[0].isspace():
-            return i
-    return lo
-
-
-def _tree_sitter_definition(doc: Document, line: int, grammar: str, kinds: dict[str, str]) -> Definition | None:
-    p = parser(grammar)
-    if p is None:
-        return _fallback_definition(doc, line)
-    lo = _window_start(doc, line)
-    hi = min(len(doc.lines), line + LINES_BELOW)
-    source = "".join(doc.lines[lo:hi]).encode("utf-8", "surrogatepass")
-    node = p.parse(source).root_node
-    row = line - lo
-    best = None
-    while True:  # descend to the innermost definition whose header spans the row
-        child = next((c for c in node.named_children if c.start_point.row <= row <= c.end_point.row), None)
-        if child is None:
-            break
-        if child.type in kinds:
-            body = child.child_by_field_name("body")
-            if body is not None and child.start_point.row <= row <= _header_end(child, body):
-                best = child
-        node = child
-    if best is None:
-        return None
-    body = best.child_by_field_name("body")
-    name = best.child_by_field_name("name")
-    header_end = _header_end(best, body)
-    first = best.parent if best.parent is not None and best.parent.type == "export_statement" else best
-    first_line = first.start_point.row + lo
-    indent = indent_of(doc.lines[first_line])
-    if grammar == "python":
-        if body.start_point.row <= header_end:
-            return None  # "def f(): return 1": no line for a docstring
-        statements = body.named_children
-        has_doc = bool(statements) and statements[0].type == "expression_statement" and \
-            statements[0].named_child_count == 1 and statements[0].named_children[0].type == "string"
-        body_indent = indent_of(doc.lines[body.start_point.row + lo])
-        style: Style = "python"
-    else:
-        prev = first.prev_sibling
-        has_doc = prev is not None and prev.type == "comment" and prev.text.startswith(b"/**")
-        body_indent = indent
-        style = "jsdoc"
-    return Definition(
-        name=name.text.decode("utf-8", "replace") if name is not None else "",
-        kind=kinds[best.type], style=style, first_line=first_line, header_end=header_end + lo,
-        body_line=header_end + lo + 1, indent=indent,
-        body_indent=body_indent or indent + "    ", has_docstring=has_doc, last_line=best.end_point.row + lo,
-    )
-
-
-def _header_end(node, body) -> int:
-    """The row where the signature ends: Python's body starts after the ':'; JS's at '{'."""
-    if body.type == "block":
-        colon = body.prev_sibling
-        return colon.end_point.row if colon is not None else body.start_point.row
-    return body.start_point.row
-
-
-def _fallback_definition(doc: Document, line: int) -> Definition | None:
-    text = doc.line_text(line)
-    match = _FALLBACK.search(text)
-    if match is None:
-        return None
-    above = doc.line_text(line - 1).strip() if line > 0 else ""
-    indent = indent_of(text)
-    return Definition(
-        name=match.group(1) or match.group(2), kind="definition", style="jsdoc", first_line=line,
-        header_end=line, body_line=line + 1, indent=indent, body_indent=indent,
-        has_docstring=above.endswith("*/") or above.startswith("//"), last_line=line,
-    )
 
 
 _BREAKS = re.compile("\r\n?|[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
@@ -284,18 +146,18 @@ def generation_request(doc: Document, d: Definition, settings: Settings, templat
     )
 
 
-def definition_code(doc: Document, d: Definition) -> instruct.Code:
+def definition_code(doc: Document, d: Definition) -> prompts.Code:
     """``d``'s whole text (a block comment above it included), for a chat prompt about it."""
-    return instruct.Code("".join(doc.lines[d.first_line: d.last_line + 1]),
+    return prompts.Code("".join(doc.lines[d.first_line: d.last_line + 1]),
                          language_of(doc.language_id, doc.uri) or doc.language_id or "text", doc.uri)
 
 
 def instruct_request(doc: Document, d: Definition, settings: Settings, chat: Chat,
                      tokenizer: TextTokenizer) -> GenerationRequest:
     """The request whose answer is ``d``'s docstring, asked of an Instruct model in its chat layout
-    (``clean(instruct.docstring_text(answer), d.style)`` is the docstring)."""
+    (``clean(prompts.docstring_text(answer), d.style)`` is the docstring)."""
     return GenerationRequest(
-        prompt=chat.prompt(tokenizer, instruct.docstring_dialog(definition_code(doc, d), d.name)),
+        prompt=chat.prompt(tokenizer, prompts.docstring_dialog(definition_code(doc, d), d.name)),
         stop_ids=chat.stop_ids, infilling=False, max_new_tokens=MAX_TOKENS, temperature=settings.temperature,
         time_budget_ms=max(settings.time_budget_ms, TIME_BUDGET_MS), on_text=stop_at_loop,
     )
@@ -304,11 +166,6 @@ def instruct_request(doc: Document, d: Definition, settings: Settings, chat: Cha
 def stop_at_loop(text: str) -> bool:
     """Streaming stop for a docstring: a model going round will not come out of it; ``clean`` cuts there."""
     return loop_end(text, prose=True) is not None
-
-
-def header_text(doc: Document, d: Definition) -> str:
-    """The definition's header lines, verbatim: what identifies it when its line number moves."""
-    return "".join(doc.lines[d.first_line: d.body_line])
 
 
 def definition_for(doc: Document, line: int, version: int | None, header: str | None) -> Definition | None:
@@ -321,52 +178,3 @@ def definition_for(doc: Document, line: int, version: int | None, header: str | 
     moved = version is not None and doc.version != version
     d = (relocate(doc, header) if header else None) if moved else find_definition(doc, line)
     return None if d is None or d.has_docstring else d
-
-
-def relocate(doc: Document, header: str) -> Definition | None:
-    """The one definition in ``doc`` whose header is ``header``, or None when there is none or more than one.
-
-    Used when the document changed after a position was taken: a line number from an
-    older version may now point anywhere, but the same signature text is the same
-    definition unless it occurs twice.
-    """
-    first = split_lines(header)[0] if header else ""
-    found: list[Definition] = []
-    for i, line in enumerate(doc.lines):
-        if first and line == first:
-            d = find_definition(doc, i)
-            if d is not None and header_text(doc, d) == header and d not in found:
-                found.append(d)
-    return found[0] if len(found) == 1 else None
-
-
-class DocstringCache:
-    """Generated docstrings by document and definition header, so hover and the code action share one.
-
-    Keyed by the header's text, not its line: typing elsewhere keeps the entry, editing the
-    signature drops it. Bounded; the oldest entry goes first.
-    """
-
-    def __init__(self, capacity: int = 64) -> None:
-        self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._capacity = capacity
-
-    @staticmethod
-    def key(doc: Document, d: Definition) -> tuple[str, str]:
-        return doc.uri, header_text(doc, d)
-
-    def get(self, key: tuple[str, str]) -> str | None:
-        return self._entries.get(key)
-
-    def put(self, key: tuple[str, str], text: str) -> None:
-        self._entries[key] = text
-        if len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def forget(self, uri: str) -> None:
-        """A closed document's entries (a header may be a whole minified file's first line)."""
-        for key in [k for k in self._entries if k[0] == uri]:
-            del self._entries[key]

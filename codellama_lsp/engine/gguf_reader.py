@@ -36,7 +36,6 @@ Q = gguf.GGMLQuantizationType
 SUPPORTED_TYPES = frozenset({
     Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
 })
-_BIASED = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _CHUNK_VALUES = 1 << 21  # dequantize about 2M values (8 MB of float32) at a time
 
 

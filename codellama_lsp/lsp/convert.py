@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 from lsprotocol import types
 
 from codellama_lsp.completion import docstring as ds
+from codellama_lsp.completion.definitions import Definition
 from codellama_lsp import __version__
 from codellama_lsp.completion.context import TokenCounter
 from codellama_lsp.documents import Document
 from codellama_lsp.engine import default_model
 
 if TYPE_CHECKING:
-    from codellama_lsp.lsp.server import CodeLlamaServer
+    from codellama_lsp.service.completion_service import Snapshot
 
 GENERATE_DOCSTRING = "Generate docstring"
 LABEL_CHARS = 60  # a completion menu shows about this much of a label
@@ -52,7 +53,7 @@ def completion_list(text: str, position: types.Position) -> types.CompletionList
     return types.CompletionList(is_incomplete=True, items=[item])
 
 
-def hover(d: ds.Definition, text: str) -> types.Hover:
+def hover(d: Definition, text: str) -> types.Hover:
     return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=ds.markdown(d, text)))
 
 
@@ -123,29 +124,28 @@ def workspace_edit(caps: types.ClientCapabilities, doc: Document, edits: list[ty
     return types.WorkspaceEdit(changes={doc.uri: edits})
 
 
-def docstring_edit(doc: Document, d: ds.Definition, text: str, caps: types.ClientCapabilities) -> types.WorkspaceEdit:
+def docstring_edit(doc: Document, d: Definition, text: str, caps: types.ClientCapabilities) -> types.WorkspaceEdit:
     line, insert = ds.edit(doc, d, text)
     where = types.Position(line=line, character=0)
     return workspace_edit(caps, doc, [types.TextEdit(range=types.Range(start=where, end=where), new_text=insert)])
 
 
-def status(server: "CodeLlamaServer") -> dict[str, Any]:
+def status(snapshot: "Snapshot", encoding: str) -> dict[str, Any]:
     """What ``codellama.status`` answers: the model, its load, the settings in force, and the counters."""
-    backend = server.slot.backend
-    # What requests use: the device's budgets where the client set none, "auto" resolved.
-    in_force = server.request_settings(backend) if backend else server.settings
+    slot, settings, in_force = snapshot.slot, snapshot.settings, snapshot.in_force
+    backend = slot.backend
     return {
         "version": __version__,
-        "model": str(server.slot.path),
-        "state": server.slot.state,
-        "error": server.slot.error,
-        "device": str(backend.device) if backend else server.settings.device,
-        "dtype": str(backend.dtype).removeprefix("torch.") if backend else server.settings.dtype,
+        "model": str(slot.path),
+        "state": slot.state,
+        "error": slot.error,
+        "device": str(backend.device) if backend else settings.device,
+        "dtype": str(backend.dtype).removeprefix("torch.") if backend else settings.dtype,
         # The local engine that computes ("torch", "llamacpp"); a remote backend's name; the setting before loading.
-        "engine": getattr(backend, "kind", server.settings.backend) if backend else server.settings.engine,
-        "load_ms": server.slot.load_ms,
+        "engine": getattr(backend, "kind", settings.backend) if backend else settings.engine,
+        "load_ms": slot.load_ms,
         # How this start verified the default model's file (full or sampled hash); None for other models.
-        "model_verified": default_model.how_verified(server.slot.path),
+        "model_verified": default_model.how_verified(slot.path),
         # Draft tokens checked per forward pass; 0 where the llama.cpp engine found this CPU's kernels
         # not batch-invariant (engine.llamacpp.LlamaCppRunner.batch_invariant). None: a remote backend.
         "draft_tokens": getattr(backend, "draft_tokens", None),
@@ -155,34 +155,34 @@ def status(server: "CodeLlamaServer") -> dict[str, Any]:
         "context_length": backend.context_length if backend else None,
         "kv_bytes": memory.kv_bytes if (memory := getattr(backend, "memory", None)) is not None else None,
         "memory_plan": memory.describe(backend.prompt_cache.budget_bytes) if memory is not None else None,
-        "settings": {k: v for k, v in asdict(server.settings).items() if k != "given"},
+        "settings": {k: v for k, v in asdict(settings).items() if k != "given"},
         "format": in_force.format if backend else None,
         # The budgets requests use: the device's where the client set none, cut to the context.
         "budgets": {k: getattr(in_force, k) for k in ("prefix_tokens", "suffix_tokens", "max_new_tokens",
                                                      "time_budget_ms")},
-        "family": server.slot.template.describe() if server.slot.template else None,
+        "family": slot.template.describe() if slot.template else None,
         # Whether the Instruct actions are offered: the chat layout, or why there is none.
-        "chat": server.chat().describe() if server.slot.ready is not None else None,
-        "position_encoding": server.encoding,
-        "open_documents": len(server.docs.documents),
-        **server.metrics.snapshot(),
-        "shared_requests": server.lifecycle.shared,
-        "prefetches": server.lifecycle.prefetches,  # started; "prefetched" under requests counts the hits
-        "in_flight": server.lifecycle.running(),
+        "chat": snapshot.chat.describe() if snapshot.chat is not None else None,
+        "position_encoding": encoding,
+        "open_documents": snapshot.open_documents,
+        **snapshot.metrics,
+        "shared_requests": snapshot.shared_requests,
+        "prefetches": snapshot.prefetches,  # started; "prefetched" under requests counts the hits
+        "in_flight": snapshot.in_flight,
         "generated_tokens": backend.generated_tokens if backend else 0,
-        "token_cache": _token_cache(server.slot.ready.counter) if server.slot.ready is not None else None,
+        "token_cache": _token_cache(slot.ready.counter) if slot.ready is not None else None,
         # The local engine's kept KV sequences (engine.prompt_cache); None: a remote backend.
         "prompt_cache": cache.describe() if (cache := getattr(backend, "prompt_cache", None)) is not None else None,
-        "context": _context(server, in_force.context_tokens),
+        "context": _context(snapshot, in_force.context_tokens),
     }
 
 
-def _context(server: "CodeLlamaServer", budget: int) -> dict[str, Any]:
+def _context(snapshot: "Snapshot", budget: int) -> dict[str, Any]:
     """Other files' snippets: the budget in force, the workspace, and what the last suggestion's prompt had."""
-    uri, snippets, header = server.last_context
+    uri, snippets, header = snapshot.last_context
     return {
         "context_tokens": budget,
-        "root": str(server.repo.root) if server.repo.root else None,
+        "root": str(snapshot.root) if snapshot.root else None,
         "document": uri or None,
         "snippets": [{"path": x.snippet.path, "lines": [x.snippet.start + 1, x.snippet.end], "source": x.snippet.source,
                       "score": round(x.score, 3), "tokens": x.tokens} for x in snippets],

@@ -33,7 +33,7 @@ import collections.abc
 import enum
 import logging
 import typing
-from typing import TYPE_CHECKING, Any, Callable, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import attrs
 import cattrs
@@ -44,9 +44,6 @@ from pygls.protocol.language_server import lsp_method
 
 from codellama_lsp.lsp import framing
 from codellama_lsp.lsp.framing import BrokenFrame, echo
-
-if TYPE_CHECKING:
-    from codellama_lsp.lsp.server import CodeLlamaServer
 
 log = logging.getLogger("codellama_lsp")
 
@@ -225,10 +222,19 @@ class CursorRestNotification:
 REQUEST_ID: contextvars.ContextVar[Any] = contextvars.ContextVar("codellama_request_id", default=None)
 
 
+class DocumentsAndCancels(typing.Protocol):
+    """What the protocol hands its server: the document notifications, and a request's cancellation."""
+
+    def open_document(self, item: types.TextDocumentItem) -> None: ...
+    def change_document(self, params: types.DidChangeTextDocumentParams) -> None: ...
+    def close_document(self, uri: str) -> None: ...
+    def cancel_request(self, msg_id: Any) -> None: ...
+
+
 class CodeLlamaProtocol(LanguageServerProtocol):
     """pygls' protocol with our own document store and a JSON-RPC 2.0 answer to everything."""
 
-    _server: "CodeLlamaServer"
+    _server: DocumentsAndCancels  # type: ignore[assignment]
     # Set by the transport (``framing.serve``) while it serves: ends its read loop, from any thread.
     on_stop: Callable[[str], None] | None = None
 

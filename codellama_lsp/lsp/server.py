@@ -1,9 +1,8 @@
-"""The pygls language server: LSP wiring around plain modules.
+"""The pygls language server: LSP wiring around the completion service.
 
-Each handler gets the document, calls a plain function (``completion.planning``,
-``completion.docstring``, ``lifecycle``) and converts the result (``convert``). Nothing
-here raises to the client for a bad document, position or setting: those get an empty
-result and a log line.
+Each handler gets the document, calls the service (``service/completion_service.py``) or a
+plain function, and converts the result (``convert``). Nothing here raises to the client for
+a bad document, position or setting: those get an empty result and a log line.
 """
 
 from __future__ import annotations
@@ -11,67 +10,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from codellama_lsp import __version__
-from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion.planning import Sources, generation_request, plan, shown
-from codellama_lsp.completion.snippets import Scored
-from codellama_lsp.documents import Cursor, Document
-from codellama_lsp.generation import Backend
-from codellama_lsp.lsp import convert
-from codellama_lsp.completion.chat import Chat, detect_chat
-from codellama_lsp.completion.instruct import TITLES
-from codellama_lsp.lsp import instruct
-from codellama_lsp.lsp.docstrings import Docstrings
-from codellama_lsp.lsp.lifecycle import Ahead, Anchor, Flight, Lifecycle
-from codellama_lsp.lsp.loading import BackendSlot, Ready, default_model_path, load_into, size_prompt_cache
+from codellama_lsp.completion.definitions import Definition, find_definition, header_text
+from codellama_lsp.completion.instruct_prompts import TITLES
+from codellama_lsp.documents import Document
+from codellama_lsp.lsp import convert, instruct_actions
 from codellama_lsp.lsp.log import attach_to_running_loop as attach_log_to_client
-from codellama_lsp.lsp.metrics import Metrics, counted_generation
-from codellama_lsp.lsp.progress import LspProgress
-from codellama_lsp.positions import negotiate
-from codellama_lsp.lsp.protocol import CURSOR_REST, REQUEST_ID, CodeLlamaProtocol
-from codellama_lsp.lsp.open_documents import OpenDocuments, Place
 from codellama_lsp.lsp.parent import watch_client
-from codellama_lsp.settings import SECTION, Settings, apply, for_backend
-from codellama_lsp.workspace import Workspace, uri_path
+from codellama_lsp.lsp.progress import LspProgress, Streamed
+from codellama_lsp.lsp.protocol import CURSOR_REST, REQUEST_ID, CodeLlamaProtocol
+from codellama_lsp.positions import negotiate
+from codellama_lsp.service.completion_service import CompletionService
+from codellama_lsp.settings import SECTION, Settings
+from codellama_lsp.workspace import uri_path
 
 log = logging.getLogger("codellama_lsp")
 
 STATUS_COMMAND = "codellama.status"
-# A prefetch begins once the user has paused this long (reading the suggestion, about to accept
-# it), not between keystrokes: a prefill under way cannot stop, and would delay the next one.
-PREFETCH_PAUSE_S = 0.3
-
-
-def anchor_at(doc: Document, cursor: Cursor) -> Anchor:
-    line = doc.line_text(cursor.line)
-    return Anchor(cursor.line, line[: cursor.index], line[cursor.index:])
 
 
 class CodeLlamaServer(LanguageServer):
     def __init__(self, settings: Settings, default_model: Path | None = None) -> None:
         super().__init__("codellama-lsp", __version__, protocol_cls=CodeLlamaProtocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
-        self.settings = settings
-        self.default_model = default_model or default_model_path()
-        self.slot = BackendSlot(self.model_path(settings))
-        self.docs = OpenDocuments()
-        self.repo = Workspace()
-        # The last suggestion's document, snippets and header of imports (for the status).
-        self.last_context: tuple[str, tuple[Scored, ...], str] = ("", (), "")
-        self.lifecycle = Lifecycle()
-        self.metrics = Metrics()
-        self.docstrings = Docstrings(self.lifecycle, self.metrics)
+        self.service = CompletionService(settings, LspProgress(self), self.warn, default_model)
         self.encoding = "utf-16"
         self.shutdown_requested = False
-        self._load_task: asyncio.Task | None = None
-        self._fit_note: str | None = None  # the last budget-cut warning shown, so it is shown once
         self.commands: dict[Any, asyncio.Task] = {}  # running codellama.instruct commands by request id
 
     # -- errors -----------------------------------------------------------------------------------------
@@ -79,37 +49,11 @@ class CodeLlamaServer(LanguageServer):
         """Log instead of pygls' default pop-up: bad client input is logged, not shown to the user."""
         log.error("%s: %s", getattr(source, "__name__", source), error)
 
-    def show(self, kind: types.MessageType, message: str) -> None:
-        self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+    def warn(self, message: str) -> None:
+        log.warning(message)
+        self.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning, message=message))
 
-    # -- settings and the backend -----------------------------------------------------------------------
-    def model_path(self, settings: Settings) -> Path:
-        return Path(settings.model).expanduser() if settings.model else self.default_model
-
-    def apply_settings(self, raw: Any, source: str) -> None:
-        before = self.settings
-        self.settings, errors = apply(self.settings, raw)
-        if errors:
-            message = f"codellama-lsp: {source}: " + "; ".join(errors)
-            log.warning(message)
-            self.show(types.MessageType.Warning, message)
-        if self.settings != before:
-            log.info("settings from %s: %s", source, self.settings)
-        if self.settings.load_key != before.load_key and self.slot.state != "not loaded":
-            self.start_loading()
-        elif self.slot.backend is not None:
-            size_prompt_cache(self.slot.backend, self.settings)
-
-    def request_settings(self, backend: Backend) -> Settings:
-        """The settings a request uses: the budgets of ``backend``'s device where the client set none,
-        format "auto" resolved for its model, and the budgets cut to fit its context, with a warning once."""
-        fitted, note = for_backend(self.settings, backend)
-        if note is not None and note != self._fit_note:
-            log.warning(note)
-            self.show(types.MessageType.Warning, note)
-        self._fit_note = note
-        return fitted
-
+    # -- settings ---------------------------------------------------------------------------------------
     async def pull_configuration(self) -> None:
         caps = self.client_capabilities.workspace
         if not (caps and caps.configuration):
@@ -121,174 +65,36 @@ class CodeLlamaServer(LanguageServer):
             log.warning("workspace/configuration failed: %s", exc)
             return
         if answer and answer[0] is not None:
-            self.apply_settings(answer[0], "workspace/configuration")
+            self.service.apply_settings(answer[0], "workspace/configuration")
 
-    def start_loading(self) -> None:
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()  # the newest settings win; the old thread's result is dropped
-        self._load_task = asyncio.ensure_future(self.load())
-
-    async def load(self) -> None:
-        old, self.slot = self.slot.backend, BackendSlot(self.model_path(self.settings))
-        try:
-            await load_into(self.slot, self.settings, LspProgress(self))
-        finally:
-            if old is not None:
-                old.close()
-        if self.slot.ready is not None:
-            self.docs.places.clear()
-            self.docstrings.clear()
-
-    # -- documents --------------------------------------------------------------------------------------
+    # -- documents (called by the protocol) -------------------------------------------------------------
     def open_document(self, item: types.TextDocumentItem) -> None:
-        self.docs.open(item, self.encoding)
+        self.service.open(item.uri, item.text, item.version, item.language_id, self.encoding)
 
     def change_document(self, params: types.DidChangeTextDocumentParams) -> None:
-        self.docs.change(params)
-        uri = params.text_document.uri
-        for change in params.content_changes:
-            if isinstance(change, types.TextDocumentContentChangePartial):
-                self.repo.edited(uri, change.range.start.line + change.text.count("\n"))
+        self.service.change(params.text_document.uri, params.text_document.version, [
+            (c.text, ((c.range.start.line, c.range.start.character), (c.range.end.line, c.range.end.character))
+             if isinstance(c, types.TextDocumentContentChangePartial) else None) for c in params.content_changes])
 
     def close_document(self, uri: str) -> None:
-        self.docs.close(uri)
-        self.repo.forget(uri)
-        self.lifecycle.forget(uri)
-        self.docstrings.forget(uri)
-        if self.slot.ready is not None:
-            self.slot.ready.counter.forget(uri)
+        self.service.close(uri)
 
-    def locate(self, uri: str, position: types.Position, what: str) -> tuple[Document, Cursor] | None:
-        """The document and cursor for a request, or None (logged and counted) when either is unknown."""
-        found = self.docs.locate(uri, position, what)
-        if isinstance(found, str):
-            self.metrics.count(found)
-            return None
-        return found
+    # -- Instruct actions: the editor side of ``instruct_actions.Editor`` -------------------------------
+    def document(self, uri: str) -> Document | None:
+        return self.service.docs.document(uri)
 
-    # -- completion -------------------------------------------------------------------------------------
-    async def suggest(self, uri: str, position: types.Position) -> str:
-        """The suggestion at ``position``, or "" when there is none (the reason is logged and counted)."""
-        t0 = time.perf_counter()
-        self.metrics.count("completion")
-        if not self.settings.enabled:
-            self.metrics.count("disabled")
-            return ""
-        found = self.locate(uri, position, "completion")
-        if found is None:
-            return ""
-        doc, cursor = found
-        here = anchor_at(doc, cursor)
-        version = doc.version
-        ready = self.slot.ready
-        start = None if ready is None else (lambda flight: self._complete(doc, cursor, ready, flight))
-        try:
-            text, outcome = await self.lifecycle.suggest(uri, here, version, start, doc.digest)
-        except asyncio.CancelledError:
-            self.metrics.count("cancelled")
-            raise
-        self.metrics.count(outcome)
-        if outcome == "model_not_ready":
-            log.info("completion before the model is ready (%s)", self.slot.state)
-        elif outcome != "superseded":
-            self.metrics.answered((time.perf_counter() - t0) * 1000)
-        if (text and ready is not None and self.settings.prefetch and doc.version == version
-                and outcome in ("answered", "typed_ahead", "prefetched", "typed_through")):
-            self._prefetch(doc, cursor, text, ready)
-        return text
-
-    def _prefetch(self, doc: Document, cursor: Cursor, shown: str, ready: Ready) -> None:
-        """Compute, once the user pauses, the suggestion at the end of ``shown`` once it is typed or accepted."""
-        version = doc.version
-
-        def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None:
-            if doc.version != version:  # edited during the pause, without asking for a suggestion
-                return None
-            ahead_doc, end = doc.inserted(cursor, shown)
-            return (Ahead(anchor_at(ahead_doc, end), ahead_doc.digest()),
-                    lambda flight: self._complete(ahead_doc, end, ready, flight, what="prefetch"))
-
-        self.lifecycle.prefetch(doc.uri, prepare, PREFETCH_PAUSE_S)
-
-    def warm(self, uri: str, position: types.Position) -> None:
-        """Compute the suggestion where the cursor rests, before it is asked for (llama.vim's CursorHold warm-up).
-
-        The user is reading; by the time they type, the prompt at this place is in the KV cache
-        and its suggestion is ready. It is the lowest-priority work: a prefetch at the cursor's
-        own place, which any request cancels (between prefill chunks, keeping what was computed).
-        """
-        ready = self.slot.ready
-        if ready is None or not self.settings.enabled:
-            return
-        found = self.locate(uri, position, "warm-up")
-        if found is None:
-            return
-        doc, cursor = found
-        version, here = doc.version, anchor_at(doc, cursor)
-
-        def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None:
-            if doc.version != version:
-                return None
-            return (Ahead(here, doc.digest()),
-                    lambda flight: self._complete(doc, cursor, ready, flight, what="warm-up"))
-
-        if self.lifecycle.warm(uri, here, prepare):
-            self.metrics.count("warm_up")
-
-    def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight,
-                  what: str = "completion") -> Awaitable[str]:
-        """Plan now, while the document is as the request saw it; generate in the returned awaitable.
-
-        A prefetch (``what``) plans a document that is not the editor's yet, so its plan is not
-        kept as the document's window, snippets and status context. A prefetch or a warm-up is
-        not where the user types yet (``generation_request``'s ``typing``).
-        """
-        backend = ready.backend
-        settings = self.request_settings(backend)
-        where = f"{what} at {cursor.line}:{cursor.index} in {doc.uri}"
-        documents, ws = self.docs.documents, self.repo
-        place = self.docs.place_at(doc.uri, cursor.line)
-        sources = None if settings.context_tokens <= 0 else Sources(  # off: no scan of the document at all
-            ws.name, ws.relative(doc.uri), lambda lines: ws.candidates(doc, lines, documents),
-            place.snippets if place else None, ws.import_lines(doc), ws.import_spans(doc))
-        try:
-            p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
-                     place.window if place else None, sources)
-        except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
-            log.warning("%s: no prompt: %s", where, exc)
-            return asyncio.sleep(0, "")
-        if what != "prefetch":
-            self.docs.remember(doc.uri, Place(p.window, p.snippets))
-            self.last_context = (doc.uri, p.snippets, p.header)
-        request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text),
-                                     typing=what == "completion")
-
-        async def generate() -> str:
-            result = await counted_generation(backend, request, self.metrics, where)
-            if result is None:
-                return ""
-            text = shown(result, p)
-            log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s: %r", where, p.mode, result.reused_tokens,
-                      result.prompt_tokens, result.generated_tokens, result.stop_reason, text)
-            return text
-
-        return generate()
-
-    # -- Instruct actions -------------------------------------------------------------------------------
-    def chat(self) -> Chat:
-        """The loaded model's chat layout (``chat`` setting), or none and why: what status and actions use."""
-        ready = self.slot.ready
-        return Chat(None, f"the model is {self.slot.state}") if ready is None else \
-            detect_chat(ready.backend.tokenizer, self.settings.chat)
-
-    async def apply(self, edit: types.WorkspaceEdit, label: str) -> bool:
-        """Send ``edit`` with workspace/applyEdit; whether the client applied it (it refuses a stale version)."""
+    async def apply(self, doc: Document, edits: list[types.TextEdit], label: str) -> bool:
+        """Send the edits with workspace/applyEdit; whether the client applied them (it refuses a stale version)."""
+        edit = convert.workspace_edit(self.client_capabilities, doc, edits)
         try:
             answer = await self.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=label))
         except Exception as exc:  # noqa: BLE001 - a client that cannot apply edits gets the edit in the answer
             log.warning("workspace/applyEdit failed: %s", exc)
             return False
         return bool(answer and answer.applied)
+
+    def progress(self, title: str) -> Streamed:
+        return Streamed(self, title)
 
     def cancel_request(self, msg_id: Any) -> None:
         task = self.commands.get(msg_id)
@@ -307,34 +113,24 @@ class CodeLlamaServer(LanguageServer):
             self.commands.pop(msg_id, None)
 
     async def _instruct(self, args: Any) -> dict[str, Any]:
-        call = instruct.parse_call(args)
+        call = instruct_actions.parse_call(args)
         if isinstance(call, str):
             log.warning("%s", call)
             return {"error": call}
-        ready, chat = self.slot.ready, self.chat()
+        service = self.service
+        ready, chat = service.slot.ready, service.chat()
         if ready is None or not chat.available:
             return {"error": f"no Instruct actions: {chat.describe()}"}
-        settings = self.request_settings(ready.backend)
+        settings = service.request_settings(ready.backend)
         try:
-            return await instruct.run(self, call, ready, chat, settings, self.metrics)
+            return await instruct_actions.run(self, call, ready, chat, settings, service.metrics)
         except asyncio.CancelledError:
-            self.metrics.count("cancelled")
+            service.metrics.count("cancelled")
             raise
 
-    # -- docstrings -------------------------------------------------------------------------------------
     async def docstring(self, uri: str, position: types.Position, version: int | None = None,
-                        header: str | None = None) -> tuple[Document, ds.Definition, str] | None:
-        """A generated docstring for the undocumented definition at ``position`` of document ``version``."""
-        ready, doc = self.slot.ready, self.docs.documents.get(uri)
-        if ready is None:
-            return None
-        if doc is None or version is None or doc.version == version:
-            found = self.locate(uri, position, "docstring")
-            if found is None:
-                return None
-            doc = found[0]
-        return await self.docstrings.generate(doc, position.line, version, header, ready,
-                                              self.request_settings(ready.backend), self.chat(), self.docs.documents.get)
+                        header: str | None = None) -> tuple[Document, Definition, str] | None:
+        return await self.service.docstring(uri, position.line, position.character, version, header)
 
 
 # -- handlers ---------------------------------------------------------------------------------------------
@@ -343,8 +139,8 @@ def _initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
     attach_log_to_client()  # the log may go to the client from now on (see lsp/log.py)
     ls.encoding = negotiate([str(getattr(e, "value", e)) for e in (params.capabilities.general.position_encodings or [])]
                             if params.capabilities.general else None)
-    ls.apply_settings(params.initialization_options, "initializationOptions")
-    ls.repo.root = workspace_root(params)
+    ls.service.apply_settings(params.initialization_options, "initializationOptions")
+    ls.service.repo.root = workspace_root(params)
     watch_client(ls, params.process_id)  # the client's death ends the server (lsp/parent.py)
 
 
@@ -359,25 +155,24 @@ def workspace_root(params: types.InitializeParams) -> Path | None:
 
 
 def _did_save(ls: CodeLlamaServer, params: types.DidSaveTextDocumentParams) -> None:
-    ls.repo.saved(params.text_document.uri)
+    ls.service.repo.saved(params.text_document.uri)
 
 
 async def _initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> None:
     await ls.pull_configuration()
-    ls.start_loading()
+    ls.service.start_loading()
 
 
 async def _did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
     if isinstance(params.settings, dict) and params.settings:
-        ls.apply_settings(params.settings, "workspace/didChangeConfiguration")
+        ls.service.apply_settings(params.settings, "workspace/didChangeConfiguration")
     else:
         await ls.pull_configuration()
 
 
 def _shutdown(ls: CodeLlamaServer, *args: Any) -> None:
     ls.shutdown_requested = True
-    if ls.slot.backend is not None:
-        ls.slot.backend.close()
+    ls.service.close_backend()
 
 
 def _exit(ls: CodeLlamaServer, *args: Any) -> None:
@@ -387,15 +182,19 @@ def _exit(ls: CodeLlamaServer, *args: Any) -> None:
 
 
 def _cursor_rest(ls: CodeLlamaServer, params: types.TextDocumentPositionParams) -> None:
-    ls.warm(params.text_document.uri, params.position)
+    ls.service.warm(params.text_document.uri, params.position.line, params.position.character)
+
+
+async def _suggest(ls: CodeLlamaServer, params: types.TextDocumentPositionParams) -> str:
+    return await ls.service.suggest(params.text_document.uri, params.position.line, params.position.character)
 
 
 async def _inline_completion(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
-    return convert.inline_list(await ls.suggest(params.text_document.uri, params.position), params.position)
+    return convert.inline_list(await _suggest(ls, params), params.position)
 
 
 async def _completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
-    return convert.completion_list(await ls.suggest(params.text_document.uri, params.position), params.position)
+    return convert.completion_list(await _suggest(ls, params), params.position)
 
 
 async def _hover(ls: CodeLlamaServer, params: types.HoverParams) -> types.Hover | None:
@@ -404,17 +203,17 @@ async def _hover(ls: CodeLlamaServer, params: types.HoverParams) -> types.Hover 
 
 
 async def _code_action(ls: CodeLlamaServer, params: types.CodeActionParams) -> list[types.CodeAction]:
-    doc, start = ls.docs.documents.get(params.text_document.uri), params.range.start
+    doc, start = ls.document(params.text_document.uri), params.range.start
     if doc is None or not 0 <= start.line < len(doc.lines):
         return []
     only = params.context.only
-    actions = [convert.instruct_action(TITLES[a], a, arg, instruct.COMMAND)
-               for a, arg in instruct.offered(doc, params.range, params.context.diagnostics, ls.chat())
+    actions = [convert.instruct_action(TITLES[a], a, arg, instruct_actions.COMMAND)
+               for a, arg in instruct_actions.offered(doc, params.range, params.context.diagnostics, ls.service.chat())
                if convert.admits(only, convert.INSTRUCT_KINDS[a])]
-    d = ds.find_definition(doc, start.line)
+    d = find_definition(doc, start.line)
     if d is None or d.has_docstring or not convert.admits(only, types.CodeActionKind.RefactorRewrite.value):
         return actions
-    action = convert.docstring_action(doc.uri, start, doc.version, ds.header_text(doc, d))
+    action = convert.docstring_action(doc.uri, start, doc.version, header_text(doc, d))
     resolved = action if convert.resolves_edits(ls.client_capabilities) else await _resolve_code_action(ls, action)
     return [resolved, *actions]
 
@@ -435,7 +234,7 @@ async def _instruct(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
 
 
 def _status(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
-    return convert.status(ls)
+    return convert.status(ls.service.snapshot(), ls.encoding)
 
 
 def build_server(settings: Settings, default_model: Path | None = None) -> CodeLlamaServer:
@@ -455,5 +254,5 @@ def build_server(settings: Settings, default_model: Path | None = None) -> CodeL
         resolve_provider=True))(_code_action)
     server.feature(types.CODE_ACTION_RESOLVE)(_resolve_code_action)
     server.command(STATUS_COMMAND)(_status)
-    server.command(instruct.COMMAND)(_instruct)
+    server.command(instruct_actions.COMMAND)(_instruct)
     return server

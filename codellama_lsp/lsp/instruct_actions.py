@@ -15,31 +15,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import textwrap
-import time
-import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from lsprotocol import types
 
-from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion import instruct
+from codellama_lsp.completion.definitions import enclosing_definition
+from codellama_lsp.completion.syntax import language_of
+from codellama_lsp.completion import instruct_prompts as prompts
 from codellama_lsp.completion.chat import Chat
 from codellama_lsp.completion.postprocess import UNFINISHED_PROSE, whole_sentences
 from codellama_lsp.documents import Cursor, Document, PositionOutOfRange
 from codellama_lsp.generation import GenerationRequest
-from codellama_lsp.lsp import convert
-from codellama_lsp.lsp.loading import Ready
-from codellama_lsp.lsp.metrics import Metrics, counted_generation
+from codellama_lsp.loading import Ready
+from codellama_lsp.service.metrics import Metrics, counted_generation
 from codellama_lsp.settings import Settings
-
-if TYPE_CHECKING:
-    from codellama_lsp.lsp.server import CodeLlamaServer
 
 log = logging.getLogger("codellama_lsp")
 
 COMMAND = "codellama.instruct"
-REPORT_EVERY_S = 0.25  # progress reports while streaming: often enough to read along, not a flood
 # Code takes 3 to 4 characters a token; a selection with more than this many characters per token of the
 # context is far too long whatever its tokens, and is refused without tokenizing it (seconds for megabytes).
 MAX_CHARS_PER_TOKEN = 32
@@ -49,7 +43,7 @@ MAX_CHARS_PER_TOKEN = 32
 class Call:
     """One ``codellama.instruct`` command's arguments, checked."""
 
-    action: instruct.Action
+    action: prompts.Action
     uri: str
     range: types.Range
     version: int | None
@@ -62,8 +56,8 @@ def parse_call(args: Any) -> Call | str:
     raw = args[0] if isinstance(args, (list, tuple)) and args else None
     raw = raw if isinstance(raw, dict) else {}
     action, uri, version = raw.get("action"), raw.get("uri"), raw.get("version")
-    if action not in instruct.TITLES or not isinstance(uri, str):
-        return f"{COMMAND} needs {{action: one of {', '.join(instruct.TITLES)}, uri, range, version}}"
+    if action not in prompts.TITLES or not isinstance(uri, str):
+        return f"{COMMAND} needs {{action: one of {', '.join(prompts.TITLES)}, uri, range, version}}"
     try:
         r = raw["range"]
         rng = types.Range(start=types.Position(int(r["start"]["line"]), int(r["start"]["character"])),
@@ -85,7 +79,7 @@ def target(doc: Document, rng: types.Range) -> types.Range | None:
         return rng
     if not 0 <= rng.start.line < len(doc.lines):
         return None
-    d = ds.enclosing_definition(doc, rng.start.line)
+    d = enclosing_definition(doc, rng.start.line)
     if d is None:
         return None
     start = types.Position(line=d.first_line, character=0)
@@ -121,7 +115,7 @@ def diagnostic_lines(diagnostics: list[types.Diagnostic], rng: types.Range) -> l
 
 
 def offered(doc: Document, rng: types.Range, diagnostics: list[types.Diagnostic],
-            chat: Chat) -> list[tuple[instruct.Action, dict[str, Any]]]:
+            chat: Chat) -> list[tuple[prompts.Action, dict[str, Any]]]:
     """The Instruct actions for a code action request at ``rng``, each with its command argument."""
     if not chat.available:
         return []
@@ -130,54 +124,30 @@ def offered(doc: Document, rng: types.Range, diagnostics: list[types.Diagnostic]
         return []
     base = {"uri": doc.uri, "version": doc.version, "range": range_json(where)}
     problems = diagnostic_lines(diagnostics, where)
-    actions: list[instruct.Action] = ["explain", "tests", "edit"] + (["fix"] if problems else [])
+    actions: list[prompts.Action] = ["explain", "tests", "edit"] + (["fix"] if problems else [])
     return [(a, {**base, "action": a, **({"diagnostics": problems} if a == "fix" else {})}) for a in actions]
 
 
-class Streamed:
-    """A generation's text as work-done progress: begun and created by the server, reported throttled."""
+class Report(Protocol):
+    """An action's progress as the editor shows it: begun (with what cancels it), the text so far, the end."""
 
-    def __init__(self, server: "CodeLlamaServer", title: str) -> None:
-        self.server, self.title = server, title
-        self.token: str | None = None
-        self.last = 0.0
-        self.loop: asyncio.AbstractEventLoop | None = None
+    async def begin(self, on_cancel: Callable[[], None]) -> None: ...
+    def report(self, text: str) -> None: ...
+    def end(self, message: str) -> None: ...
 
-    async def begin(self, on_cancel: Callable[[], None]) -> None:
-        caps = self.server.client_capabilities.window
-        if not (caps and caps.work_done_progress):
-            return
-        token = f"codellama-instruct-{uuid.uuid4()}"
-        try:
-            await asyncio.wait_for(self.server.work_done_progress.create_async(token), 5)
-        except Exception as exc:  # noqa: BLE001 - progress is a nicety; the action goes on without it
-            log.warning("window/workDoneProgress/create failed: %s", exc)
-            return
-        self.token, self.loop = token, asyncio.get_running_loop()
-        self.server.work_done_progress.begin(token, types.WorkDoneProgressBegin(
-            title=f"codellama: {self.title}", cancellable=True, message="…"))
-        self.server.work_done_progress.tokens[token].add_done_callback(lambda f: f.cancelled() and on_cancel())
 
-    def report(self, text: str) -> None:
-        """Called from the engine's thread with the text so far."""
-        now = time.monotonic()
-        if self.token is None or self.loop is None or now - self.last < REPORT_EVERY_S:
-            return
-        self.last = now
-        token = self.token
-        self.loop.call_soon_threadsafe(lambda: self.server.work_done_progress.report(
-            token, types.WorkDoneProgressReport(message=text)))
+class Editor(Protocol):
+    """What an Instruct action needs of the editor: an open document, an edit applied to it, progress shown."""
 
-    def end(self, message: str) -> None:
-        if self.token is not None:
-            self.server.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
-            self.server.work_done_progress.tokens.pop(self.token, None)
+    def document(self, uri: str) -> Document | None: ...
+    async def apply(self, doc: Document, edits: list[types.TextEdit], label: str) -> bool: ...
+    def progress(self, title: str) -> Report: ...
 
 
 def request_for(call: Call, doc: Document, code: str, chat: Chat, ready: Ready, settings: Settings,
                 on_text: Callable[[str], None]) -> GenerationRequest:
-    language = ds.language_of(doc.language_id, doc.uri) or "text"
-    dialog = instruct.dialog(call.action, instruct.Code(code, language, doc.uri), call.diagnostics, call.instruction)
+    language = language_of(doc.language_id, doc.uri) or "text"
+    dialog = prompts.dialog(call.action, prompts.Code(code, language, doc.uri), call.diagnostics, call.instruction)
     return GenerationRequest(prompt=chat.prompt(ready.backend.tokenizer, dialog), infilling=False,
                              max_new_tokens=settings.instruct_max_tokens, temperature=settings.temperature,
                              time_budget_ms=settings.instruct_time_budget_ms, stop_ids=chat.stop_ids,
@@ -186,10 +156,10 @@ def request_for(call: Call, doc: Document, code: str, chat: Chat, ready: Ready, 
 
 def result_edit(call: Call, doc: Document, end: Cursor, code: str, answer: str) -> tuple[types.Range, str]:
     """Where the answer goes and its text: Edit and Fix replace the code; Write tests go below it."""
-    body = instruct.code_in(answer)
+    body = prompts.code_in(answer)
     eol = doc.line_ending(min(end.line, len(doc.lines) - 1))  # the model writes LF; the document keeps its own
     if call.action in ("edit", "fix"):
-        return call.range, instruct.placed(body, code).replace("\n", eol)
+        return call.range, prompts.placed(body, code).replace("\n", eol)
     # Below the code, after a blank line: the tests stay next to what they test, and any client
     # applies this (a new file would need resource operations many clients lack).
     tests = textwrap.dedent(body).strip("\n").replace("\n", eol) + eol
@@ -202,11 +172,11 @@ def result_edit(call: Call, doc: Document, end: Cursor, code: str, answer: str) 
     return types.Range(start=at, end=at), eol * 2 + tests
 
 
-async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, settings: Settings,
+async def run(editor: Editor, call: Call, ready: Ready, chat: Chat, settings: Settings,
               metrics: Metrics) -> dict[str, Any]:
     """Generate ``call``'s answer and deliver it: markdown for Explain, ``workspace/applyEdit`` for the others."""
-    title = instruct.TITLES[call.action]
-    doc = server.docs.documents.get(call.uri)
+    title = prompts.TITLES[call.action]
+    doc = editor.document(call.uri)
     if doc is None:
         return {"error": f"{call.uri} is not open"}
     if call.version is not None and doc.version != call.version:
@@ -221,7 +191,7 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
     if limit is not None and len(code) > limit * MAX_CHARS_PER_TOKEN:
         return {"error": f"{title}: the code is too long for the model's {limit}-token context "
                          f"({len(code)} characters); select less"}
-    stream = Streamed(server, title)
+    stream = editor.progress(title)
     computed_for = doc.version
     # Tokenizing a long selection takes a while: off the event loop, which goes on answering meanwhile.
     request = await asyncio.to_thread(request_for, call, doc, code, chat, ready, settings, stream.report)
@@ -238,7 +208,7 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
             outcome = "cancelled"
             return {"error": f"{title} cancelled"}
         cut = result.stop_reason in UNFINISHED_PROSE  # the time budget or token limit ended it mid-way
-        if cut and call.action in ("edit", "fix") and not instruct.code_closed(result.text):  # half a replacement
+        if cut and call.action in ("edit", "fix") and not prompts.code_closed(result.text):  # half a replacement
             # would lose the rest of the code; a closed code block cut in the prose after it is whole
             return {"error": f"{title}: the answer did not finish within instructMaxTokens or instructTimeBudgetMs; "
                              "nothing was changed (select less, or raise them)"}
@@ -246,14 +216,13 @@ async def run(server: "CodeLlamaServer", call: Call, ready: Ready, chat: Chat, s
         metrics.count(f"instruct_{call.action}")
         if call.action == "explain":
             return {"action": "explain", "markdown": (whole_sentences(result.text) if cut else result.text).strip()}
-        now = server.docs.documents.get(call.uri)
+        now = editor.document(call.uri)
         if now is not doc or doc.version != computed_for:
             return {"error": f"{title}: the document changed while the model was writing; nothing was changed"}
         where, text = result_edit(call, doc, end, code, result.text)
         if not text.strip():
             return {"error": f"{title}: the model wrote no code"}
-        edit = convert.workspace_edit(server.client_capabilities, doc, [types.TextEdit(range=where, new_text=text)])
-        applied = await server.apply(edit, f"codellama: {title}")
+        applied = await editor.apply(doc, [types.TextEdit(range=where, new_text=text)], f"codellama: {title}")
         return {"action": call.action, "applied": applied, "range": range_json(where), "text": text}
     except asyncio.CancelledError:
         outcome = "cancelled"

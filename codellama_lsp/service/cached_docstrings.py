@@ -12,13 +12,15 @@ import logging
 from typing import Callable
 
 from codellama_lsp.completion import docstring as ds
-from codellama_lsp.completion import instruct
+from codellama_lsp.completion.definitions import Definition, header_text, relocate
+from codellama_lsp.completion import instruct_prompts as prompts
 from codellama_lsp.completion.chat import Chat
 from codellama_lsp.documents import Document
-from codellama_lsp.lsp.lifecycle import Lifecycle
-from codellama_lsp.lsp.loading import Ready
+from codellama_lsp.service.lifecycle import Lifecycle
+from codellama_lsp.loading import Ready
 from codellama_lsp.completion.postprocess import UNFINISHED_PROSE
-from codellama_lsp.lsp.metrics import Metrics, counted_generation
+from codellama_lsp.service.metrics import Metrics, counted_generation
+from codellama_lsp.service.open_documents import OpenDocument
 from codellama_lsp.settings import Settings
 
 log = logging.getLogger("codellama_lsp")
@@ -26,30 +28,25 @@ log = logging.getLogger("codellama_lsp")
 
 class Docstrings:
     def __init__(self, lifecycle: Lifecycle, metrics: Metrics) -> None:
-        self.cache = ds.DocstringCache()
         self.lifecycle = lifecycle
         self.metrics = metrics
 
-    def clear(self) -> None:
-        self.cache.clear()
-
-    def forget(self, uri: str) -> None:
-        self.cache.forget(uri)
-
-    async def generate(self, doc: Document, line: int, version: int | None, header: str | None, ready: Ready,
+    async def generate(self, record: OpenDocument, line: int, version: int | None, header: str | None, ready: Ready,
                        settings: Settings, chat: Chat, current: Callable[[str], Document | None]
-                       ) -> tuple[Document, ds.Definition, str] | None:
-        """The docstring for the definition at ``line`` of ``doc`` as of ``version``, and where it now is.
+                       ) -> tuple[Document, Definition, str] | None:
+        """The docstring for the definition at ``line`` of ``record``'s document as of ``version``, and where
+        it now is; kept in ``record``.
 
         ``current(uri)`` gives the document as it is after generation, which may have changed.
         Written by infilling, or by the chat model when the ``docstrings`` setting says
         "instruct" and the model has a chat layout.
         """
+        doc = record.document
         d = ds.definition_for(doc, line, version, header)
         if d is None:
             return None
-        key = self.cache.key(doc, d)
-        text = self.cache.get(key)
+        header = header_text(doc, d)
+        text = record.docstrings.get(header)
         if text is None:
             backend, computed_for = ready.backend, doc.version
             asks_chat = settings.docstrings == "instruct" and chat.available
@@ -62,19 +59,19 @@ class Docstrings:
                 result = await counted_generation(backend, request, self.metrics, f"docstring for {d.name} in {doc.uri}")
                 if result is None:
                     return ""
-                return ds.clean(instruct.docstring_text(result.text) if asks_chat else result.text, d.style,
+                return ds.clean(prompts.docstring_text(result.text) if asks_chat else result.text, d.style,
                                 unfinished=result.stop_reason in UNFINISHED_PROSE)
 
-            outcome = await self.lifecycle.run(("docstring", doc.uri), key, lambda _: run())
+            outcome = await self.lifecycle.run(("docstring", doc.uri), (doc.uri, header), lambda _: run())
             text = outcome[1] if outcome else ""
             if text:
-                self.cache.put(key, text)
+                record.keep_docstring(header, text)
             now = current(doc.uri)
             if now is not doc or doc.version != computed_for:  # edited (or reopened) while generating
-                d = ds.relocate(now, key[1]) if now is not None else None
+                d = relocate(now, header) if now is not None else None
                 if d is None or d.has_docstring:
                     log.info("docstring for %s in %s dropped: the document changed and the definition is gone",
-                             key[1].strip()[:80], doc.uri)
+                             header.strip()[:80], doc.uri)
                     return None
                 doc = now
         return (doc, d, text) if text else None
