@@ -20,10 +20,10 @@ indentation (the lines the user will write):
 For every suggestion request: its latency, the prompt tokens the engine computed for it,
 how it was served (the model; a warm-up or prefetch computed before it was asked; typed
 through the suggestion shown), whether the engine started from a kept sequence, and whether
-the time budget ended its generation. Then every request that reached the model or a
-warm-up is asked again of a second server whose time budget is lifted, in the same
-document at the same place: whether the shown text equals that unbounded one is the
-budget's cost to quality. p50/p95 by kind of step; the server's RSS as the sessions left it, and
+the time budget ended its generation. Then the same sessions run again, step for step, on a
+second server whose time budget is lifted: each request's twin comes after the same edits,
+places and snippets, so whether the shown text equals the twin's is the budget's cost to
+quality alone. p50/p95 by kind of step; the server's RSS as the sessions left it, and
 again once new places in other files have filled the prompt cache to its budget. Writes JSON (``--out``).
 
     python benchmarks/session.py [--sessions 2] [--out benchmarks/results/session.json]
@@ -264,18 +264,26 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def unbounded(requests: list[Request], log: Path, threads: int) -> None:
-    """Each place again, on a second server with the time budget lifted, in the same document."""
-    client = await start(None, log, threads=threads, options={"timeBudgetMs": UNBOUNDED_MS, "prefetch": False})
+async def unbounded(requests: list[Request], sessions: list[tuple[str, str]], log: Path, args: argparse.Namespace) -> None:
+    """The same sessions again, step for step, on a second server whose time budget is lifted.
+
+    Each request is paired with its twin: the same place, after the same edits, pauses, places,
+    snippets and suggestions before it, so the only difference is the budget. Its shown text is
+    what the user would have seen without the budget.
+    """
+    client = await start(None, log, threads=args.threads, options={"timeBudgetMs": UNBOUNDED_MS})
+    twins: list[Request] = []
     try:
         await client.wait_loaded(timeout=600)
-        for k, r in enumerate(requests):
-            uri = f"file:///unbounded/{k}/{r.file}"
-            client.open(uri, r.document)
-            r.unbounded = await client.inline(uri, r.line, r.character)
-            client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri)))
+        for number, (a, b) in enumerate(sessions):
+            s = Session(client, number)
+            await s.run(Doc.emptied(source(a), 2), Doc.emptied(source(b), 1), args.read_s, args.rest_s)
+            twins += s.requests
     finally:
         await stop(client)
+    for r, twin in zip(requests, twins):
+        if (r.kind, r.file, r.line, r.character) == (twin.kind, twin.file, twin.line, twin.character):
+            r.unbounded = twin.shown
 
 
 def table(requests: list[Request], other: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -343,9 +351,8 @@ async def main() -> None:
     finally:
         await stop(client)
     if not args.no_unbounded:
-        print("unbounded: the same places with the time budget lifted", flush=True)
-        await unbounded([r for r in requests if r.served in ("model", "warm-up/prefetch")], logs / "unbounded.log",
-                        args.threads)
+        print("unbounded: the same sessions again, the time budget lifted", flush=True)
+        await unbounded(requests, SESSIONS[: args.sessions], logs / "unbounded.log", args)
     rows = table(requests, other)
     cache = status["prompt_cache"]
     model_mb = Path(status["model"]).stat().st_size / 2**20

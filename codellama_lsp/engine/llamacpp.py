@@ -455,19 +455,21 @@ def open_llamacpp(path: str | Path, context_length: int | str, threads: int, **o
     from codellama_lsp.engine.gguf_file import gguf_args, open_gguf
     from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
 
-    _bindings()  # fails here, before the file is read, when llama-cpp-python is missing
     file = Path(path)
     reader = open_gguf(file)
     memory = plan_llamacpp(gguf_args(reader, file), file, context_length,
                            options.get("prompt_cache_bytes", PROMPT_CACHE_MB << 20))
     field = reader.get_field("general.file_type")
     file_type = int(field.contents()) if field is not None else None
-    tokenizer = load_gguf_tokenizer(reader)
-    del reader, field
-    _return_freed_memory()
     memo = cache_dir() / kernels.MEMO_FILE
     key = kernels.memo_key(_installed_version(), quantization_name(file_type))
-    tiled = kernels.choose(memo, key)  # before llama.cpp's first matrix product reads the switch
+    tiled = kernels.choose(memo, key)  # before llama-cpp-python is loaded: it sets the switch's default
+    tokenizer = load_gguf_tokenizer(reader)
+    del reader, field
+    # llama.cpp is loaded only once the reader's heap is handed back: its allocations would pin
+    # the freed pages otherwise.
+    _return_freed_memory()
+    _bindings()
     runner = LlamaCppRunner(path, memory.context_length, threads, file_type=file_type)
     if not tiled:
         kernels.record(memo, key, runner.batch_invariant)
