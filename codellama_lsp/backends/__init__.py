@@ -76,8 +76,8 @@ def choose_engine(engine: str, model: Path, device: str = "auto", dtype: str = "
 def _gpu_for_torch() -> bool:
     """Whether PyTorch can compute on a GPU here; torch is imported only where a GPU driver is present.
 
-    Importing torch costs about 200 MB of resident memory that the llama.cpp engine never
-    uses, so a machine without NVIDIA's or AMD's GPU driver is answered without it.
+    Importing torch holds resident memory the llama.cpp engine never uses (docs/measurements.md,
+    "Memory of the server"), so a machine without NVIDIA's or AMD's GPU driver is answered without it.
     """
     driver = (Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()
               or shutil.which("nvidia-smi") is not None)

@@ -429,8 +429,8 @@ def _return_freed_memory() -> None:
     """Give the heap the metadata reader freed back to the OS before llama.cpp allocates.
 
     ``gguf.GGUFReader`` builds an array for every part of every vocabulary entry; freed, they
-    leave tens of MB in glibc's arenas, resident for the server's whole life. glibc only: elsewhere
-    there is nothing to call.
+    stay in glibc's arenas, resident for the server's whole life (docs/measurements.md, "Memory of
+    the server"). glibc only: elsewhere there is nothing to call.
     """
     gc.collect()
     try:
