@@ -153,7 +153,8 @@ def complete(args: argparse.Namespace) -> int:
     line = min(max(args.line, 1), len(doc.lines)) - 1
     cursor = doc.cursor(line, max(args.column, 1) - 1)
     settings = resolve_format(settings, backend.preferred_format)
-    p = plan(doc, cursor, settings, template, backend.tokenizer, TokenCounter(backend.tokenizer.encode))
+    p = plan(doc, cursor, settings, template, backend.tokenizer, TokenCounter(backend.tokenizer.encode),
+             heal=settings.token_healing and backend.heals)
     result = asyncio.run(backend.agenerate(generation_request(p, settings)))
     text = shown(result, p)
     if not text:

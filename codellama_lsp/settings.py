@@ -61,6 +61,9 @@ class Settings:
     # Compute the next suggestion, at the end of the one shown, while the user types it or before
     # they accept it (codellama_lsp.lsp.lifecycle); measured by benchmarks/peer.py (README).
     prefetch: bool = True
+    # Token healing (completion.healing): with the cursor inside a word or after a symbol, the prompt
+    # leaves out the partial token and the engine's answer starts with it. The local engine only.
+    token_healing: bool = True
     # Instruct actions (completion/chat.py, instruct.py): the chat layout ("auto": the model's own chat
     # template, if it has one), and the budgets of one answer. 512 tokens holds an explanation or a
     # 40-line function; 120 s is what 512 tokens take on 2 CPU cores at the default model's ~5 tok/s.
@@ -226,6 +229,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], str | None], Callable[[Any], Any]]] 
     "quantize": ("quantize", _choice(*QUANTIZE_CHOICES), _same),
     "reuseSuffix": ("reuse_suffix", _bool, _same),
     "prefetch": ("prefetch", _bool, _same),
+    "tokenHealing": ("token_healing", _bool, _same),
     "chat": ("chat", _choice(*CHAT_SETTINGS), _same),
     "instructMaxTokens": ("instruct_max_tokens", _int_range(1, 4096), _same),
     "instructTimeBudgetMs": ("instruct_time_budget_ms", _number_range(100, 600_000), float),

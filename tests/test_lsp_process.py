@@ -231,7 +231,8 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
     engine = Engine.load(tiny_model_dir, device="cpu")
     settings = Settings(format="spm", max_new_tokens=8, time_budget_ms=60_000.0)
     doc = Document.from_text(source.as_uri(), text, encoding="utf-32")
-    p = plan(doc, doc.cursor(1, 11), settings, detect(engine.tokenizer), engine.tokenizer, TokenCounter(engine.tokenizer.encode))
+    p = plan(doc, doc.cursor(1, 11), settings, detect(engine.tokenizer), engine.tokenizer, TokenCounter(engine.tokenizer.encode),
+             heal=settings.token_healing and engine.heals)
     assert out.stdout == shown(engine.generate(generation_request(p, settings)), p) + "\n"
 
 

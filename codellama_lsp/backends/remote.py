@@ -76,6 +76,7 @@ class RemoteBackend:
 
     context_length: int | None = None  # the server enforces its own and answers an error beyond it
     preferred_format: str | None = None  # served models are Code Llama's: PSM unless set
+    heals = False  # a server picks its tokens itself: no token healing
 
     def __init__(self, wire: Wire, url: str, tokenizer: TextTokenizer, *, served_model: str | None = None,
                  api_key_env: str | None = None, verify: Any = True) -> None:

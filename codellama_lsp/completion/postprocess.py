@@ -287,6 +287,31 @@ def balance_brackets(text: str, line_suffix: str) -> str:
     return text
 
 
+_WORD_END = re.compile(r"\w+\Z")
+
+
+def head_repeat(head: str, text: str) -> int:
+    """How many characters at the start of ``text`` write again the end of the word left of the cursor.
+
+    After ``self.valid_up`` a model that lost track of the token boundary writes ``_up_to``;
+    accepted, that would read ``valid_up_up_to``. The repeat must be two characters or more and
+    start at a part of the word (its start, an underscore, a lower-to-upper case change), so a
+    word that really doubles a letter (``x`` then ``x``) is left alone. Symbols are not judged
+    here (after ``/`` a ``/`` is a comment, after ``#`` a ``#`` is not): token healing
+    (``completion.healing``) has the model pick that boundary itself.
+    """
+    found = _WORD_END.search(head)
+    if found is None:
+        return 0
+    word = found.group(0)
+    for k in range(len(word), 1, -1):
+        part = word[-k:]
+        starts_part = k == len(word) or part[0] == "_" or (part[0].isupper() and word[-k - 1].islower())
+        if starts_part and text.startswith(part):
+            return k
+    return 0
+
+
 def cut_line_suffix_repeat(text: str, line_suffix: str) -> str:
     """Drop a single-line suggestion's tail that repeats the text after the cursor."""
     rest = line_suffix.strip()

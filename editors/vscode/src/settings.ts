@@ -13,6 +13,7 @@ export const SERVER_KEYS = [
   "engine",
   "reuseSuffix",
   "prefetch",
+  "tokenHealing",
   "compile",
   "quantize",
   "family",
