@@ -132,6 +132,19 @@ def test_a_suggestion_that_breaks_a_parsing_document_at_every_cut_is_dropped() -
     assert trim_to_syntax("if (x > 1) {\n    return x;", broken, "\n}\n", ts) == "if (x > 1) {\n    return x;"
 
 
+def test_a_block_left_open_is_cut_even_where_the_window_had_errors() -> None:
+    from codellama_lsp.completion.postprocess import leaves_open
+    from codellama_lsp.completion.syntax import errors, parser, trim_to_syntax
+
+    go = parser("go")
+    # The window ends inside the function (64 suffix tokens rarely reach its closing brace).
+    prefix, suffix = "package main\n\nfunc write(w *Writer) {\n\tw.", "\n\tw.Flush()\n"
+    assert errors(go, prefix + suffix) > 0
+    assert trim_to_syntax("WriteHeader(inType)\n\tif omitHeaders {", prefix, suffix, go) == "WriteHeader(inType)"
+    assert leaves_open("if x {") and leaves_open("f(a,\n  b") and not leaves_open("}\nx := f(a)")
+    assert not leaves_open("s := \"{\"")  # in a string
+
+
 def test_every_grammar_is_found_by_extension() -> None:
     from codellama_lsp.completion.syntax import language_of, parser
 

@@ -271,6 +271,17 @@ def _scan_brackets(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def leaves_open(text: str) -> bool:
+    """Whether ``text`` ends with a bracket it opened still open (``if x {`` and no ``}``).
+
+    Closers it did not open do not count: a suggestion may end the block it started in.
+    """
+    depth = 0
+    for _, ch in _scan_brackets(text):
+        depth = depth + 1 if ch in OPENERS else max(0, depth - 1)
+    return depth > 0
+
+
 def balance_brackets(text: str, line_suffix: str) -> str:
     """Cut the suggestion before a closer it did not open when the rest of the line supplies it.
 

@@ -11,6 +11,8 @@ from functools import lru_cache
 
 from tree_sitter import Language, Node, Parser
 
+from codellama_lsp.completion.postprocess import leaves_open
+
 # Language id (LSP's, or a file extension) -> (grammar module, its function that returns the language).
 GRAMMARS = {
     "python": ("tree_sitter_python", "language"),
@@ -64,13 +66,17 @@ def errors(p: Parser, text: str) -> int:
 
 
 def trim_to_syntax(text: str, prefix: str, suffix: str, p: Parser) -> str:
-    """The longest leading lines of a multi-line suggestion that add no syntax error around the cursor.
+    """The longest leading lines of a multi-line suggestion that add no syntax error around the cursor
+    and leave no bracket of their own open.
 
     A suggestion cut off by the token limit often ends mid-statement or mid-block (an ``if (…) {``
-    left open); dropping the broken tail keeps the complete statements. Where the document parsed
-    before and no leading lines of the suggestion keep it so, the suggestion is dropped: every
-    cut of it breaks the user's code. In a document that already had errors (the user is in the
-    middle of writing something) a suggestion no cut helps is left as it was.
+    left open); dropping the broken tail keeps the complete statements. The bracket check is
+    there because the prompt's window is often cut inside a block, so the parse around the
+    cursor has errors already and tree-sitter's recovery can absorb one more open block.
+    Where the document parsed before and no leading lines of the suggestion pass, the
+    suggestion is dropped: every cut of it breaks the user's code. In a document that already
+    had errors (the user is in the middle of writing something) a suggestion no cut helps is
+    left as it was.
     """
     lines = text.split("\n")
     if len(lines) < 2:
@@ -78,6 +84,6 @@ def trim_to_syntax(text: str, prefix: str, suffix: str, p: Parser) -> str:
     base = errors(p, prefix + suffix)
     for n in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:n])
-        if errors(p, prefix + candidate + suffix) <= base:
+        if not leaves_open(candidate) and errors(p, prefix + candidate + suffix) <= base:
             return candidate.rstrip()
     return "" if base == 0 else text
