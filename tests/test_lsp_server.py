@@ -214,7 +214,9 @@ async def test_typed_through_reuses_the_suggestion(client: Client) -> None:
 async def test_a_keystroke_matching_the_running_generation_waits_for_it(client: Client, engine: Engine) -> None:
     uri = "file:///ahead.py"
     text = SOURCE + "\n"
-    client.open(uri, text)
+    # Plain text: the random model's 1024 tokens break Python's parse at every cut, so in a Python
+    # document the grammar would drop the suggestion this test follows (syntax.trim_to_syntax).
+    client.open(uri, text, language_id="plaintext")
     first = first_char(engine, text, 16, 0)
     assert first.strip(), "the model starts this suggestion with a visible character"
     await client.configure(**LONG)
