@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
 import json
 import os
@@ -363,16 +364,34 @@ class LlamaCppSystem:
         if self.llm.tokenize(probe.encode(), add_bos=False, special=False) != tokenizer.encode(probe):
             print("warning: llama.cpp tokenizes differently from ours; prompts are still our ids", file=sys.stderr)
 
+    def piece(self, token: int) -> bytes:
+        """A token's bytes, as llama.cpp writes them.
+
+        Not ``Llama.detokenize``: in llama-cpp-python 0.3.36 it returns nothing for a token longer
+        than its 32-byte buffer (240 tokens of Qwen2.5-Coder's vocabulary, runs of spaces among
+        them). ``llama_token_to_piece`` answers such a token with minus the size it needs.
+        """
+        import llama_cpp.llama_cpp as capi
+
+        vocab = capi.llama_model_get_vocab(self.llm.model)
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = capi.llama_token_to_piece(vocab, token, buf, size, 0, False)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+
     def stream(self, prompt: Sequence[int], max_new: int, stop_ids: frozenset[int]) -> list[str]:
         """Greedy text after each token, up to a stop id, the first newline or ``max_new`` tokens."""
-        out: list[int] = []
+        out = b""
         texts: list[str] = []
         for tok in self.llm.generate(list(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
             if tok in stop_ids or tok == self.eos:
                 break
-            out.append(tok)
-            texts.append(self.llm.detokenize(out).decode("utf-8", errors="replace"))
-            if "\n" in texts[-1] or len(out) >= max_new:
+            out += self.piece(tok)
+            texts.append(out.decode("utf-8", errors="replace"))
+            if "\n" in texts[-1] or len(texts) >= max_new:
                 break
         return texts
 

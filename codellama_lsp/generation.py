@@ -46,6 +46,9 @@ class GenerationRequest:
     # For the place being typed at: its KV sequence is the last a prompt cache evicts. Hovers,
     # Instruct actions, prefetches and warm-ups are not.
     typing: bool = False
+    # Token healing (completion.healing): the text the answer must start with, which the prompt
+    # was backed up over; the engine keeps the first tokens to it. "" for none.
+    heal: str = ""
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Backend(Protocol):
     tokenizer: TextTokenizer
     context_length: int | None  # tokens a prompt and its completion may span; None: the server's own limit
     preferred_format: str | None  # the infilling layout the model does best in; None: PSM
+    heals: bool  # whether it honours ``GenerationRequest.heal`` (only the local engine sees the logits)
     generated_tokens: int  # by all requests so far, for codellama.status
 
     @property

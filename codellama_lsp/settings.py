@@ -147,6 +147,9 @@ class Settings:
     prompt_cache_mb: int = setting(PROMPT_CACHE_MB, "Host memory (MB) for the KV sequences of places left behind, so "
                                                     "that a return computes only what changed; 0 keeps none.",
                                    bounds=(0, 1 << 20))
+    token_healing: bool = setting(True, "With the cursor inside a word or after a symbol, the prompt leaves out the "
+                                        "unfinished token and the model's answer must start by writing it again "
+                                        "(local engine).")
     context_length: int | None = setting(
         None, "Positions the engine's KV cache holds, up to what the model supports, planned in memory before "
               "loading; for a remote backend, the server's window, which the budgets are cut to.",

@@ -259,7 +259,8 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
     settings, _ = for_backend(asked, engine)
     doc = Document.from_text(source.as_uri(), text, encoding="utf-32")
     counter = TokenCounter(engine.tokenizer.encode)
-    p = plan(doc, doc.cursor(line - 1, 11), settings, detect(engine.tokenizer), engine.tokenizer, counter)
+    p = plan(doc, doc.cursor(line - 1, 11), settings, detect(engine.tokenizer), engine.tokenizer, counter,
+             heal=settings.token_healing and engine.heals)
     gpu = plan(doc, doc.cursor(line - 1, 11), asked, detect(engine.tokenizer), engine.tokenizer, counter)
     assert len(p.token_ids) < len(gpu.token_ids)  # the CPU's budgets, as the server would use
     assert out.stdout == shown(engine.generate(generation_request(p, settings)), p) + "\n"

@@ -388,7 +388,7 @@ def expected(engine: Engine, main: Document, ws: Workspace, line: int, col: int,
     sources = Sources(ws.name, ws.relative(main.uri), lambda lines: ws.candidates(main, lines, {main.uri: main}), None,
                       ws.import_lines(main), ws.import_spans(main))
     p = plan(main, main.cursor(line, col), settings, detect(engine.tokenizer), engine.tokenizer,
-             TokenCounter(engine.tokenizer.encode), None, sources)
+             TokenCounter(engine.tokenizer.encode), None, sources, heal=settings.token_healing and engine.heals)
     return shown(engine.generate(generation_request(p, settings)), p), p.snippets
 
 

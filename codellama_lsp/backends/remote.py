@@ -75,6 +75,7 @@ class RemoteBackend:
     """A ``Backend`` that sends each request to an inference server speaking ``wire``."""
 
     preferred_format: str | None = None  # served models are Code Llama's: PSM unless set
+    heals = False  # a server picks its tokens itself: no token healing
 
     def __init__(self, wire: Wire, url: str, tokenizer: TextTokenizer, *, served_model: str | None = None,
                  api_key_env: str | None = None, verify: Any = True, context_length: int | None = None) -> None:

@@ -16,10 +16,11 @@ from codellama_lsp.completion.context import Window, model_text, window
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import GenerationRequest, GenerationResult, TextTokenizer
 
-from codellama_lsp.completion.postprocess import (STEPS, Mode, Step, block_end, choose_mode, finish, indent_of, line_above,
-                                                  line_below, loop_end, next_code_line, repeats_neighbour, suffix_repeat,
-                                                  UNFINISHED_CODE, whole_lines)
+from codellama_lsp.completion.postprocess import (STEPS, Mode, Step, block_end, choose_mode, finish, head_repeat,
+                                                  indent_of, line_above, line_below, loop_end, next_code_line,
+                                                  repeats_neighbour, suffix_repeat, UNFINISHED_CODE, whole_lines)
 from codellama_lsp.completion import imports
+from codellama_lsp.completion.healing import heal_text, healed
 from codellama_lsp.completion.families import Template
 from codellama_lsp.completion.templates import prompt_format
 from codellama_lsp.completion.repo_layout import RepoContext, comment_marker
@@ -62,6 +63,7 @@ class Plan:
     below: str = ""
     snippets: tuple[Scored, ...] = ()  # other files' snippets at the start of the prompt, in order
     header: str = ""  # the file's import statements above the window, in front of the prefix
+    heal: str = ""  # the end of the prefix the prompt leaves out, for the model to write first (token healing)
 
 
 # The file's own imports above the window take at most this share of the context budget, on top
@@ -92,7 +94,13 @@ def repo_context(sources: Sources | None, template: Template, language: str, lin
 
 
 def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, tokenizer: TextTokenizer,
-         count: Callable[[str], int], previous: Window | None = None, sources: Sources | None = None) -> Plan:
+         count: Callable[[str], int], previous: Window | None = None, sources: Sources | None = None,
+         heal: bool = False) -> Plan:
+    """The prompt and post-processing facts for a completion at ``cursor``.
+
+    ``heal``: the backend can keep an answer to a given start (``Backend.heals``) and the
+    ``tokenHealing`` setting is on, so the prompt leaves out the cursor's partial token.
+    """
     line = doc.line_text(cursor.line)
     head = line[: cursor.index]
     win = window(doc, cursor, settings.prefix_tokens, settings.suffix_tokens, count, previous)
@@ -100,10 +108,13 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
     language = language_of(doc.language_id, doc.uri)
     ctx, chosen = repo_context(sources, template, language, doc.lines, win, prefix, suffix, settings.context_tokens,
                                count)
+    removed = heal_text(model_text(head), tokenizer.encode, tokenizer.decode_infilling) if heal else ""
+    if not prefix.endswith(removed):  # the window cut the cursor's line shorter than the healed text
+        removed = ""
     return Plan(
         mode=choose_mode(line, cursor.index),
         window=win,
-        token_ids=template.prompt(tokenizer, prefix, suffix, prompt_format(settings.format), ctx),
+        token_ids=template.prompt(tokenizer, prefix[:len(prefix) - len(removed)], suffix, prompt_format(settings.format), ctx),
         stop_ids=template.stop_ids,
         line_suffix=line[cursor.index:],
         block_indent=indent_of(head) if head.strip() else head,
@@ -117,6 +128,7 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
         below=line_below(suffix),
         snippets=chosen,
         header=ctx.header if ctx is not None else "",
+        heal=removed,
     )
 
 
@@ -128,7 +140,8 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
     engine's prompt cache keeps longest.
     """
 
-    def stream(text: str) -> bool:
+    def stream(raw: str) -> bool:
+        text = healed(raw, p.heal) or ""  # what follows the cursor: the healed text is the user's own
         if on_text is not None:
             on_text(text)
         # Stop as soon as the suggestion is complete: the block has ended, the model copies
@@ -148,6 +161,7 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
         stop_ids=p.stop_ids,
         on_text=stream,
         typing=typing,
+        heal=p.heal,
     )
 
 
@@ -162,6 +176,9 @@ def suggestion(raw: str, p: Plan, steps: Collection[Step] = STEPS, unfinished: b
     ``unfinished``: generation stopped at its time budget (``UNFINISHED_CODE``), so
     ``raw``'s last line is not what the model would have written; only whole lines are shown.
     """
+    if p.heal:
+        raw = healed(raw, p.heal) or ""  # an answer stopped before it wrote the healed text has nothing to show
+    raw = raw[head_repeat(p.head, raw):]  # never write again what is left of the cursor
     if unfinished:
         raw = whole_lines(raw)
     if "indent" in steps and p.head and not p.head.strip():

@@ -271,6 +271,17 @@ def _scan_brackets(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def leaves_open(text: str) -> bool:
+    """Whether ``text`` ends with a bracket it opened still open (``if x {`` and no ``}``).
+
+    Closers it did not open do not count: a suggestion may end the block it started in.
+    """
+    depth = 0
+    for _, ch in _scan_brackets(text):
+        depth = depth + 1 if ch in OPENERS else max(0, depth - 1)
+    return depth > 0
+
+
 def balance_brackets(text: str, line_suffix: str) -> str:
     """Cut the suggestion before a closer it did not open when the rest of the line supplies it.
 
@@ -285,6 +296,31 @@ def balance_brackets(text: str, line_suffix: str) -> str:
         elif ch in line_suffix:
             return text[:offset]
     return text
+
+
+_WORD_END = re.compile(r"\w+\Z")
+
+
+def head_repeat(head: str, text: str) -> int:
+    """How many characters at the start of ``text`` write again the end of the word left of the cursor.
+
+    After ``self.valid_up`` a model that lost track of the token boundary writes ``_up_to``;
+    accepted, that would read ``valid_up_up_to``. The repeat must be two characters or more and
+    start at a part of the word (its start, an underscore, a lower-to-upper case change), so a
+    word that really doubles a letter (``x`` then ``x``) is left alone. Symbols are not judged
+    here (after ``/`` a ``/`` is a comment, after ``#`` a ``#`` is not): token healing
+    (``completion.healing``) has the model pick that boundary itself.
+    """
+    found = _WORD_END.search(head)
+    if found is None:
+        return 0
+    word = found.group(0)
+    for k in range(len(word), 1, -1):
+        part = word[-k:]
+        starts_part = k == len(word) or part[0] == "_" or (part[0].isupper() and word[-k - 1].islower())
+        if starts_part and text.startswith(part):
+            return k
+    return 0
 
 
 def cut_line_suffix_repeat(text: str, line_suffix: str) -> str:

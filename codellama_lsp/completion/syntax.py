@@ -11,10 +11,25 @@ from functools import lru_cache
 
 from tree_sitter import Language, Node, Parser
 
-# Language id (LSP's, or a file extension) -> grammar module.
-GRAMMARS = {"python": "tree_sitter_python", "javascript": "tree_sitter_javascript", "javascriptreact": "tree_sitter_javascript"}
+from codellama_lsp.completion.postprocess import leaves_open
+
+# Language id (LSP's, or a file extension) -> (grammar module, its function that returns the language).
+GRAMMARS = {
+    "python": ("tree_sitter_python", "language"),
+    "javascript": ("tree_sitter_javascript", "language"),
+    "javascriptreact": ("tree_sitter_javascript", "language"),
+    "typescript": ("tree_sitter_typescript", "language_typescript"),
+    "typescriptreact": ("tree_sitter_typescript", "language_tsx"),
+    "go": ("tree_sitter_go", "language"),
+    "rust": ("tree_sitter_rust", "language"),
+    "java": ("tree_sitter_java", "language"),
+    "c": ("tree_sitter_c", "language"),
+    "cpp": ("tree_sitter_cpp", "language"),
+}
 _EXTENSIONS = {"py": "python", "pyi": "python", "js": "javascript", "mjs": "javascript", "cjs": "javascript",
-               "jsx": "javascriptreact"}
+               "jsx": "javascriptreact", "ts": "typescript", "mts": "typescript", "cts": "typescript",
+               "tsx": "typescriptreact", "go": "go", "rs": "rust", "java": "java", "c": "c", "h": "c",
+               "cc": "cpp", "cpp": "cpp", "cxx": "cpp", "hpp": "cpp", "hh": "cpp", "hxx": "cpp"}
 
 
 def language_of(language_id: str, uri: str) -> str:
@@ -28,11 +43,12 @@ def language_of(language_id: str, uri: str) -> str:
 
 @lru_cache(maxsize=None)
 def parser(language: str) -> Parser | None:
-    module = GRAMMARS.get(language)
-    if module is None:
+    grammar = GRAMMARS.get(language)
+    if grammar is None:
         return None
+    module, function = grammar
     try:
-        return Parser(Language(importlib.import_module(module).language()))
+        return Parser(Language(getattr(importlib.import_module(module), function)()))
     except ImportError:
         return None
 
@@ -50,10 +66,17 @@ def errors(p: Parser, text: str) -> int:
 
 
 def trim_to_syntax(text: str, prefix: str, suffix: str, p: Parser) -> str:
-    """The longest leading lines of a multi-line suggestion that add no syntax error around the cursor.
+    """The longest leading lines of a multi-line suggestion that add no syntax error around the cursor
+    and leave no bracket of their own open.
 
-    A suggestion cut off by the token limit often ends mid-statement; dropping the broken
-    tail keeps what is complete. When no cut helps, the suggestion is left as it was.
+    A suggestion cut off by the token limit often ends mid-statement or mid-block (an ``if (…) {``
+    left open); dropping the broken tail keeps the complete statements. The bracket check is
+    there because the prompt's window is often cut inside a block, so the parse around the
+    cursor has errors already and tree-sitter's recovery can absorb one more open block.
+    Where the document parsed before and no leading lines of the suggestion pass, the
+    suggestion is dropped: every cut of it breaks the user's code. In a document that already
+    had errors (the user is in the middle of writing something) a suggestion no cut helps is
+    left as it was.
     """
     lines = text.split("\n")
     if len(lines) < 2:
@@ -61,6 +84,6 @@ def trim_to_syntax(text: str, prefix: str, suffix: str, p: Parser) -> str:
     base = errors(p, prefix + suffix)
     for n in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:n])
-        if errors(p, prefix + candidate + suffix) <= base:
+        if not leaves_open(candidate) and errors(p, prefix + candidate + suffix) <= base:
             return candidate.rstrip()
-    return text
+    return "" if base == 0 else text

@@ -22,11 +22,12 @@ import numpy as np
 
 from codellama_lsp.generation import (PROMPT_CACHE_MB, GenerationRequest, GenerationResult, PromptTooLong,
                                       StopReason, StopRule, TextTokenizer)
+from codellama_lsp.engine.healing import HealingIndex
 from codellama_lsp.engine.lookup import LookupDrafter
 from codellama_lsp.engine.memory_plan import MemoryPlan, available_memory, plan_memory
 from codellama_lsp.engine.prompt_cache import Entry, PromptCache, common_prefix_length
 from codellama_lsp.engine.runner import Runner
-from codellama_lsp.engine.sampling import generator as seeded, next_token
+from codellama_lsp.engine.sampling import generator as seeded, keep_only, next_token
 
 
 def common_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -56,6 +57,8 @@ RESTORE_MIN_GAIN = 16
 class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
+    heals = True  # the logits are ours, so the first tokens can be kept to a request's ``heal`` text
+
     def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = 8,
                  prefill_chunk: int = 128, reuse_suffix: bool = False,
                  prompt_cache_bytes: int = PROMPT_CACHE_MB << 20, memory: MemoryPlan | None = None) -> None:
@@ -84,6 +87,7 @@ class Engine:
         # ``_stale`` tokens in front of them have changed since they were computed.
         self._moved_from, self._stale = _NONE_MOVED, 0
         self.generated_tokens = 0  # by all requests, stopped ones included: codellama.status shows it
+        self._healing: HealingIndex | None = None  # built at the first request that heals
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codellama-engine")
 
@@ -283,21 +287,32 @@ class Engine:
         state.accepted += kept
         return choices[kept], None
 
+    def _next(self, logits: Any, state: "_Decoding", rng: np.random.Generator | None) -> int:
+        """The next token from ``logits``; while the answer must still write ``state.heal``, one that keeps to it."""
+        if state.heal:
+            if self._healing is None:
+                self._healing = HealingIndex.of(self.tokenizer.vocab_size, state.decode)
+            allowed = self._healing.allowed(state.heal)
+            if allowed:
+                logits = keep_only(logits, allowed)
+        return next_token(logits, state.req.temperature, state.req.top_p, rng)
+
     def _decode(self, first: Any, state: "_Decoding", drafter: LookupDrafter | None,
                 rng: np.random.Generator | None) -> StopReason:
-        """Generate from the prompt's last logits until a stop; drafts only when greedy."""
+        """Generate from the prompt's last logits until a stop; drafts only when greedy, and not while healing
+        (a draft is checked against the unconstrained argmax)."""
         req = state.req
-        tok = next_token(first, req.temperature, req.top_p, rng)
+        tok = self._next(first, state, rng)
         while (reason := state.take(tok, len(self._cached))) is None:
             draft: list[int] = []
             if drafter is not None:
                 drafter.append(tok)
                 room = min(self.draft_tokens, req.max_new_tokens - len(state.out),
                            self.context_length - len(self._cached) - 2)
-                draft = drafter.propose(room)
+                draft = [] if state.heal else drafter.propose(room)
             rows = self._decode_step(tok, draft)
             if not draft:
-                tok = next_token(rows[-1], req.temperature, req.top_p, rng)
+                tok = self._next(rows[-1], state, rng)
                 continue
             assert drafter is not None
             tok, reason = self._accept_draft(draft, rows, state, drafter)
@@ -356,6 +371,10 @@ class _Decoding:
     text: str = ""
     drafted: int = 0
     accepted: int = 0
+    heal: str = ""  # what the answer must still write of the request's ``heal`` text
+
+    def __post_init__(self) -> None:
+        self.heal = self.req.heal
 
     def take(self, tok: int, cached: int) -> StopReason | None:
         """Take ``tok`` as the next output token (``cached`` tokens precede it), or say why generation ends."""
@@ -364,6 +383,8 @@ class _Decoding:
         if tok in self.stop_ids:
             return "eot" if tok == self.eot_id else "eos"
         self.out.append(tok)
+        if self.heal:  # the token is a prefix of the rest, or starts with all of it
+            self.heal = self.heal[len(self.decode([tok])):]
         if self.rule.watches_text:
             self.text, reason = self.rule.text(self.decode(self.out))
             if reason is not None:

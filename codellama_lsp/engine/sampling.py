@@ -36,3 +36,11 @@ def next_token(logits: Any, temperature: float, top_p: float, rng: np.random.Gen
         sorted_p = np.where(keep, sorted_p, 0.0)
         return int(order[rng.choice(len(sorted_p), p=sorted_p / sorted_p.sum())])
     return int(rng.choice(len(probs), p=probs))
+
+
+def keep_only(logits: Any, ids: list[int]) -> Any:
+    """A copy of ``logits`` ([V], a torch tensor or numpy array) with every id but ``ids`` at -inf."""
+    kept = logits.clone() if hasattr(logits, "clone") else logits.copy()
+    kept[:] = float("-inf")
+    kept[ids] = logits[ids]
+    return kept

@@ -242,7 +242,7 @@ class CompletionService:
             place.snippets if place else None, ws.import_lines(doc), ws.import_spans(doc))
         try:
             p = plan(doc, cursor, settings, ready.template, backend.tokenizer, ready.counter_for(doc.uri),
-                     place.window if place else None, sources)
+                     place.window if place else None, sources, heal=settings.token_healing and backend.heals)
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
             return asyncio.sleep(0, "")

@@ -32,6 +32,7 @@ export const SERVER_KEYS = [
   "instructMaxTokens",
   "instructTimeBudgetMs",
   "promptCacheMb",
+  "tokenHealing",
   "contextLength",
   "docstrings",
 ] as const;

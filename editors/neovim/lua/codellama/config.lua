@@ -62,6 +62,9 @@ M.defaults = {
                                 -- is used. Default: 120000.
     promptCacheMb = nil,  -- Host memory (MB) for the KV sequences of places left behind, so that a return
                           -- computes only what changed; 0 keeps none. Default: 512.
+    tokenHealing = nil,   -- With the cursor inside a word or after a symbol, the prompt leaves out the
+                          -- unfinished token and the model's answer must start by writing it again (local
+                          -- engine). Default: true.
     contextLength = nil,  -- Positions the engine's KV cache holds, up to what the model supports, planned in
                           -- memory before loading; for a remote backend, the server's window, which the
                           -- budgets are cut to. Default: auto: 4096 on the CPU, 16384 on a GPU (halved until
