@@ -135,7 +135,8 @@ class Request:
         return None if self.unbounded is None else self.shown == self.unbounded
 
 
-SERVED = {"answered": "model", "empty": "model", "prefetched": "warm-up/prefetch", "typed_through": "typed through",
+SERVED = {"answered": "model", "empty": "model", "prefetched": "warm-up/prefetch", "revisited": "answered before",
+          "typed_through": "typed through",
           "typed_ahead": "typed ahead", "superseded": "superseded"}
 
 

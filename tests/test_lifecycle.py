@@ -216,3 +216,29 @@ async def test_a_warm_up_replaces_a_prefetch_the_user_left_and_skips_what_is_com
     # Where the shown suggestion was asked for, it is computed already.
     life.remember("b.py", Shown(elsewhere, "shown"))
     assert not life.warm("b.py", elsewhere, lambda: (Ahead(elsewhere, "t"), lambda _: _quick("again")))
+
+
+async def test_a_return_to_a_place_in_unchanged_text_is_answered_as_before() -> None:
+    """The answer at a place, and the rest of it typed through, are kept by place and text: back there in the
+    same text (after another place, a hover, another file) the suggestion comes at once; in other text it is computed."""
+    life, calls = Lifecycle(), []
+
+    def start(text: str):
+        async def run(_flight) -> str:
+            calls.append(text)
+            return await _quick(text)
+        return run
+
+    here, there = Anchor(3, "    if n", ""), Anchor(9, "    ", "")
+    assert await life.suggest("a.py", here, 1, start("ewfile:"), lambda: "T1") == ("ewfile:", "answered")
+    typed = Anchor(3, "    if new", "")
+    assert await life.suggest("a.py", typed, 2, start("never"), lambda: "T2") == ("file:", "typed_through")
+    assert await life.suggest("a.py", there, 3, start("x = 1"), lambda: "T2") == ("x = 1", "answered")
+    assert await life.suggest("a.py", typed, 4, start("never"), lambda: "T2") == ("file:", "revisited")
+    assert await life.suggest("a.py", here, 5, start("never"), lambda: "T1") == ("ewfile:", "revisited")
+    assert calls == ["ewfile:", "x = 1"]
+    # The same place in a text changed since: computed again.
+    assert await life.suggest("a.py", there, 6, start("y = 2"), lambda: "T3") == ("y = 2", "answered")
+    assert await life.suggest("a.py", typed, 6, start("file2:"), lambda: "T3") == ("file2:", "answered")
+    life.forget("a.py")
+    assert await life.suggest("a.py", typed, 7, start("file3:"), lambda: "T3") == ("file3:", "answered")

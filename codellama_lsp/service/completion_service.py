@@ -182,7 +182,7 @@ class CompletionService:
         elif outcome != "superseded":
             self.metrics.answered((time.perf_counter() - t0) * 1000)
         if (text and ready is not None and self.settings.prefetch and doc.version == version
-                and outcome in ("answered", "typed_ahead", "prefetched", "typed_through")):
+                and outcome in ("answered", "typed_ahead", "prefetched", "typed_through", "revisited")):
             self._prefetch(doc, cursor, text, ready)
         return text
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Hashable, Literal, TypeVar
 
 T = TypeVar("T")
@@ -32,7 +32,11 @@ T = TypeVar("T")
 # What a computation is for, and the document: one live computation per key.
 Key = tuple[Literal["completion", "docstring"], str]
 # How a suggestion request was answered, counted in codellama.status.
-Outcome = Literal["typed_through", "model_not_ready", "superseded", "answered", "typed_ahead", "empty", "prefetched"]
+Outcome = Literal["typed_through", "model_not_ready", "superseded", "answered", "typed_ahead", "empty", "prefetched",
+                  "revisited"]
+# Answers kept per document, by place and text: as many as the places a document remembers
+# (service.open_documents), so a return to any of them in unchanged text is answered at once.
+ANSWERS_PER_DOCUMENT = 8
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,11 @@ def rest_after_typing(text: str, typed: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Ahead:
-    """A prefetch: the suggestion at ``anchor`` of the document whose text has digest ``digest``."""
+    """A place in a text: the suggestion at ``anchor`` of the document whose text has digest ``digest``."""
 
     anchor: Anchor
     digest: str
+    prefetched: bool = field(default=False, compare=False)  # computed ahead (a prefetch or warm-up), not asked
 
 
 @dataclass(eq=False)
@@ -92,7 +97,9 @@ class Lifecycle:
         self.grace_s = grace_s
         self._flights: dict[Key, Flight] = {}
         self._shown: dict[str, Shown] = {}  # by document
-        self._ahead: dict[str, tuple[Ahead, str]] = {}  # by document: a finished prefetch and its text
+        # By document: suggestions known for a place in a text (a finished prefetch or warm-up, an answer,
+        # the rest of one typed through), oldest first.
+        self._answers: dict[str, dict[Ahead, str]] = {}
         self.shared = 0  # requests answered by a computation another request started
         self.prefetches = 0  # prefetches that began computing
 
@@ -117,22 +124,24 @@ class Lifecycle:
         if waiting is not None and waiting.guess and waiting.ahead is None:
             waiting.task.cancel()  # the user did not pause: a keystroke restarts the wait
             del self._flights[("completion", uri)]
+        text_digest = functools.cache(digest)  # O(document): taken only when it is needed
         rest = self.typed_through(uri, here)
         if rest is not None:
+            self._keep(uri, Ahead(here, text_digest()), rest)
             return rest, "typed_through"
         if start is None:
             return "", "model_not_ready"
-        text_digest = functools.cache(digest)  # O(document): taken only when a prefetch's place matches
 
         def is_here(ahead: Ahead | None) -> bool:
-            """A prefetch for this place in this text."""
+            """A suggestion for this place in this text."""
             return ahead is not None and ahead.anchor == here and ahead.digest == text_digest()
 
-        done = self._ahead.get(uri)
-        if done is not None and is_here(done[0]):  # kept otherwise: an editor asks again where it stands
-            del self._ahead[uri]
-            self.remember(uri, Shown(here, done[1]))
-            return done[1], "prefetched"
+        known = self._answers.get(uri, {})
+        if any(ahead.anchor == here for ahead in known):
+            found = next(((ahead, text) for ahead, text in known.items() if is_here(ahead)), None)
+            if found is not None:  # the same place in the same text: the same suggestion, computed before
+                self.remember(uri, Shown(here, found[1]))
+                return found[1], "prefetched" if found[0].prefetched else "revisited"
 
         def joins(flight: Flight) -> bool:
             """A prefetch of this very request, or the user typed what the running generation has
@@ -147,6 +156,7 @@ class Lifecycle:
         (anchor, _), text = outcome
         self.remember(uri, Shown(anchor, text))
         if anchor == here:
+            self._keep(uri, Ahead(here, text_digest()), text)
             return text, "answered" if text else "empty"
         # Answered by a generation started before the last keystrokes.
         return rest_after_typing(text, typed_since(anchor, here)) or "", "typed_ahead"
@@ -159,8 +169,8 @@ class Lifecycle:
         computed), or while a request computes; a prefetch under way elsewhere is a guess about a place the user has
         left, and gives way. Whether a warm-up started.
         """
-        shown, done = self._shown.get(uri), self._ahead.get(uri)
-        if (shown is not None and shown.anchor == here) or (done is not None and done[0].anchor == here):
+        shown = self._shown.get(uri)
+        if (shown is not None and shown.anchor == here) or any(a.anchor == here for a in self._answers.get(uri, {})):
             return False
         key: Key = ("completion", uri)
         flight = self._flights.get(key)
@@ -202,7 +212,7 @@ class Lifecycle:
             if self._flights.get(key) is flight and flight.waiters == 0:
                 del self._flights[key]
             if not task.cancelled() and task.exception() is None and flight.ahead is not None:
-                self._ahead[uri] = (flight.ahead, task.result())
+                self._keep(uri, replace(flight.ahead, prefetched=True), task.result())
 
         flight.task = asyncio.ensure_future(after_a_pause())
         flight.task.add_done_callback(keep)
@@ -251,6 +261,17 @@ class Lifecycle:
     def remember(self, uri: str, shown: Shown) -> None:
         self._shown[uri] = shown
 
+    def _keep(self, uri: str, ahead: Ahead, text: str) -> None:
+        """Keep ``text`` as the suggestion at ``ahead``'s place in its text; an empty one is not kept (asked
+        again, the model may write more once the prompt is cached)."""
+        if not text:
+            return
+        answers = self._answers.setdefault(uri, {})
+        answers.pop(ahead, None)
+        answers[ahead] = text
+        while len(answers) > ANSWERS_PER_DOCUMENT:
+            del answers[next(iter(answers))]
+
     def typed_through(self, uri: str, here: Anchor) -> str | None:
         """The rest of the shown suggestion if the user has typed its beginning since."""
         shown = self._shown.get(uri)
@@ -259,6 +280,6 @@ class Lifecycle:
     def forget(self, uri: str) -> None:
         """A closed document: drop its suggestion and stop its computations."""
         self._shown.pop(uri, None)
-        self._ahead.pop(uri, None)
+        self._answers.pop(uri, None)
         for key in [k for k in self._flights if k[1] == uri]:
             self._flights.pop(key).task.cancel()
