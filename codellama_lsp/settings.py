@@ -91,7 +91,7 @@ class Settings:
                                  bounds=(0, 2))
     time_budget_ms: float = setting(1000.0, "Longest time one suggestion's generation may take, from the end of "
                                             "its prompt; what is ready by then is shown, in whole lines.",
-                                    bounds=(10, 600_000))
+                                    bounds=(10, 600_000), cpu=1500.0)
     enabled: bool = setting(True, "Suggestions while typing; `false` answers every completion request with nothing.")
     backend: str = setting("local", "Where generation runs: this process's engine, or an inference server at `url`.",
                            choices=BACKEND_CHOICES, reloads=True,

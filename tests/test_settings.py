@@ -97,13 +97,13 @@ def test_budgets_follow_the_device_unless_the_client_set_them() -> None:
     default = Settings()
     assert for_device(default, on_cpu=False) == default
     cpu = for_device(default, on_cpu=True)
-    assert (cpu.suffix_tokens, cpu.prefix_tokens) == (CPU_BUDGETS["suffix_tokens"], CPU_BUDGETS["prefix_tokens"])
+    assert (cpu.suffix_tokens, cpu.time_budget_ms) == (CPU_BUDGETS["suffix_tokens"], CPU_BUDGETS["time_budget_ms"])
     assert cpu.suffix_tokens != default.suffix_tokens
 
     chosen, errors = apply(default, {"suffixTokens": 300})
     assert not errors and chosen.given == {"suffix_tokens"}
     mine = for_device(chosen, on_cpu=True)
-    assert (mine.suffix_tokens, mine.prefix_tokens) == (300, CPU_BUDGETS["prefix_tokens"])
+    assert (mine.suffix_tokens, mine.time_budget_ms) == (300, CPU_BUDGETS["time_budget_ms"])
 
 
 def test_the_schema_declares_each_setting_once() -> None:
@@ -112,7 +112,7 @@ def test_the_schema_declares_each_setting_once() -> None:
 
     assert [s.key for s in SCHEMA][:5] == ["model", "device", "dtype", "format", "maxNewTokens"]
     assert {s.key for s in SCHEMA} >= {"apiKeyEnv", "timeBudgetMs", "promptCacheMb", "instructTimeBudgetMs"}
-    assert CPU_BUDGETS == {"prefix_tokens": 512, "suffix_tokens": 64, "context_tokens": 512}
+    assert CPU_BUDGETS == {"prefix_tokens": 512, "suffix_tokens": 64, "context_tokens": 512, "time_budget_ms": 1500.0}
     reloading = {s.key for s in SCHEMA if s.spec.reloads}
     free = {"device": "cpu", "url": "http://h:1/v1", "apiKeyEnv": "KEY", "model": "m", "tokenizer": "t"}
     for s in SCHEMA:

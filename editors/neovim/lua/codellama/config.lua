@@ -34,7 +34,8 @@ M.defaults = {
     temperature = nil,    -- Sampling temperature; 0 is greedy, the same context the same suggestion. Default:
                           -- 0.
     timeBudgetMs = nil,   -- Longest time one suggestion's generation may take, from the end of its prompt;
-                          -- what is ready by then is shown, in whole lines. Default: 1000.
+                          -- what is ready by then is shown, in whole lines. Default: 1000; 1500 for a local
+                          -- engine on the CPU.
     backend = nil,        -- Where generation runs: this process's engine, or an inference server at url.
                           -- Default: local.
     url = nil,            -- The inference server's URL, for a remote backend. Default: none.
