@@ -103,9 +103,9 @@ def insert(text: str, line: int, character: int, typed: str) -> str:
     return "\n".join(lines)
 
 
-def inline_params(line: int, character: int) -> types.InlineCompletionParams:
+def inline_params(line: int, character: int, uri: str = URI) -> types.InlineCompletionParams:
     return types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line, character),
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, character),
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
 
 
@@ -145,14 +145,18 @@ async def test_cancel_request_while_the_server_is_busy(client: Client, server: L
 
 
 async def test_server_going_away_mid_request(client: Client, server: LlamaCppServer) -> None:
+    # A document no suggestion was asked in: an answer known for a place in unchanged text would
+    # come from the server's memory, without a request to the inference server.
+    fresh = "file:///other.py"
+    client.open(fresh, SOURCE)
     server.pause()
-    msg_id, future = client.request(types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(10, 27))
+    msg_id, future = client.request(types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(10, 27, fresh))
     await asyncio.sleep(0.3)  # the request is on the wire, the server holds it
     server.stop()  # killed mid-request: the connection drops
     result = await asyncio.wait_for(future, 30)  # answered, not hung (a no-hang bound)
     assert not result.items
     log = client.log()
-    assert re.search(r"completion .*10:27 in file:///config.py failed: .*broke off the answer: \w+", log), log[-2000:]
+    assert re.search(r"completion .*10:27 in file:///other.py failed: .*broke off the answer: \w+", log), log[-2000:]
     # Gone for good: refused at once, logged, empty.
-    assert await asyncio.wait_for(client.inline(URI, 15, 10), 10) == ""
+    assert await asyncio.wait_for(client.inline(fresh, 15, 10), 10) == ""
     assert f"cannot connect to {server.url}/v1" in client.log()
