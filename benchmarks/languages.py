@@ -28,13 +28,24 @@ leading space is part of the answer).
 Systems, each task in every one:
 
 * ``ours``: the product's path at its defaults: the server's settings for the CPU
-  (``for_device``: 512 prefix and 64 suffix tokens, the 2,000 ms time budget in force), the
+  (``for_backend``: 512 prefix and 64 suffix tokens, the 1,500 ms time budget in force), the
   default model on the local engine as the server loads it (``open_for``), ``plan`` with token
   healing as the server asks for it, ``generation_request``, ``shown``.
 * ``ours_noheal`` (mid-line tasks): the same with ``tokenHealing`` off.
-* ``bare``: the unhealed prompt's ids in llama-cpp-python (``quality.LlamaCppSystem``: greedy,
-  no time budget), up to the first newline, with no post-processing.
-* ``bare_post``: that stream through our stop rule and ``suggestion``.
+* ``bare``: the unhealed prompt's ids through the same llama.cpp model, greedy, with no time
+  budget, up to the first newline, with no post-processing: the model's own answer.
+* ``bare_post``: that generation through our stop rule and post-processing (``shown``).
+
+``bare`` runs on the product's own llama.cpp engine rather than a second llama-cpp-python
+instance, so that it starts from the unhealed prompt ``ours_noheal`` (or, at an indentation,
+``ours``) left in the KV cache and costs only its decoding; an earlier run with a separate
+llama-cpp-python instance (docs/measurements.md) differed from it in one answer of 96, from
+the prompt's chunking.
+
+Confidence gating: ``ours``' answers are scored before ``minConfidence``, with their confidence
+(``completion.confidence``) and the probability of the first line's least probable token; the
+table after the EM table gives, for each threshold, the share of exact answers kept and of wrong
+ones dropped.
 
 For ``ours``, a multi-line suggestion is checked with tree-sitter where the language has a
 grammar: ``complete``, the document with the suggestion has no more syntax errors than without
@@ -46,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -53,19 +65,19 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from quality import LlamaCppSystem, replay  # noqa: E402
 
+from codellama_lsp.completion.confidence import confidence, first_line_tokens  # noqa: E402
 from codellama_lsp.completion.context import TokenCounter  # noqa: E402
 from codellama_lsp.completion.families import detect  # noqa: E402
-from codellama_lsp.completion.planning import Plan, generation_request, plan, shown, suggestion  # noqa: E402
+from codellama_lsp.completion.planning import Plan, generation_request, plan, shown  # noqa: E402
 from codellama_lsp.completion.syntax import errors, parser  # noqa: E402
 from codellama_lsp.documents import Document  # noqa: E402
-from codellama_lsp.settings import Settings, for_device, resolve_format  # noqa: E402
+from codellama_lsp.settings import Settings, for_backend  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codellama-lsp" / "bench-sources"
 # language group -> (registry, package) pairs
@@ -186,68 +198,96 @@ def complete(task: Task, text: str) -> bool | None:
 
 
 class Systems:
-    def __init__(self, threads: int) -> None:
-        from codellama_lsp.lsp.loading import default_model_path, open_for
+    def __init__(self) -> None:
+        """The default model as the server opens it, with its threads (physical cores)."""
+        from codellama_lsp.loading import default_model_path, open_for
 
         self.loop = asyncio.new_event_loop()
         model = default_model_path()
         self.backend = open_for(model, Settings())
         self.template = detect(self.backend.tokenizer)
-        self.settings = resolve_format(for_device(Settings(), on_cpu=str(self.backend.device) == "cpu"),
-                                       self.backend.preferred_format)
+        self.settings, _ = for_backend(Settings(), self.backend)  # the server's path to the settings in force
         self.counter = TokenCounter(self.backend.tokenizer.encode)
-        self.bare = LlamaCppSystem(Path(model), self.backend.tokenizer, threads)
+        self.unbounded = replace(self.settings, time_budget_ms=600_000.0)
 
     def plan(self, task: Task, heal: bool) -> Plan:
         doc = Document.from_text(f"file:///{task.path}", task.text, language_id=task.language, encoding="utf-32")
         return plan(doc, doc.cursor(task.line, task.column), self.settings, self.template, self.backend.tokenizer,
                     self.counter, heal=heal and self.backend.heals)
 
-    def ours(self, task: Task, heal: bool) -> tuple[str, float]:
+    def ours(self, task: Task, heal: bool) -> tuple[str, float, float | None, float | None]:
+        """(shown text, ms, confidence, the least probable first-line token's probability), the text
+        before ``minConfidence``: the benchmark scores every threshold."""
         p = self.plan(task, heal)
         t0 = time.perf_counter()
         result = self.loop.run_until_complete(self.backend.agenerate(generation_request(p, self.settings)))
-        return shown(result, p), (time.perf_counter() - t0) * 1000
+        ms = (time.perf_counter() - t0) * 1000
+        decode = self.backend.tokenizer.decode_infilling
+        n = first_line_tokens(result.token_ids, decode)
+        least = math.exp(min(result.logprobs[:n])) if n and result.logprobs else None
+        return shown(result, p), ms, confidence(result.token_ids, result.logprobs, decode), least
 
     def bare_call(self, task: Task) -> tuple[str, str]:
-        """(raw first line, post-processed) from one llama.cpp stream on the unhealed prompt."""
+        """(raw first line, post-processed) from one greedy llama.cpp generation on the unhealed prompt,
+        with no time budget: the same engine, so the prompt is the one ``ours_noheal`` left cached."""
         p = self.plan(task, heal=False)
-        request = generation_request(p, self.settings)
-        texts = self.bare.stream(p.token_ids, request.max_new_tokens, p.stop_ids)
-        raw = texts[-1] if texts else ""
-        return raw.split("\n", 1)[0], suggestion(replay(request, texts), p)
+        request = generation_request(p, self.unbounded)
+        result = self.loop.run_until_complete(self.backend.agenerate(request))
+        return result.text.split("\n", 1)[0], shown(result, p)
+
+
+THRESHOLDS = tuple(i / 20 for i in range(20))  # 0, 0.05, ..., 0.95
+
+
+def gating_curve(log: list[dict]) -> list[dict]:
+    """For each statistic and threshold, what ``minConfidence`` would do to ``ours``' shown answers:
+    the share of exact ones kept, of wrong ones dropped, and the exact match left."""
+    shown_ = [e for e in log if e["ours"] and e["confidence"] is not None]
+    exact = [e for e in shown_ if e["exact"]]
+    wrong = [e for e in shown_ if not e["exact"]]
+    rows = []
+    print(f"\nconfidence gating over ours' {len(shown_)} shown answers ({len(exact)} exact, {len(wrong)} wrong):")
+    print(f"{'statistic':10} {'min':>5} {'exact kept':>11} {'wrong dropped':>14} {'EM left':>8} {'shown':>6}")
+    for stat in ("confidence", "least"):
+        for t in THRESHOLDS:
+            kept = sum(e[stat] >= t for e in exact)
+            dropped = sum(e[stat] < t for e in wrong)
+            row = {"statistic": stat, "threshold": t, "exact_kept": kept / max(1, len(exact)),
+                   "wrong_dropped": dropped / max(1, len(wrong)), "em_left": kept / max(1, len(log)),
+                   "shown": (kept + len(wrong) - dropped) / max(1, len(log))}
+            rows.append(row)
+            print(f"{stat:10} {t:5.2f} {100 * row['exact_kept']:10.1f}% {100 * row['wrong_dropped']:13.1f}% "
+                  f"{100 * row['em_left']:7.1f}% {100 * row['shown']:5.1f}%")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--per", type=int, default=8, help="tasks per language and kind of cut")
     ap.add_argument("--seed", type=int, default=27)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--groups", default=",".join(SOURCES))
     ap.add_argument("--json", type=Path)
     ns = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(ns.threads)
     groups = [g.strip() for g in ns.groups.split(",") if g.strip()]
     tasks = [t for g in groups for t in make_tasks(g, ns.per, random.Random(f"{ns.seed}:{g}"))]
-    systems = Systems(ns.threads)
+    systems = Systems()
     hits: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
     multi: dict[str, list[bool | None]] = defaultdict(list)
     log = []
     t_all = time.perf_counter()
     for task in tasks:
         got: dict[str, str] = {}
-        got["ours"], ms = systems.ours(task, heal=True)
+        got["ours"], ms, sure, least = systems.ours(task, heal=True)
         if task.mode == "mid":
-            got["ours_noheal"], _ = systems.ours(task, heal=False)
+            got["ours_noheal"], *_ = systems.ours(task, heal=False)
         got["bare"], got["bare_post"] = systems.bare_call(task)
         for name, text in got.items():
             hits[(task.group, task.mode, name)].append(task.matches(text))
         if "\n" in got["ours"]:
             multi[task.group].append(complete(task, got["ours"]))
         log.append({"group": task.group, "language": task.language, "path": task.path, "mode": task.mode,
-                    "line": task.line, "column": task.column, "expected": task.expected, "ms": round(ms), **got})
+                    "line": task.line, "column": task.column, "expected": task.expected, "ms": round(ms), "confidence": sure, "least": least,
+                    "exact": task.matches(got["ours"]), **got})
         print(f"{task.group:6} {task.mode:6} {task.expected[:30]!r:34} ours {got['ours'][:30]!r}", file=sys.stderr)
     seconds = time.perf_counter() - t_all
     names = ("ours", "ours_noheal", "bare", "bare_post")
@@ -274,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     for g in groups:
         print(f"  {g:8} {len(multi[g]):3} multi-line, {len(checked.get(g, []))} with a grammar, "
               f"{sum(checked.get(g, []))} complete")
+    curve = gating_curve(log)
     print(f"{len(tasks)} tasks in {seconds:.0f} s")
-    results.update(table=table, multiline={g: {"n": len(multi[g]), "checked": len(checked.get(g, [])),
+    results.update(table=table, gating=curve, multiline={g: {"n": len(multi[g]), "checked": len(checked.get(g, [])),
                                                "complete": sum(checked.get(g, []))} for g in groups}, log=log)
     if ns.json:
         ns.json.parent.mkdir(parents=True, exist_ok=True)

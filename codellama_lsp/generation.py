@@ -64,6 +64,10 @@ class GenerationResult:
     drafted_tokens: int = 0  # proposed by lookup and checked in batches (greedy only)
     restored: bool = False  # its prompt started from a sequence the prompt cache kept
     accepted_tokens: int = 0  # of those, the ones the model agreed with
+    # The natural log of each output token's probability, aligned with ``token_ids``, from the
+    # distribution it was chosen from (kept to the healed text while healing). Empty where the
+    # backend does not report them (the remote ones).
+    logprobs: list[float] = field(default_factory=list)
 
     @property
     def generated_tokens(self) -> int:

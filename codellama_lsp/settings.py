@@ -150,6 +150,9 @@ class Settings:
     token_healing: bool = setting(True, "With the cursor inside a word or after a symbol, the prompt leaves out the "
                                         "unfinished token and the model's answer must start by writing it again "
                                         "(local engine).")
+    min_confidence: float = setting(0.0, "Hide a suggestion whose first line the model wrote with a lower geometric "
+                                         "mean token probability (0 to 1; 0 shows all; local engine).",
+                                    bounds=(0.0, 1.0))
     context_length: int | None = setting(
         None, "Positions the engine's KV cache holds, up to what the model supports, planned in memory before "
               "loading; for a remote backend, the server's window, which the budgets are cut to.",

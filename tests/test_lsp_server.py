@@ -137,6 +137,36 @@ async def test_single_line_mid_line_and_multi_line_at_end(client: Client, engine
     assert multi == expected(engine, SOURCE, 9, 16)
 
 
+async def test_min_confidence_hides_what_the_model_guessed(client: Client, engine: Engine) -> None:
+    """A random model is never sure: at ``minConfidence`` 1 its suggestion is hidden (and counted);
+    back at 0 the same place shows it, computed again rather than remembered as nothing."""
+    uri = "file:///unsure.py"
+    client.open(uri, SOURCE)
+    want = expected(engine, SOURCE, 9, 16)
+    assert want, "the random model's suggestion here is not empty"
+    before = (await client.status())["requests"].get("unsure", 0)
+    await client.configure(minConfidence=1.0)
+    try:
+        assert await client.inline(uri, 9, 16) == ""
+        assert (await client.status())["requests"]["unsure"] == before + 1
+    finally:
+        await client.configure(minConfidence=0.0)
+    assert await client.inline(uri, 9, 16) == want
+
+
+async def test_new_settings_are_not_answered_from_remembered_suggestions(client: Client, engine: Engine) -> None:
+    uri = "file:///resettings.py"
+    client.open(uri, SOURCE)
+    longer = await client.inline(uri, 9, 16)
+    await client.configure(maxNewTokens=2)
+    try:
+        shorter = await client.inline(uri, 9, 16)  # the same place in the same text, under new settings
+    finally:
+        await client.configure(maxNewTokens=8)
+    assert shorter == expected(engine, SOURCE, 9, 16, Settings(max_new_tokens=2, time_budget_ms=60000.0))
+    assert shorter != longer
+
+
 # A long generation: sampled, because greedy decoding of a random model soon loops, and
 # suggestions stop at a loop. The seed is fixed, so it is the same every time.
 LONG = {"maxNewTokens": 1024, "temperature": 1.0}

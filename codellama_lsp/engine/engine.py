@@ -27,7 +27,7 @@ from codellama_lsp.engine.lookup import LookupDrafter
 from codellama_lsp.engine.memory_plan import MemoryPlan, available_memory, plan_memory
 from codellama_lsp.engine.prompt_cache import Entry, PromptCache, common_prefix_length
 from codellama_lsp.engine.runner import Runner
-from codellama_lsp.engine.sampling import generator as seeded, keep_only, next_token
+from codellama_lsp.engine.sampling import generator as seeded, keep_only, log_probability, next_token
 
 
 def common_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -87,9 +87,12 @@ class Engine:
         # ``_stale`` tokens in front of them have changed since they were computed.
         self._moved_from, self._stale = _NONE_MOVED, 0
         self.generated_tokens = 0  # by all requests, stopped ones included: codellama.status shows it
-        self._healing: HealingIndex | None = None  # built at the first request that heals
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codellama-engine")
+        # The first job of the worker, so it is ready before any request runs there, rather than
+        # built during the first keystroke inside a word.
+        self._healing: Future[HealingIndex] = self._executor.submit(HealingIndex.of, tokenizer.vocab_size,
+                                                                    tokenizer.decode_infilling)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", dtype: str | None = None,
@@ -268,8 +271,9 @@ class Engine:
         return rows
 
     def _accept_draft(self, draft: list[int], rows: Any, state: "_Decoding",
-                      drafter: LookupDrafter) -> tuple[int, StopReason | None]:
-        """Keep draft tokens while they equal the model's own choice; the next token, or why it ends.
+                      drafter: LookupDrafter) -> tuple[int, float, StopReason | None]:
+        """Keep draft tokens while they equal the model's own choice; the next token and its
+        log-probability, or why it ends.
 
         ``rows[i]`` is the model's distribution after the fed token and ``i`` draft tokens,
         so a kept draft token's keys/values were computed on the right history.
@@ -281,29 +285,31 @@ class Engine:
             self._cached.append(draft[kept])
             drafter.append(draft[kept])
             kept += 1
-            if (reason := state.take(draft[kept - 1], len(self._cached))) is not None:
+            tok = draft[kept - 1]
+            if (reason := state.take(tok, log_probability(rows[kept - 1], tok), len(self._cached))) is not None:
                 state.accepted += kept
-                return -1, reason
+                return -1, 0.0, reason
         state.accepted += kept
-        return choices[kept], None
+        tok = choices[kept]
+        return tok, log_probability(rows[kept], tok), None
 
-    def _next(self, logits: Any, state: "_Decoding", rng: np.random.Generator | None) -> int:
-        """The next token from ``logits``; while the answer must still write ``state.heal``, one that keeps to it."""
+    def _next(self, logits: Any, state: "_Decoding", rng: np.random.Generator | None) -> tuple[int, float]:
+        """The next token from ``logits`` and its log-probability; while the answer must still write
+        ``state.heal``, one that keeps to it (its probability among the tokens that do)."""
         if state.heal:
-            if self._healing is None:
-                self._healing = HealingIndex.of(self.tokenizer.vocab_size, state.decode)
-            allowed = self._healing.allowed(state.heal)
+            allowed = self._healing.result().allowed(state.heal)
             if allowed:
                 logits = keep_only(logits, allowed)
-        return next_token(logits, state.req.temperature, state.req.top_p, rng)
+        tok = next_token(logits, state.req.temperature, state.req.top_p, rng)
+        return tok, log_probability(logits, tok)
 
     def _decode(self, first: Any, state: "_Decoding", drafter: LookupDrafter | None,
                 rng: np.random.Generator | None) -> StopReason:
         """Generate from the prompt's last logits until a stop; drafts only when greedy, and not while healing
         (a draft is checked against the unconstrained argmax)."""
         req = state.req
-        tok = self._next(first, state, rng)
-        while (reason := state.take(tok, len(self._cached))) is None:
+        tok, logprob = self._next(first, state, rng)
+        while (reason := state.take(tok, logprob, len(self._cached))) is None:
             draft: list[int] = []
             if drafter is not None:
                 drafter.append(tok)
@@ -312,10 +318,10 @@ class Engine:
                 draft = [] if state.heal else drafter.propose(room)
             rows = self._decode_step(tok, draft)
             if not draft:
-                tok = self._next(rows[-1], state, rng)
+                tok, logprob = self._next(rows[-1], state, rng)
                 continue
             assert drafter is not None
-            tok, reason = self._accept_draft(draft, rows, state, drafter)
+            tok, logprob, reason = self._accept_draft(draft, rows, state, drafter)
             self.runner.truncate(len(self._cached))  # the rejected draft tokens' keys/values go
             if reason is not None:
                 return reason
@@ -354,6 +360,7 @@ class Engine:
             drafted_tokens=state.drafted,
             accepted_tokens=state.accepted,
             restored=restored,
+            logprobs=state.logprobs,
         )
 
 
@@ -368,6 +375,7 @@ class _Decoding:
     eot_id: int | None
     context_length: int
     out: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # aligned with ``out``
     text: str = ""
     drafted: int = 0
     accepted: int = 0
@@ -376,13 +384,15 @@ class _Decoding:
     def __post_init__(self) -> None:
         self.heal = self.req.heal
 
-    def take(self, tok: int, cached: int) -> StopReason | None:
-        """Take ``tok`` as the next output token (``cached`` tokens precede it), or say why generation ends."""
+    def take(self, tok: int, logprob: float, cached: int) -> StopReason | None:
+        """Take ``tok`` (chosen with log-probability ``logprob``) as the next output token (``cached``
+        tokens precede it), or say why generation ends."""
         if self.req.cancel.is_set():
             return "cancelled"
         if tok in self.stop_ids:
             return "eot" if tok == self.eot_id else "eos"
         self.out.append(tok)
+        self.logprobs.append(logprob)
         if self.heal:  # the token is a prefix of the rest, or starts with all of it
             self.heal = self.heal[len(self.decode([tok])):]
         if self.rule.watches_text:

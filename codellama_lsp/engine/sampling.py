@@ -44,3 +44,15 @@ def keep_only(logits: Any, ids: list[int]) -> Any:
     kept[:] = float("-inf")
     kept[ids] = logits[ids]
     return kept
+
+
+def log_probability(logits: Any, tok: int) -> float:
+    """The natural log of ``tok``'s probability under ``logits`` ([V], a torch tensor or numpy array).
+
+    Computed where the logits are (no copy of the vocabulary to the host from a GPU).
+    """
+    if hasattr(logits, "logsumexp"):
+        row = logits.float()
+        return float(row[tok] - row.logsumexp(-1))
+    top = logits.max()
+    return float(logits[tok] - top - np.log(np.exp(logits - top).sum()))

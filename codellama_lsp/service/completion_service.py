@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 from codellama_lsp.completion.chat import Chat, detect_chat
+from codellama_lsp.completion.confidence import confidence
 from codellama_lsp.completion.definitions import Definition
 from codellama_lsp.completion.planning import Sources, generation_request, plan, shown
 from codellama_lsp.completion.snippets import Scored
@@ -89,6 +90,7 @@ class CompletionService:
             self.warn(f"codellama-lsp: {source}: " + "; ".join(errors))
         if self.settings != before:
             log.info("settings from %s: %s", source, self.settings)
+            self.lifecycle.forget_answers()
         if self.settings.load_key != before.load_key and self.slot.state != "not loaded":
             self.start_loading()
         elif self.slot.backend is not None:
@@ -258,8 +260,13 @@ class CompletionService:
             if result is None:
                 return ""
             text = shown(result, p)
-            log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s: %r", where, p.mode, result.reused_tokens,
-                      result.prompt_tokens, result.generated_tokens, result.stop_reason, text)
+            sure = confidence(result.token_ids, result.logprobs, backend.tokenizer.decode_infilling)
+            log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s, confidence %s: %r", where, p.mode,
+                      result.reused_tokens, result.prompt_tokens, result.generated_tokens, result.stop_reason,
+                      None if sure is None else round(sure, 3), text)
+            if text and sure is not None and sure < settings.min_confidence:
+                self.metrics.count("unsure")  # hidden: the model was guessing (minConfidence)
+                return ""
             return text
 
         return generate()

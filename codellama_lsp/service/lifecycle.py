@@ -277,6 +277,11 @@ class Lifecycle:
         shown = self._shown.get(uri)
         return None if shown is None else rest_after_typing(shown.text, typed_since(shown.anchor, here))
 
+    def forget_answers(self) -> None:
+        """New settings: suggestions computed under the old ones are not what the new ones give."""
+        self._shown.clear()
+        self._answers.clear()
+
     def forget(self, uri: str) -> None:
         """A closed document: drop its suggestion and stop its computations."""
         self._shown.pop(uri, None)

@@ -33,6 +33,7 @@ export const SERVER_KEYS = [
   "instructTimeBudgetMs",
   "promptCacheMb",
   "tokenHealing",
+  "minConfidence",
   "contextLength",
   "docstrings",
 ] as const;

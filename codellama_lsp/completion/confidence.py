@@ -1,0 +1,34 @@
+"""How sure the model was of a suggestion, from the log-probabilities of the tokens it chose.
+
+A suggestion the user has to dismiss costs more than one never shown: it interrupts the
+reading of their own code. The model knows when it is guessing, so a suggestion carries
+the probability of the tokens that wrote its first line (the line every suggestion shows,
+and the one the benchmarks score), and ``minConfidence`` hides those below it. How the
+statistic and the default were chosen: docs/measurements.md, "Confidence gating".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+
+def first_line_tokens(token_ids: Sequence[int], decode: Callable[[list[int]], str]) -> int:
+    """How many of ``token_ids`` write the first line: up to the token whose text ends a line with
+    something on it (that token included: ending the line is a choice too), else all of them."""
+    for i in range(len(token_ids)):
+        text = decode(list(token_ids[:i + 1]))
+        end = text.find("\n", len(text) - len(text.lstrip()))
+        if end >= 0 and text[:end].strip():
+            return i + 1
+    return len(token_ids)
+
+
+def confidence(token_ids: Sequence[int], logprobs: Sequence[float],
+               decode: Callable[[list[int]], str]) -> float | None:
+    """The geometric mean probability of the first line's tokens, in [0, 1]; None when the backend
+    reported no log-probabilities or nothing was generated."""
+    if not logprobs or not token_ids:
+        return None
+    n = first_line_tokens(token_ids, decode)
+    return math.exp(sum(logprobs[:n]) / n)
