@@ -157,7 +157,8 @@ class Settings:
         None, "Positions the engine's KV cache holds, up to what the model supports, planned in memory before "
               "loading; for a remote backend, the server's window, which the budgets are cut to.",
         bounds=(MIN_CONTEXT_LENGTH, 1 << 20), reloads=True, flag=True,
-        default_text="auto: 4096 on the CPU, 16384 on a GPU (halved until it fits); unknown for a remote server")
+        default_text="auto: 4096 on the CPU, 16384 on a GPU (halved until it fits); for a remote server, the window "
+                     "it says it has (llama.cpp, vLLM, TGI)")
     docstrings: str = setting("infill", "How docstrings are written (hover, Generate docstring): infilled between the "
                                         "signature and the body, or asked of the chat model.",
                               choices=DOCSTRING_CHOICES)

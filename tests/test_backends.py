@@ -371,6 +371,39 @@ def test_open_backend(tiny_model_dir: Path, tokenizer_path: Path, tmp_path: Path
     local.close()
 
 
+# Each server's answer where it says its window, in its documented shape (fields trimmed).
+WINDOW_ANSWERS = {
+    "/props": {"default_generation_settings": {"n_ctx": 8192, "n_predict": -1}, "total_slots": 1},  # llama.cpp
+    "/v1/models": {"object": "list", "data": [{"id": "codellama/CodeLlama-7b-hf", "object": "model",
+                                               "max_model_len": 16384}]},  # vLLM
+    "/info": {"model_id": "codellama/CodeLlama-7b-hf", "max_input_tokens": 4095, "max_total_tokens": 4096},  # TGI
+}
+
+
+@pytest.mark.parametrize("name, url_tail, says, window", [
+    ("llamacpp", "", ("/props",), 8192),
+    ("openai", "/v1", ("/props",), 8192),  # llama.cpp's server behind the OpenAI API; the /v1 base is stripped
+    ("openai", "", ("/v1/models",), 16384),  # vLLM behind the OpenAI API: /props is not found, /v1/models says
+    ("vllm", "", ("/v1/models",), 16384),
+    ("tgi", "", ("/info",), 4096),
+    ("openai", "", (), None),  # llama-cpp-python, Ollama: no window said; nothing is cut
+])
+async def test_a_remote_window_is_asked_of_the_server_when_not_set(tokenizer_path: Path, name: str, url_tail: str,
+                                                                    says: tuple[str, ...], window: int | None) -> None:
+    def reply(seen) -> Reply:
+        return Reply(body=WINDOW_ANSWERS[seen.path]) if seen.path in says else Reply(status=404, body={"error": "no"})
+
+    async with StubServer(reply) as server:
+        remote = await asyncio.to_thread(open_backend, name, tokenizer_path.parent, url=server.url + url_tail,
+                                         tokenizer=tokenizer_path)
+        assert remote.context_length == window
+        assert [s.method for s in server.seen] == ["GET"] * len(server.seen) and server.seen
+        asked = len(server.seen)
+        given = await asyncio.to_thread(open_backend, name, tokenizer_path.parent, url=server.url + url_tail,
+                                        tokenizer=tokenizer_path, context_length=2048)
+    assert given.context_length == 2048 and len(server.seen) == asked  # a contextLength set: the server is not asked
+
+
 def test_remote_backend_named_by_a_gguf_file_prompts_with_its_vocabulary(real_gguf: Path) -> None:
     """A served model given as its .gguf file: the prompt uses that file's tokenizer and family.
 

@@ -99,7 +99,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     None: the --threads flag's count, else one per physical core (``engine.threads``). ``reuse_suffix`` is the engine's option of that name.
     ``context_length`` is the window (a length or "auto"), planned with the ``prompt_cache_mb``
     budget in the device's memory before loading (engine.memory_plan); a remote backend takes
-    a length as the server's window, which its budgets are cut to, and "auto" as no limit of ours.
+    a length as the server's window, which its budgets are cut to, and "auto" as the window the
+    server says it has (``RemoteBackend.ask_window``), or no limit of ours where it says none.
 
     A remote backend never loads weights, but it needs the served model's tokenizer to
     build the prompt and size the context window: ``tokenizer`` (a ``tokenizer.model``, a
@@ -137,8 +138,12 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
         tok: TextTokenizer = load_gguf_tokenizer(source)
     else:
         tok = Tokenizer(source / "tokenizer.model" if source.is_dir() else source)
-    return RemoteBackend(PROTOCOLS[backend](tok), url, tok, served_model=served_model, api_key_env=api_key_env,
-                         context_length=context_length if isinstance(context_length, int) else None)
+    remote = RemoteBackend(PROTOCOLS[backend](tok), url, tok, served_model=served_model, api_key_env=api_key_env,
+                           context_length=context_length if isinstance(context_length, int) else None)
+    if remote.context_length is None and (said := remote.ask_window()) is not None:
+        remote.context_length = said[0]
+        log.info("the %s server's window: %d tokens (%s)", backend, *said)
+    return remote
 
 
 __all__ = ["BACKENDS", "ENGINES", "Backend", "BackendError", "RemoteBackend", "choose_engine", "open_backend"]

@@ -31,6 +31,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 CONNECT_TIMEOUT_S = 5.0
+WINDOW_TIMEOUT_S = 3.0  # asking the server its window, once at load: an answer or none soon
 READ_TIMEOUT_S = 60.0  # between two bytes of an answer; a time budget usually ends a request first
 WATCH_INTERVAL_S = 0.01  # how often a running request looks at its cancel event and deadline
 
@@ -90,6 +91,7 @@ class RemoteBackend:
         self.context_length = context_length
         self._eot = eot_text(tokenizer)
         self.generated_tokens = 0
+        self._verify = verify
         headers = {"Accept": "application/json, text/event-stream"}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -100,6 +102,23 @@ class RemoteBackend:
             headers=headers, verify=verify, follow_redirects=False,
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
         )
+
+    def ask_window(self) -> tuple[int, str] | None:
+        """The server's window in tokens and where it said so, for servers that say (``Wire.windows``);
+        None otherwise. Blocking: called once, while the backend loads."""
+        root = self.url[:-3] if self.url.endswith("/v1") else self.url
+        with httpx.Client(headers=self._client.headers, verify=self._verify, follow_redirects=False,
+                          timeout=WINDOW_TIMEOUT_S) as client:
+            for path, read in self.wire.windows:
+                try:
+                    answer = client.get(root + path)
+                    answer.raise_for_status()
+                    n = read(answer.json())
+                except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError, StopIteration):
+                    continue  # not this kind of server, or it does not say
+                if isinstance(n, int) and n > 0:
+                    return n, path
+        return None
 
     # What codellama.status shows in place of the local engine's device and dtype.
     @property

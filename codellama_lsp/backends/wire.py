@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from codellama_lsp.generation import GenerationRequest, TextTokenizer
 
@@ -32,8 +32,27 @@ class Chunk:
     computed_tokens: int | None = None  # prompt tokens the server evaluated (the rest came from its cache), if it says
 
 
+def _llamacpp_window(obj: Any) -> Any:
+    """llama.cpp's server, ``GET /props``: a slot's context (its ``--ctx-size`` over ``--parallel``)."""
+    return obj["default_generation_settings"]["n_ctx"]
+
+
+def _vllm_window(obj: Any) -> Any:
+    """vLLM, ``GET /v1/models``: the served model's ``max_model_len``."""
+    return next(m["max_model_len"] for m in obj["data"] if "max_model_len" in m)
+
+
+def _tgi_window(obj: Any) -> Any:
+    """Text Generation Inference, ``GET /info``: prompt and generated tokens together."""
+    return obj["max_total_tokens"]
+
+
 class Wire(ABC):
     name: str
+    # Where a server of this API says its window (a GET path under the server's root) and how to
+    # read it from the JSON answer, tried in order. Servers that say none (llama-cpp-python, Ollama)
+    # leave it unknown.
+    windows: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
 
     def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tok = tokenizer
@@ -72,6 +91,7 @@ class OpenAICompletions(Wire):
     """``POST /v1/completions`` (vLLM, llama.cpp's server, llama-cpp-python, Ollama): the prompt as text."""
 
     name = "openai"
+    windows = (("/props", _llamacpp_window), ("/v1/models", _vllm_window))
 
     def path(self, base: str, stream: bool) -> str:
         # Both spellings of the base URL are common: ``http://host:8000`` and ``http://host:8000/v1``.
@@ -114,6 +134,7 @@ class VllmCompletions(OpenAICompletions):
     """
 
     name = "vllm"
+    windows = (("/v1/models", _vllm_window),)
 
     def prompt(self, req: GenerationRequest) -> Any:
         return list(req.prompt)
@@ -134,6 +155,7 @@ class TgiGenerate(Wire):
     """Text Generation Inference: ``POST /generate`` (one JSON answer) and ``/generate_stream`` (SSE)."""
 
     name = "tgi"
+    windows = (("/info", _tgi_window),)
 
     def path(self, base: str, stream: bool) -> str:
         return base + ("/generate_stream" if stream else "/generate")
@@ -183,6 +205,7 @@ class LlamaCppInfill(Wire):
     """
 
     name = "llamacpp"
+    windows = (("/props", _llamacpp_window),)
 
     def path(self, base: str, stream: bool) -> str:
         return base + "/infill"

@@ -70,7 +70,7 @@ M.defaults = {
     contextLength = nil,  -- Positions the engine's KV cache holds, up to what the model supports, planned in
                           -- memory before loading; for a remote backend, the server's window, which the
                           -- budgets are cut to. Default: auto: 4096 on the CPU, 16384 on a GPU (halved until
-                          -- it fits); unknown for a remote server.
+                          -- it fits); for a remote server, the window it says it has (llama.cpp, vLLM, TGI).
     docstrings = nil,     -- How docstrings are written (hover, Generate docstring): infilled between the
                           -- signature and the body, or asked of the chat model. Default: infill.
     -- END generated settings
