@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "verify-model":
         sys.exit(verify_model())
     if args.command == "complete":
-        sys.stdout.flush()
-        os._exit(complete(args))
+        code = complete(args)
+        sys.stdout.flush()  # os._exit (no waiting on the engine's threads) flushes nothing itself
+        os._exit(code)
     if args.command == "export-gguf":
         sys.exit(export(args))
     from codellama_lsp.lsp.framing import start_stdio, start_tcp

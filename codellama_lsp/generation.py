@@ -20,7 +20,8 @@ from typing import Callable, Literal, Protocol, Sequence
 # training length, where a long repository context costs milliseconds to fill.
 CPU_CONTEXT_LENGTH = 4096
 ACCELERATOR_CONTEXT_LENGTH = 16384
-# contextLength's least value: a shorter window would not hold the CPU's prompt budgets.
+# contextLength's least value: the budgets are cut to fit the window (settings.fit_to_context), and
+# below this too little of the prefix would be left to complete from.
 MIN_CONTEXT_LENGTH = 256
 # Host memory for the engine's kept KV sequences (engine.prompt_cache), the promptCacheMb setting's default.
 PROMPT_CACHE_MB = 512

@@ -74,6 +74,8 @@ def in_daemon_thread(fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
     def settle(result: Any, error: BaseException | None) -> None:
         if not future.done():
             future.set_exception(error) if error is not None else future.set_result(result)
+        elif callable(getattr(result, "close", None)):
+            result.close()  # cancelled meanwhile (a newer load supersedes it): nobody will use or close it
 
     def run() -> None:
         try:

@@ -18,12 +18,13 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from codellama_lsp.generation import CPU_CONTEXT_LENGTH, MIN_CONTEXT_LENGTH, PROMPT_CACHE_MB, Backend
+from codellama_lsp.generation import (ACCELERATOR_CONTEXT_LENGTH, CPU_CONTEXT_LENGTH, MIN_CONTEXT_LENGTH,
+                                      PROMPT_CACHE_MB, Backend)
 
 SECTION = "codellama"
 
 # The vocabularies of the settings with choices. The modules that act on a value (backends,
-# families, chat, the torch engine) import them from here, so that settings import nothing above them.
+# families, the torch engine) import them from here, so that settings import nothing above them.
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 FORMAT_CHOICES = ("auto", "psm", "spm")
 BACKEND_CHOICES = ("local", "openai", "vllm", "tgi", "llamacpp")
@@ -283,14 +284,16 @@ def for_device(s: Settings, on_cpu: bool, context_length: int | None = None) -> 
     context grow in proportion to a ``context_length`` window longer than CPU_CONTEXT_LENGTH, so
     a 16k window holds four times the repository context; the long prefix is computed once and
     stays in the KV cache while the user types, and the suffix, recomputed per keystroke in
-    PSM, costs milliseconds there.
+    PSM, costs milliseconds there. The growth stops at ACCELERATOR_CONTEXT_LENGTH (Code Llama's
+    training length): past it, a server's 128k window would recompute an 8k-token suffix at
+    every keystroke; larger budgets are the client's to set.
     """
     if on_cpu:
         return replace(s, **{k: v for k, v in CPU_BUDGETS.items() if k not in s.given})
     if context_length is None or context_length <= CPU_CONTEXT_LENGTH:
         return s
-    return replace(s, **{k: getattr(s, k) * context_length // CPU_CONTEXT_LENGTH
-                         for k in WINDOW_BUDGETS if k not in s.given})
+    window = min(context_length, ACCELERATOR_CONTEXT_LENGTH)
+    return replace(s, **{k: getattr(s, k) * window // CPU_CONTEXT_LENGTH for k in WINDOW_BUDGETS if k not in s.given})
 
 
 # Tokens a prompt holds beyond its prefix and suffix budgets: BOS, <PRE>, <SUF>, <MID>, and the
@@ -304,7 +307,7 @@ def fit_to_context(s: Settings, context_length: int | None) -> tuple[Settings, s
     Each budget is valid alone, but together they can exceed the model's context, and then
     every completion in a long file would fail. Cutting both sides in proportion keeps
     completions working; the message (None when nothing was cut) tells the user why their
-    setting is not used as given. ``context_length`` None (a remote server's) cuts nothing.
+    setting is not used as given. ``context_length`` None (a remote server that says no window) cuts nothing.
     """
     wanted = s.prefix_tokens + s.suffix_tokens + s.max_new_tokens + PROMPT_RESERVE
     if context_length is None or wanted + s.context_tokens <= context_length:
@@ -331,11 +334,6 @@ def for_backend(s: Settings, backend: Backend) -> tuple[Settings, str | None]:
     "auto" resolved for its model, and the budgets cut to fit its context (with the message saying so)."""
     own = for_device(s, on_cpu=str(backend.device) == "cpu", context_length=backend.context_length)
     return fit_to_context(resolve_format(own, backend.preferred_format), backend.context_length)
-
-
-def check_setting(key: str, value: Any) -> str | None:
-    """What is wrong with ``value`` for the camelCase setting ``key`` (None: valid), for flags that mirror settings."""
-    return _KEYS[key][1](value)
 
 
 def section_of(raw: Any) -> Any:

@@ -22,6 +22,7 @@ from codellama_lsp.engine import gguf_reader
 from codellama_lsp.engine.checkpoint import read_args
 from codellama_lsp.engine.gguf_reader import GgufCheckpoint, read_gguf, rotate_half_rows
 from codellama_lsp.engine.gguf_export import export_gguf, to_interleaved
+from codellama_lsp.engine.gguf_file import gguf_args, open_gguf, window_args
 from conftest import make_random_checkpoint
 
 Q = gguf.GGMLQuantizationType
@@ -328,6 +329,30 @@ def test_unsupported_rope_scaling_names_the_file(
         w.add_rope_scaling_factor(4.0)
 
     _expect(write_gguf(tmp_path / "yarn.gguf", state, args, metadata=yarn), "rope_scaling type 'yarn' is not supported")
+
+
+def test_a_window_is_planned_for_files_only_llama_cpp_runs(
+        k_source: tuple[dict[str, torch.Tensor], ModelArgs], tmp_path: Path) -> None:
+    """llama.cpp runs architectures and RoPE scalings the torch engine does not: its memory plan reads
+    only what a window needs, where the torch engine's refuses such a file with a CheckpointError."""
+    state, args = k_source
+
+    def yarn(w: gguf.GGUFWriter) -> None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(4.0)
+
+    for path, refusal in ((write_gguf(tmp_path / "sc2.gguf", state, args, arch="starcoder2"),
+                           "architecture 'starcoder2' is not supported"),
+                          (write_gguf(tmp_path / "yarn.gguf", state, args, metadata=yarn),
+                           "rope_scaling type 'yarn' is not supported")):
+        planned = window_args(open_gguf(path), path)
+        assert (planned.num_hidden_layers, planned.num_key_value_heads, planned.head_dim,
+                planned.max_position_embeddings, planned.rope_theta) == (
+            args.num_hidden_layers, args.num_key_value_heads, args.head_dim, args.max_position_embeddings,
+            pytest.approx(args.rope_theta))
+        assert planned.kv_cache_bytes(100, 4) == args.kv_cache_bytes(100, 4)
+        with pytest.raises(CheckpointError, match=refusal):
+            gguf_args(open_gguf(path), path)
 
 
 # --- the real default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) ---------------------------------

@@ -242,3 +242,33 @@ async def test_a_return_to_a_place_in_unchanged_text_is_answered_as_before() -> 
     assert await life.suggest("a.py", typed, 6, start("file2:"), lambda: "T3") == ("file2:", "answered")
     life.forget("a.py")
     assert await life.suggest("a.py", typed, 7, start("file3:"), lambda: "T3") == ("file3:", "answered")
+
+
+async def test_kept_answers_and_warm_ups_follow_the_text_and_the_settings() -> None:
+    life, started, stopped = Lifecycle(), [], []
+    here = Anchor(3, "    ", "")
+    assert await life.suggest("a.py", here, 1, lambda _: _quick("x = 1"), lambda: "T1") == ("x = 1", "answered")
+    life.remember("a.py", Shown(Anchor(0, "", ""), "other"))  # the shown suggestion is elsewhere now
+
+    def warming(digest: str):
+        return lambda: (Ahead(here, digest), lambda _: _slow("warm " + digest, started, stopped))
+
+    assert not life.warm("a.py", here, warming("T1"), lambda: "T1")  # kept for this place in this text
+    assert life.warm("a.py", here, warming("T2"), lambda: "T2")  # the text changed elsewhere: warm it again
+    await asyncio.sleep(0.02)
+    assert started == ["warm T2"]
+    life.forget_answers()  # new settings: the guess made under the old ones stops, and nothing is kept
+    await asyncio.sleep(0.02)
+    assert stopped == ["warm T2"] and life.running() == {}
+    assert await life.suggest("a.py", here, 2, lambda _: _quick("y = 2"), lambda: "T1") == ("y = 2", "answered")
+
+    # An answer is kept under the text it was asked in, not under edits made while it was computed.
+    text = ["T3"]
+
+    async def edited_meanwhile(_flight) -> str:
+        text[0] = "T4"
+        return "z = 3"
+
+    assert await life.suggest("a.py", here, 3, edited_meanwhile, lambda: text[0]) == ("z = 3", "answered")
+    assert await life.suggest("a.py", here, 4, lambda _: _quick("fresh"), lambda: "T4") == ("fresh", "answered")
+    assert await life.suggest("a.py", here, 5, lambda _: _quick("never"), lambda: "T3") == ("z = 3", "revisited")

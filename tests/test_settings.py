@@ -170,6 +170,7 @@ def test_budgets_grow_with_the_window_off_the_cpu() -> None:
     assert (long.prefix_tokens, long.suffix_tokens, long.context_tokens) == (4096, 1024, 4096)
     assert long.max_new_tokens == default.max_new_tokens and long.time_budget_ms == default.time_budget_ms
     assert fit_to_context(long, 16384) == (long, None)  # the scaled budgets fit their window
+    assert for_device(default, on_cpu=False, context_length=131072) == long  # a server's 128k: no 8k suffix per keystroke
     cpu = for_device(default, on_cpu=True, context_length=16384)
     assert (cpu.prefix_tokens, cpu.context_tokens) == (CPU_BUDGETS["prefix_tokens"], CPU_BUDGETS["context_tokens"])
     mine, _ = apply(default, {"prefixTokens": 700})

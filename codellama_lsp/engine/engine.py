@@ -100,7 +100,7 @@ class Engine:
              **options: Any) -> "Engine":
         """Our PyTorch model from a checkpoint; ``options`` are the constructor's (reuse, draft_tokens, ...).
 
-        ``compile`` (auto, on, off: runner.resolve_compile) and ``quantize`` (auto, none, int8,
+        ``compile`` (auto, on, off: torch_runner.resolve_compile) and ``quantize`` (auto, none, int8,
         int4: quantize.resolve_quantize) are checked before the weights are read, and the
         ``context_length`` window (a length or "auto") is planned against the device's memory
         (engine.memory_plan), so a bad value or a window that cannot fit fails at once.

@@ -71,15 +71,43 @@ def torch_shape(t: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in reversed(t.shape.tolist()))
 
 
-def gguf_args(reader: gguf.GGUFReader, path: Path) -> ModelArgs:
-    """The hyperparameters in the metadata of the GGUF at ``path`` alone: for planning memory, also
-    of files whose tensor types only llama.cpp computes in (``read_gguf`` refuses those)."""
+def architecture(reader: gguf.GGUFReader, path: Path) -> str:
+    """The file's architecture, if the torch engine lays it out (``ARCHITECTURES``); else a CheckpointError."""
     arch = str(metadata(reader, path, "general.architecture"))
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
+        )
+    return arch
+
+
+def gguf_args(reader: gguf.GGUFReader, path: Path) -> ModelArgs:
+    """The torch engine's hyperparameters from the metadata of the GGUF at ``path`` alone, for planning
+    its memory before any tensor is read (``read_gguf`` checks the tensors' types and shapes)."""
+    arch = architecture(reader, path)
     tensors = {name: t for t in reader.tensors if (name := hf_name(t.name)) is not None}
     try:
         return ModelArgs.from_hf_config(hf_config(reader, path, arch, tensors))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+
+
+def window_args(reader: gguf.GGUFReader, path: Path) -> ModelArgs:
+    """What planning a llama.cpp window needs (layers, KV heads, head size, declared length, RoPE base),
+    from any architecture's metadata: llama.cpp runs architectures and RoPE scalings the torch
+    engine does not, so none is refused here. The other fields are placeholders."""
+    k = str(metadata(reader, path, "general.architecture")) + "."
+    heads = int(_scalar(reader, path, k + "attention.head_count"))
+    head_size = int(_scalar(reader, path, k + "attention.key_length", 0)) or \
+        int(_scalar(reader, path, k + "embedding_length")) // max(1, heads)
+    return ModelArgs(
+        hidden_size=heads * head_size,  # so that ``head_dim`` is the keys' size
+        num_hidden_layers=int(_scalar(reader, path, k + "block_count")),
+        num_attention_heads=heads,
+        num_key_value_heads=int(_scalar(reader, path, k + "attention.head_count_kv", heads)),
+        rope_theta=_f32(_scalar(reader, path, k + "rope.freq_base", 10000.0)),
+        max_position_embeddings=int(_scalar(reader, path, k + "context_length")),
+    )
 
 
 def metadata(reader: gguf.GGUFReader, path: Path, key: str, default: Any = _REQUIRED) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from codellama_lsp.engine.config import CheckpointError, ModelArgs
-from codellama_lsp.engine.gguf_file import ARCHITECTURES, hf_config, hf_name, metadata, open_gguf, torch_shape
+from codellama_lsp.engine.gguf_file import architecture, hf_config, hf_name, open_gguf, torch_shape
 
 Q = gguf.GGMLQuantizationType
 # Types gguf.quants.dequantize covers that llama.cpp's common model files use.
@@ -170,11 +170,7 @@ def read_gguf(path: str | Path) -> GgufCheckpoint:
     """
     path = Path(path)
     reader = open_gguf(path)
-    arch = str(metadata(reader, path, "general.architecture"))
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(
-            f"{path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
-        )
+    arch = architecture(reader, path)
     tensors = _map_tensors(reader, path)
     config = hf_config(reader, path, arch, tensors)
     try:

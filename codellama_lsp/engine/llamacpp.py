@@ -452,12 +452,12 @@ def open_llamacpp(path: str | Path, context_length: int | str, threads: int, **o
     """
     from codellama_lsp.engine.default_model import cache_dir
     from codellama_lsp.engine.engine import Engine
-    from codellama_lsp.engine.gguf_file import gguf_args, open_gguf
+    from codellama_lsp.engine.gguf_file import open_gguf, window_args
     from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
 
     file = Path(path)
     reader = open_gguf(file)
-    memory = plan_llamacpp(gguf_args(reader, file), file, context_length,
+    memory = plan_llamacpp(window_args(reader, file), file, context_length,
                            options.get("prompt_cache_bytes", PROMPT_CACHE_MB << 20))
     field = reader.get_field("general.file_type")
     file_type = int(field.contents()) if field is not None else None

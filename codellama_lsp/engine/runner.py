@@ -22,7 +22,8 @@ class Runner(Protocol):
         """Logits [len(tokens) or 1, vocab] for ``tokens`` at positions ``start..``, extending the cache.
 
         A torch tensor (the torch runner, on its device) or a numpy array (llama.cpp): the engine
-        only indexes rows, takes ``argmax`` and ``tolist``, which both have, so llama.cpp runs without torch.
+        only indexes rows and takes ``argmax`` and ``tolist``, which both have; ``engine.sampling``
+        handles each kind where they differ (a copy, a log-sum-exp), so llama.cpp runs without torch.
         """
         ...
 

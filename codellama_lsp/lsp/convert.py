@@ -149,9 +149,9 @@ def status(snapshot: "Snapshot", encoding: str) -> dict[str, Any]:
         # Draft tokens checked per forward pass; 0 where the llama.cpp engine found this CPU's kernels
         # not batch-invariant (engine.llamacpp.LlamaCppRunner.batch_invariant). None: a remote backend.
         "draft_tokens": getattr(backend, "draft_tokens", None),
-        # The window in positions (a remote backend's: the contextLength given, else None) and the
-        # local engine's memory plan (engine.memory_plan): its KV bytes, and how many full-length
-        # sequences the prompt cache's budget holds beside it.
+        # The window in positions (a remote backend's: the contextLength given, else what the server
+        # said at load, else None) and the local engine's memory plan (engine.memory_plan): its KV
+        # bytes, and how many full-length sequences the prompt cache's budget holds beside it.
         "context_length": backend.context_length if backend else None,
         "kv_bytes": memory.kv_bytes if (memory := getattr(backend, "memory", None)) is not None else None,
         "memory_plan": memory.describe(backend.prompt_cache.budget_bytes) if memory is not None else None,

@@ -205,7 +205,7 @@ def _valid_id(value: Any) -> bool:
 
 # Our own notification: the client's cursor has rested at a place (a moment without a keystroke
 # or a move; docs/server.md, "Warm-up"), so the server computes the suggestion there before it is
-# asked for (server.warm).
+# asked for (CompletionService.warm).
 CURSOR_REST = "codellama/cursorRest"
 
 

@@ -2,7 +2,7 @@
 
 A docstring is asked for at a position of one version of a document; the document may
 change before or while the model writes it. The definition is then found again by its
-header text (``docstring.definition_for``/``relocate``), and dropped when it cannot be, so
+header text (``docstring.definition_for``, ``definitions.relocate``), and dropped when it cannot be, so
 the edit the server returns never lands in the wrong place.
 """
 

@@ -112,11 +112,11 @@ class CompletionService:
 
     async def load(self) -> None:
         old, self.slot = self.slot.backend, BackendSlot(self.model_path(self.settings))
-        try:
-            await load_into(self.slot, self.settings, self.progress)
-        finally:
-            if old is not None:
-                old.close()
+        if old is not None:
+            # First, so that the new model's memory is planned without the old one's (it serves
+            # nothing meanwhile: the slot is already the new one's).
+            old.close()
+        await load_into(self.slot, self.settings, self.progress)
         if self.slot.ready is not None:
             self.docs.forget_computed()
 
@@ -223,7 +223,7 @@ class CompletionService:
             return (Ahead(here, doc.digest()),
                     lambda flight: self._complete(doc, cursor, ready, flight, what="warm-up"))
 
-        if self.lifecycle.warm(uri, here, prepare):
+        if self.lifecycle.warm(uri, here, prepare, doc.digest):
             self.metrics.count("warm_up")
 
     def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight,

@@ -124,7 +124,7 @@ class Lifecycle:
         if waiting is not None and waiting.guess and waiting.ahead is None:
             waiting.task.cancel()  # the user did not pause: a keystroke restarts the wait
             del self._flights[("completion", uri)]
-        text_digest = functools.cache(digest)  # O(document): taken only when it is needed
+        text_digest = functools.cache(digest)  # O(document), once a request
         rest = self.typed_through(uri, here)
         if rest is not None:
             self._keep(uri, Ahead(here, text_digest()), rest)
@@ -150,27 +150,33 @@ class Lifecycle:
                 return is_here(flight.ahead)
             return rest_after_typing(flight.partial, typed_since(flight.ident[0], here)) is not None
 
+        asked_in = text_digest()  # now: the document is edited in place while the answer is computed
         outcome = await self.run(("completion", uri), (here, version), start, joins)
         if outcome is None:
             return "", "superseded"
         (anchor, _), text = outcome
         self.remember(uri, Shown(anchor, text))
         if anchor == here:
-            self._keep(uri, Ahead(here, text_digest()), text)
+            self._keep(uri, Ahead(here, asked_in), text)
             return text, "answered" if text else "empty"
         # Answered by a generation started before the last keystrokes.
         return rest_after_typing(text, typed_since(anchor, here)) or "", "typed_ahead"
 
     def warm(self, uri: str, here: Anchor,
-             prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None]) -> bool:
+             prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None],
+             digest: Callable[[], str] = str) -> bool:
         """Compute the suggestion at ``here``, where the cursor rests, unless it is known or coming.
 
-        Nothing is done where the shown suggestion was asked for or a prefetch finished (it is
-        computed), or while a request computes; a prefetch under way elsewhere is a guess about a place the user has
-        left, and gives way. Whether a warm-up started.
+        Nothing is done where the shown suggestion was asked for or a suggestion is kept for this
+        place in this text (``digest`` gives its text's), or while a request computes; a prefetch
+        under way elsewhere is a guess about a place the user has left, and gives way. Whether a
+        warm-up started.
         """
         shown = self._shown.get(uri)
-        if (shown is not None and shown.anchor == here) or any(a.anchor == here for a in self._answers.get(uri, {})):
+        if shown is not None and shown.anchor == here:
+            return False
+        known = [a for a in self._answers.get(uri, {}) if a.anchor == here]
+        if known and any(a.digest == digest() for a in known):
             return False
         key: Key = ("completion", uri)
         flight = self._flights.get(key)
@@ -278,9 +284,12 @@ class Lifecycle:
         return None if shown is None else rest_after_typing(shown.text, typed_since(shown.anchor, here))
 
     def forget_answers(self) -> None:
-        """New settings: suggestions computed under the old ones are not what the new ones give."""
+        """New settings: suggestions computed, or being guessed, under the old ones are not what the new
+        ones give."""
         self._shown.clear()
         self._answers.clear()
+        for key in [k for k, f in self._flights.items() if f.guess]:
+            self._flights.pop(key).task.cancel()
 
     def forget(self, uri: str) -> None:
         """A closed document: drop its suggestion and stop its computations."""
