@@ -114,14 +114,17 @@ def decoded_weight_bytes(model: torch.nn.Module) -> int:
 
 def bytes_per_step(engine: Engine, model: Path, position: int) -> int:
     """Bytes a decode step at ``position`` reads: every weight but the embedding table, as the engine stores
-    them, plus the keys and values attention reads (ours in the engine's dtype; llama.cpp's default f16)."""
+    them, plus the keys and values attention reads (in the torch engine's dtype; float32 in our llama.cpp
+    engine, whose KV_ITEMSIZE says why)."""
     if engine.model is not None:
         args, kv_item = engine.model.args, engine.dtype.itemsize
         weights = decoded_weight_bytes(engine.model)
     else:
         from codellama_lsp.engine.gguf_reader import read_gguf
 
-        ckpt, kv_item = read_gguf(model), 2  # one read: the file's tensors as stored, and its shape
+        from codellama_lsp.engine.llamacpp import KV_ITEMSIZE
+
+        ckpt, kv_item = read_gguf(model), KV_ITEMSIZE  # one read: the file's tensors as stored, and its shape
         args = ckpt.args
         weights = sum(int(t.n_bytes) for t in ckpt.reader.tensors if t.name != "token_embd.weight")
     return weights + args.kv_cache_bytes(position, kv_item)
