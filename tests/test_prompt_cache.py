@@ -155,6 +155,25 @@ def test_other_requests_never_evict_the_typing_place(torch_engines: tuple[Engine
         engine.prompt_cache.budget_bytes = budget
 
 
+def test_a_return_is_served_even_when_keeping_the_place_it_leaves_fills_the_budget(
+        torch_engines: tuple[Engine, Engine]) -> None:
+    """Back at a with b live and room for one sequence: a is taken out before b is kept, so keeping b
+    cannot evict the sequence being returned to (it did, and the request failed)."""
+    engine, plain = torch_engines
+    engine.reset_cache()
+    p = prompts(engine)
+    generate(engine, p["a"])
+    size = engine.runner.save()[1]
+    budget, engine.prompt_cache.budget_bytes = engine.prompt_cache.budget_bytes, size * 3 // 2  # room for one
+    try:
+        generate(engine, p["b"])  # keeps a
+        ids, computed, restored = generate(engine, p["a"])  # keeps b, which needs a's room
+        assert restored and computed == 1 and ids == generate(plain, p["a"])[0]
+        assert len(engine.prompt_cache.entries) == 1 and engine.prompt_cache.nbytes <= engine.prompt_cache.budget_bytes
+    finally:
+        engine.prompt_cache.budget_bytes = budget
+
+
 def test_typing_at_one_place_keeps_no_copies(torch_engines: tuple[Engine, Engine]) -> None:
     """A keystroke throws away less than ``KEEP_MIN_TOKENS`` (the suffix and the last suggestion)."""
     engine, _ = torch_engines

@@ -204,11 +204,12 @@ class Engine:
         entry, shared = cache.best(prompt)
         restore = entry is not None and shared >= head + RESTORE_MIN_GAIN
         replaced = restore or len(self._cached) - head >= KEEP_MIN_TOKENS
+        # Out of the cache before the live sequence goes in: keeping it may evict what is taken.
+        taken = cache.take(entry) if entry is not None and restore else None
         if replaced and self._moved_from == _NONE_MOVED:
             state, nbytes = self.runner.save()
             cache.put(Entry(list(self._cached), state, nbytes, self._live_typing, hits=self._live_hits))
-        if entry is not None and restore:
-            taken = cache.take(entry)
+        if taken is not None:
             self.runner.restore(taken.state)
             self._cached, self._prompt_end, self._moved_from, self._stale = taken.tokens, 0, _NONE_MOVED, 0
             self._live_typing, self._live_hits = taken.typing or typing, taken.hits
