@@ -56,11 +56,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -261,20 +263,9 @@ def gating_curve(log: list[dict]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--per", type=int, default=8, help="tasks per language and kind of cut")
-    ap.add_argument("--seed", type=int, default=27)
-    ap.add_argument("--groups", default=",".join(SOURCES))
-    ap.add_argument("--json", type=Path)
-    ns = ap.parse_args(argv)
-    groups = [g.strip() for g in ns.groups.split(",") if g.strip()]
-    tasks = [t for g in groups for t in make_tasks(g, ns.per, random.Random(f"{ns.seed}:{g}"))]
-    systems = Systems()
-    hits: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
-    multi: dict[str, list[bool | None]] = defaultdict(list)
-    log = []
-    t_all = time.perf_counter()
+def run_tasks(tasks: list[Task], systems: Systems, hits: dict[tuple[str, str, str], list[bool]],
+              multi: dict[str, list[bool | None]], log: list[dict]) -> None:
+    """Each task through every system: its scores into ``hits`` and ``multi``, its answers into ``log``."""
     for task in tasks:
         got: dict[str, str] = {}
         got["ours"], ms, sure, least = systems.ours(task, heal=True)
@@ -286,9 +277,37 @@ def main(argv: list[str] | None = None) -> int:
         if "\n" in got["ours"]:
             multi[task.group].append(complete(task, got["ours"]))
         log.append({"group": task.group, "language": task.language, "path": task.path, "mode": task.mode,
-                    "line": task.line, "column": task.column, "expected": task.expected, "ms": round(ms), "confidence": sure, "least": least,
-                    "exact": task.matches(got["ours"]), **got})
+                    "line": task.line, "column": task.column, "expected": task.expected, "ms": round(ms),
+                    "confidence": sure, "least": least, "exact": task.matches(got["ours"]), **got})
         print(f"{task.group:6} {task.mode:6} {task.expected[:30]!r:34} ours {got['ours'][:30]!r}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--per", type=int, default=8, help="tasks per language and kind of cut")
+    ap.add_argument("--seed", type=int, default=27)
+    ap.add_argument("--groups", default=",".join(SOURCES))
+    ap.add_argument("--json", type=Path)
+    ns = ap.parse_args(argv)
+    groups = [g.strip() for g in ns.groups.split(",") if g.strip()]
+    by_group = [make_tasks(g, ns.per, random.Random(f"{ns.seed}:{g}")) for g in groups]
+    # Round robin over the languages, so that a run cut short (SIGTERM, Ctrl-C) still scores each alike.
+    tasks = [t for row in itertools.zip_longest(*by_group) for t in row if t is not None]
+    systems = Systems()
+    hits: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
+    multi: dict[str, list[bool | None]] = defaultdict(list)
+    log = []
+    t_all = time.perf_counter()
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run_tasks(tasks, systems, hits, multi, log)
+    except KeyboardInterrupt:
+        print(f"cut short after {len(log)} of {len(tasks)} tasks; scoring those", file=sys.stderr)
+    tasks = tasks[:len(log)]
     seconds = time.perf_counter() - t_all
     names = ("ours", "ours_noheal", "bare", "bare_post")
     results: dict[str, object] = {"seconds": round(seconds), "per": ns.per, "seed": ns.seed, "sources": SOURCES}
