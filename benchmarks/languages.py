@@ -42,10 +42,10 @@ instance, so that it starts from the unhealed prompt ``ours_noheal`` (or, at an 
 llama-cpp-python instance (docs/measurements.md) differed from it in one answer of 96, from
 the prompt's chunking.
 
-Confidence gating: ``ours``' answers are scored before ``minConfidence``, with their confidence
-(``completion.confidence``) and the probability of the first line's least probable token; the
-table after the EM table gives, for each threshold, the share of exact answers kept and of wrong
-ones dropped.
+Confidence gating: ``ours``' answers are scored before ``minConfidence``, with two statistics of
+their first line's token probabilities: ``mean`` (geometric) and ``least`` (the least probable
+token's: ``completion.confidence``, what ``minConfidence`` compares); the table after the EM
+table gives, for each threshold, the share of exact answers kept and of wrong ones dropped.
 
 For ``ours``, a multi-line suggestion is checked with tree-sitter where the language has a
 grammar: ``complete``, the document with the suggestion has no more syntax errors than without
@@ -58,7 +58,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import math
 import os
 import random
 import re
@@ -73,7 +72,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-from codellama_lsp.completion.confidence import confidence, first_line_tokens  # noqa: E402
+from codellama_lsp.completion.confidence import confidence, mean_confidence  # noqa: E402
 from codellama_lsp.completion.context import TokenCounter  # noqa: E402
 from codellama_lsp.completion.families import detect  # noqa: E402
 from codellama_lsp.completion.planning import Plan, generation_request, plan, shown  # noqa: E402
@@ -218,16 +217,16 @@ class Systems:
                     self.counter, heal=heal and self.backend.heals)
 
     def ours(self, task: Task, heal: bool) -> tuple[str, float, float | None, float | None]:
-        """(shown text, ms, confidence, the least probable first-line token's probability), the text
-        before ``minConfidence``: the benchmark scores every threshold."""
+        """(shown text, ms, the first line's geometric mean token probability, its least probable
+        token's probability: ``confidence``), the text before ``minConfidence``: the benchmark
+        scores every threshold of both."""
         p = self.plan(task, heal)
         t0 = time.perf_counter()
         result = self.loop.run_until_complete(self.backend.agenerate(generation_request(p, self.settings)))
         ms = (time.perf_counter() - t0) * 1000
         decode = self.backend.tokenizer.decode_infilling
-        n = first_line_tokens(result.token_ids, decode)
-        least = math.exp(min(result.logprobs[:n])) if n and result.logprobs else None
-        return shown(result, p), ms, confidence(result.token_ids, result.logprobs, decode), least
+        return (shown(result, p), ms, mean_confidence(result.token_ids, result.logprobs, decode),
+                confidence(result.token_ids, result.logprobs, decode))
 
     def bare_call(self, task: Task) -> tuple[str, str]:
         """(raw first line, post-processed) from one greedy llama.cpp generation on the unhealed prompt,
@@ -244,13 +243,13 @@ THRESHOLDS = tuple(i / 20 for i in range(20))  # 0, 0.05, ..., 0.95
 def gating_curve(log: list[dict]) -> list[dict]:
     """For each statistic and threshold, what ``minConfidence`` would do to ``ours``' shown answers:
     the share of exact ones kept, of wrong ones dropped, and the exact match left."""
-    shown_ = [e for e in log if e["ours"] and e["confidence"] is not None]
+    shown_ = [e for e in log if e["ours"] and e["least"] is not None]
     exact = [e for e in shown_ if e["exact"]]
     wrong = [e for e in shown_ if not e["exact"]]
     rows = []
     print(f"\nconfidence gating over ours' {len(shown_)} shown answers ({len(exact)} exact, {len(wrong)} wrong):")
     print(f"{'statistic':10} {'min':>5} {'exact kept':>11} {'wrong dropped':>14} {'EM left':>8} {'shown':>6}")
-    for stat in ("confidence", "least"):
+    for stat in ("mean", "least"):
         for t in THRESHOLDS:
             kept = sum(e[stat] >= t for e in exact)
             dropped = sum(e[stat] < t for e in wrong)
@@ -268,7 +267,7 @@ def run_tasks(tasks: list[Task], systems: Systems, hits: dict[tuple[str, str, st
     """Each task through every system: its scores into ``hits`` and ``multi``, its answers into ``log``."""
     for task in tasks:
         got: dict[str, str] = {}
-        got["ours"], ms, sure, least = systems.ours(task, heal=True)
+        got["ours"], ms, mean, least = systems.ours(task, heal=True)
         if task.mode == "mid":
             got["ours_noheal"], *_ = systems.ours(task, heal=False)
         got["bare"], got["bare_post"] = systems.bare_call(task)
@@ -278,7 +277,7 @@ def run_tasks(tasks: list[Task], systems: Systems, hits: dict[tuple[str, str, st
             multi[task.group].append(complete(task, got["ours"]))
         log.append({"group": task.group, "language": task.language, "path": task.path, "mode": task.mode,
                     "line": task.line, "column": task.column, "expected": task.expected, "ms": round(ms),
-                    "confidence": sure, "least": least, "exact": task.matches(got["ours"]), **got})
+                    "mean": mean, "least": least, "exact": task.matches(got["ours"]), **got})
         print(f"{task.group:6} {task.mode:6} {task.expected[:30]!r:34} ours {got['ours'][:30]!r}", file=sys.stderr)
 
 

@@ -151,8 +151,8 @@ class Settings:
     token_healing: bool = setting(True, "With the cursor inside a word or after a symbol, the prompt leaves out the "
                                         "unfinished token and the model's answer must start by writing it again "
                                         "(local engine).")
-    min_confidence: float = setting(0.0, "Hide a suggestion whose first line the model wrote with a lower geometric "
-                                         "mean token probability (0 to 1; 0 shows all; local engine).",
+    min_confidence: float = setting(0.3, "Hide a suggestion whose first line has a token the model chose with a "
+                                         "lower probability (0 to 1; 0 shows all; local engine).",
                                     bounds=(0.0, 1.0))
     context_length: int | None = setting(
         None, "Positions the engine's KV cache holds, up to what the model supports, planned in memory before "

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from codellama_lsp import BUNDLED_MODEL
-from codellama_lsp.completion.confidence import confidence, first_line_tokens
+from codellama_lsp.completion.confidence import confidence, first_line_tokens, mean_confidence
 from codellama_lsp.completion.templates import infilling_tokens
 from codellama_lsp.engine.checkpoint import load_model
 from codellama_lsp.engine.engine import Engine
@@ -37,11 +37,12 @@ def test_first_line_tokens(text: str, n: int) -> None:
     assert first_line_tokens([ord(c) for c in text], chars) == n
 
 
-def test_confidence_is_the_geometric_mean_probability_of_the_first_line() -> None:
+def test_confidence_is_the_first_lines_least_probable_token() -> None:
     ids = [ord(c) for c in "ab\ncd"]
     logprobs = [math.log(0.5), math.log(0.125), math.log(1.0), math.log(1e-9), math.log(1e-9)]
-    assert confidence(ids, logprobs, chars) == pytest.approx((0.5 * 0.125 * 1.0) ** (1 / 3))
-    assert confidence(ids, [], chars) is None  # a backend that reports none is never judged
+    assert confidence(ids, logprobs, chars) == pytest.approx(0.125)  # the second line's tokens do not count
+    assert mean_confidence(ids, logprobs, chars) == pytest.approx((0.5 * 0.125 * 1.0) ** (1 / 3))
+    assert confidence(ids, [], chars) is None and mean_confidence(ids, [], chars) is None  # none reported: never judged
     assert confidence([], [], chars) is None
 
 

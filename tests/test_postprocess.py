@@ -127,9 +127,11 @@ def test_a_suggestion_that_breaks_a_parsing_document_at_every_cut_is_dropped() -
 
     ts = parser("typescript")
     assert trim_to_syntax("if (x > 1) {\n    return x;", "function f(x: number) {\n  ", "\n}\n", ts) == ""
-    # With an error already there (the user is mid-statement elsewhere), today's rule: left as it was.
+    # With an error already there (the user is mid-statement elsewhere): its first line only, the
+    # first with something on it. More than one line only where they end complete.
     broken = "function f(x: number) {\n  const a = (\n  "
-    assert trim_to_syntax("if (x > 1) {\n    return x;", broken, "\n}\n", ts) == "if (x > 1) {\n    return x;"
+    assert trim_to_syntax("if (x > 1) {\n    return x;", broken, "\n}\n", ts) == "if (x > 1) {"
+    assert trim_to_syntax("\n  if (x > 1) {\n    return x;", broken, "\n}\n", ts) == "\n  if (x > 1) {"
 
 
 def test_a_block_left_open_is_cut_even_where_the_window_had_errors() -> None:

@@ -2,9 +2,11 @@
 
 A suggestion the user has to dismiss costs more than one never shown: it interrupts the
 reading of their own code. The model knows when it is guessing, so a suggestion carries
-the probability of the tokens that wrote its first line (the line every suggestion shows,
-and the one the benchmarks score), and ``minConfidence`` hides those below it. How the
-statistic and the default were chosen: docs/measurements.md, "Confidence gating".
+the probability of the least probable token that wrote its first line (the line every
+suggestion shows, and the one the benchmarks score), and ``minConfidence`` hides those
+below it. One unsure token is where a line goes wrong; an average over the line hides it
+among the sure ones. How the statistic and the default were chosen: docs/measurements.md,
+"Confidence gating".
 """
 
 from __future__ import annotations
@@ -26,8 +28,17 @@ def first_line_tokens(token_ids: Sequence[int], decode: Callable[[list[int]], st
 
 def confidence(token_ids: Sequence[int], logprobs: Sequence[float],
                decode: Callable[[list[int]], str]) -> float | None:
-    """The geometric mean probability of the first line's tokens, in [0, 1]; None when the backend
+    """The probability of the first line's least probable token, in [0, 1]; None when the backend
     reported no log-probabilities or nothing was generated."""
+    if not logprobs or not token_ids:
+        return None
+    return math.exp(min(logprobs[:first_line_tokens(token_ids, decode)]))
+
+
+def mean_confidence(token_ids: Sequence[int], logprobs: Sequence[float],
+                    decode: Callable[[list[int]], str]) -> float | None:
+    """The geometric mean probability of the first line's tokens: the statistic ``confidence`` was
+    measured against (benchmarks/languages.py)."""
     if not logprobs or not token_ids:
         return None
     n = first_line_tokens(token_ids, decode)

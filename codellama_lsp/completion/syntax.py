@@ -75,8 +75,10 @@ def trim_to_syntax(text: str, prefix: str, suffix: str, p: Parser) -> str:
     cursor has errors already and tree-sitter's recovery can absorb one more open block.
     Where the document parsed before and no leading lines of the suggestion pass, the
     suggestion is dropped: every cut of it breaks the user's code. In a document that already
-    had errors (the user is in the middle of writing something) a suggestion no cut helps is
-    left as it was.
+    had errors (the user is in the middle of writing something), a suggestion no cut helps is
+    cut to its first line (its first line with something on it): more than one line is
+    offered only where they end complete, and a line that opens a block (``if (x) {``) is
+    then the user's to go on from (docs/measurements.md, "Multi-line policy").
     """
     lines = text.split("\n")
     if len(lines) < 2:
@@ -84,6 +86,9 @@ def trim_to_syntax(text: str, prefix: str, suffix: str, p: Parser) -> str:
     base = errors(p, prefix + suffix)
     for n in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:n])
-        if not leaves_open(candidate) and errors(p, prefix + candidate + suffix) <= base:
+        if candidate.strip() and not leaves_open(candidate) and errors(p, prefix + candidate + suffix) <= base:
             return candidate.rstrip()
-    return "" if base == 0 else text
+    if base == 0:
+        return ""
+    first = next(i for i, line in enumerate(lines) if line.strip() or i == len(lines) - 1)
+    return "\n".join(lines[:first + 1]).rstrip()
