@@ -65,8 +65,8 @@ M.defaults = {
     tokenHealing = nil,   -- With the cursor inside a word or after a symbol, the prompt leaves out the
                           -- unfinished token and the model's answer must start by writing it again (local
                           -- engine). Default: true.
-    minConfidence = nil,  -- Hide a suggestion whose first line the model wrote with a lower geometric mean
-                          -- token probability (0 to 1; 0 shows all; local engine). Default: 0.
+    minConfidence = nil,  -- Hide a suggestion whose first line has a token the model chose with a lower
+                          -- probability (0 to 1; 0 shows all; local engine). Default: 0.3.
     contextLength = nil,  -- Positions the engine's KV cache holds, up to what the model supports, planned in
                           -- memory before loading; for a remote backend, the server's window, which the
                           -- budgets are cut to. Default: auto: 4096 on the CPU, 16384 on a GPU (halved until
