@@ -153,7 +153,7 @@ class Settings:
                                         "(local engine).")
     min_confidence: float = setting(0.3, "Hide a suggestion whose first line has a token the model chose with a "
                                          "lower probability (0 to 1; 0 shows all; local engine).",
-                                    bounds=(0.0, 1.0))
+                                    bounds=(0.0, 1.0), flag=True)
     context_length: int | None = setting(
         None, "Positions the engine's KV cache holds, up to what the model supports, planned in memory before "
               "loading; for a remote backend, the server's window, which the budgets are cut to.",

@@ -18,7 +18,9 @@ from codellama_lsp.engine.tokenizer import Tokenizer
 # near-tie between a random model's logits after many tokens.
 # Without other files' snippets: these tests compare answers with a one-document plan, and each
 # module's server has many similar documents open (tests/test_repo_context.py covers the snippets).
-TEST_SETTINGS = {"timeBudgetMs": 60000, "maxNewTokens": 8, "contextTokens": 0}
+# Every suggestion shown (minConfidence 0): these tests compare the server's text with the engine's, and
+# a random model is never confident (tests/test_confidence.py and test_lsp_server cover the gating).
+TEST_SETTINGS = {"timeBudgetMs": 60000, "maxNewTokens": 8, "contextTokens": 0, "minConfidence": 0.0}
 
 
 async def start(model: Path | None, log_file: Path, *, options: Any = None, **kwargs: Any) -> Client:

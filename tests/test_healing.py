@@ -135,7 +135,7 @@ async def test_the_server_never_repeats_the_text_left_of_the_cursor(llamacpp: En
     from codellama_lsp.devtools.lsp_client import stop
     from lsp_harness import start
 
-    client = await start(real_gguf, tmp_path / "server.log", options={"engine": "llamacpp", "maxNewTokens": 16})
+    client = await start(real_gguf, tmp_path / "server.log", options={"engine": "llamacpp", "maxNewTokens": 16, "minConfidence": 0.0})
     got = {}
     try:
         status = await client.wait_loaded(timeout=300)

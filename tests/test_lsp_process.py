@@ -251,7 +251,7 @@ def test_complete_prints_the_suggestion(tiny_model_dir: Path, tmp_path: Path) ->
     line = text.count("\n")
     out = subprocess.run([sys.executable, "-m", "codellama_lsp", "complete", str(source), "--line", str(line),
                           "--column", "12", "--model", str(tiny_model_dir), "--format", "spm", "--max-new-tokens", "8",
-                          "--threads", "1"], capture_output=True, text=True, timeout=120)
+                          "--threads", "1", "--min-confidence", "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     torch.set_num_threads(1)
     engine = Engine.load(tiny_model_dir, device="cpu")
