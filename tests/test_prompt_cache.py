@@ -9,6 +9,7 @@ Also here: the time budget's clock starts after the prompt (generation.StopRule)
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -138,21 +139,28 @@ def test_a_return_is_served_from_its_kept_sequence_and_decodes_the_same(engines:
     assert all(s["tokens"] > 0 and s["bytes"] > 0 for s in described["sequences"])
 
 
-def test_other_requests_never_evict_the_typing_place(torch_engines: tuple[Engine, Engine]) -> None:
-    engine, _ = torch_engines
+@contextmanager
+def room_for_one(engine: Engine) -> Iterator[dict[str, list[int]]]:
+    """The prompts, with a computed live and the prompt cache's budget cut to hold one such sequence."""
     engine.reset_cache()
     p = prompts(engine)
     generate(engine, p["a"])
     size = engine.runner.save()[1]
-    budget, engine.prompt_cache.budget_bytes = engine.prompt_cache.budget_bytes, size * 3 // 2  # room for one
+    budget, engine.prompt_cache.budget_bytes = engine.prompt_cache.budget_bytes, size * 3 // 2
     try:
+        yield p
+    finally:
+        engine.prompt_cache.budget_bytes = budget
+
+
+def test_other_requests_never_evict_the_typing_place(torch_engines: tuple[Engine, Engine]) -> None:
+    engine, _ = torch_engines
+    with room_for_one(engine) as p:
         generate(engine, p["b"], typing=False)  # keeps a
         generate(engine, p["c"], typing=False)  # would keep b; the budget holds one: b goes, a stays
         assert [e.typing for e in engine.prompt_cache.entries] == [True]
         _, computed, restored = generate(engine, p["a"])
         assert restored and computed == 1
-    finally:
-        engine.prompt_cache.budget_bytes = budget
 
 
 def test_a_return_is_served_even_when_keeping_the_place_it_leaves_fills_the_budget(
@@ -160,18 +168,11 @@ def test_a_return_is_served_even_when_keeping_the_place_it_leaves_fills_the_budg
     """Back at a with b live and room for one sequence: a is taken out before b is kept, so keeping b
     cannot evict the sequence being returned to (it did, and the request failed)."""
     engine, plain = torch_engines
-    engine.reset_cache()
-    p = prompts(engine)
-    generate(engine, p["a"])
-    size = engine.runner.save()[1]
-    budget, engine.prompt_cache.budget_bytes = engine.prompt_cache.budget_bytes, size * 3 // 2  # room for one
-    try:
+    with room_for_one(engine) as p:
         generate(engine, p["b"])  # keeps a
         ids, computed, restored = generate(engine, p["a"])  # keeps b, which needs a's room
         assert restored and computed == 1 and ids == generate(plain, p["a"])[0]
         assert len(engine.prompt_cache.entries) == 1 and engine.prompt_cache.nbytes <= engine.prompt_cache.budget_bytes
-    finally:
-        engine.prompt_cache.budget_bytes = budget
 
 
 def test_typing_at_one_place_keeps_no_copies(torch_engines: tuple[Engine, Engine]) -> None:
