@@ -18,8 +18,9 @@ from typing import Callable, Sequence
 def first_line_tokens(token_ids: Sequence[int], decode: Callable[[list[int]], str]) -> int:
     """How many of ``token_ids`` write the first line: up to the token whose text ends a line with
     something on it (that token included: ending the line is a choice too), else all of them."""
-    for i in range(len(token_ids)):
-        text = decode(list(token_ids[:i + 1]))
+    text = ""
+    for i, token in enumerate(token_ids):
+        text += decode([token])  # one token at a time: a line end is never inside a character's bytes
         end = text.find("\n", len(text) - len(text.lstrip()))
         if end >= 0 and text[:end].strip():
             return i + 1
