@@ -100,7 +100,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, cast
 
 from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.completion.context import TokenCounter
@@ -108,7 +108,9 @@ from codellama_lsp.completion.families import Template, detect
 from codellama_lsp.completion.planning import Plan, generation_request, plan, shown, suggestion
 from codellama_lsp.completion.postprocess import STEPS
 from codellama_lsp.documents import Document
-from codellama_lsp.generation import Backend, GenerationRequest, StopRule, TextTokenizer
+from codellama_lsp.engine.engine import Engine
+from codellama_lsp.engine.llamacpp import on_passing_thread
+from codellama_lsp.generation import GenerationRequest, StopRule, TextTokenizer
 from codellama_lsp.settings import Settings, for_device, resolve_format
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,6 +271,12 @@ class Completer:
 class EngineSystem:
     """A model in our engine, loaded as the server loads it."""
 
+    # Loaded backends by (model, engine, suffix reuse): the systems that differ only in their request
+    # settings share one engine. Two llama.cpp engines in one process decode a third slower, each
+    # worker thread holding an OpenMP team (engine.llamacpp.on_passing_thread); ours_typed, which
+    # loads with suffix reuse, is the one system that makes a second.
+    _loaded: dict[tuple[Path, str, bool], Engine] = {}
+
     def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, engine: str = "auto", typed: bool = False,
                  defaults: bool | None = None) -> None:
         """``defaults``: the server's budgets for the engine's device, with its time budget (True) or
@@ -279,12 +287,18 @@ class EngineSystem:
         self.typed = typed  # ours_typed: suffix reuse, after the request of the line above (module docstring)
         settings = Settings(engine=engine, reuse_suffix=typed)
         self.engine = choose_engine(engine, path, settings.device, settings.dtype) if path.suffix == ".gguf" else "torch"
-        self.backend: Backend = open_for(path, settings)
+        key = (path, self.engine, typed)
+        if key not in self._loaded:
+            self._loaded[key] = cast(Engine, open_for(path, settings))  # a local model: our engine
+        self.backend = self._loaded[key]
         device = None if defaults is None else str(self.backend.device)
         self.completer = Completer(self.backend.tokenizer, self.backend.preferred_format, device, bool(defaults))
         self.loop = loop
 
     def run(self, task: Task) -> Outcome:
+        """The suggestion for ``task`` from a cold cache (a new place, whichever system ran before on this engine);
+        ours_typed computes the line above first."""
+        self.backend.reset_cache()
         if self.typed:
             before = self.completer.plan_at(task, *task.typing_above())
             request = dataclasses.replace(self.completer.request(before), max_new_tokens=1)  # only its cache matters
@@ -405,7 +419,7 @@ class LlamaCppSystem:
         p = self.completer.plan(task)
         request = self.completer.request(p)
         t0 = time.perf_counter()
-        texts = self.stream(p.token_ids, request.max_new_tokens, p.stop_ids)
+        texts = on_passing_thread(lambda: self.stream(p.token_ids, request.max_new_tokens, p.stop_ids))
         ms = (time.perf_counter() - t0) * 1000
         raw = texts[-1] if texts else ""
         stopped = replay(request, texts)

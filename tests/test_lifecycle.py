@@ -244,6 +244,25 @@ async def test_a_return_to_a_place_in_unchanged_text_is_answered_as_before() -> 
     assert await life.suggest("a.py", typed, 7, start("file3:"), lambda: "T3") == ("file3:", "answered")
 
 
+async def test_nothing_to_show_is_kept_and_no_answer_is_not() -> None:
+    """An empty answer (the model wrote nothing worth showing) is known at that place in that text; a failed
+    computation (None: the backend failed) is asked again."""
+    life, calls = Lifecycle(), []
+
+    def start(text: str | None):
+        async def run(_flight) -> str | None:
+            calls.append(text)
+            return await _quick(text)
+        return run
+
+    here, there = Anchor(3, "    ", ""), Anchor(9, "    ", "")
+    assert await life.suggest("a.py", here, 1, start(""), lambda: "T") == ("", "empty")
+    assert await life.suggest("a.py", there, 1, start(None), lambda: "T") == ("", "empty")
+    assert await life.suggest("a.py", here, 1, start("never"), lambda: "T") == ("", "revisited")
+    assert await life.suggest("a.py", there, 1, start("x = 1"), lambda: "T") == ("x = 1", "answered")
+    assert calls == ["", None, "x = 1"]
+
+
 async def test_kept_answers_and_warm_ups_follow_the_text_and_the_settings() -> None:
     life, started, stopped = Lifecycle(), [], []
     here = Anchor(3, "    ", "")

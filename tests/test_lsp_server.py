@@ -138,17 +138,21 @@ async def test_single_line_mid_line_and_multi_line_at_end(client: Client, engine
 
 
 async def test_min_confidence_hides_what_the_model_guessed(client: Client, engine: Engine) -> None:
-    """A random model is never sure: at ``minConfidence`` 1 its suggestion is hidden (and counted);
-    back at 0 the same place shows it, computed again rather than remembered as nothing."""
+    """A random model is never sure: at ``minConfidence`` 1 its suggestion is hidden (and counted), and
+    a return to that place in the same text is answered by the kept nothing, not computed again; back
+    at 0 the same place shows it, computed again under the new setting."""
     uri = "file:///unsure.py"
     client.open(uri, SOURCE)
     want = expected(engine, SOURCE, 9, 16)
     assert want, "the random model's suggestion here is not empty"
-    before = (await client.status())["requests"].get("unsure", 0)
+    before = (await client.status())["requests"]
     await client.configure(minConfidence=1.0)
     try:
         assert await client.inline(uri, 9, 16) == ""
-        assert (await client.status())["requests"]["unsure"] == before + 1
+        assert (await client.status())["requests"]["unsure"] == before.get("unsure", 0) + 1
+        await client.inline(uri, 3, 4)  # another place
+        assert await client.inline(uri, 9, 16) == ""  # back
+        assert (await client.status())["requests"]["revisited"] == before.get("revisited", 0) + 1
     finally:
         await client.configure(minConfidence=0.0)
     assert await client.inline(uri, 9, 16) == want

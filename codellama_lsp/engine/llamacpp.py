@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
@@ -42,6 +42,8 @@ from codellama_lsp.engine import llamacpp_kernels as kernels
 from codellama_lsp.engine.config import CheckpointError, ModelArgs
 from codellama_lsp.engine.memory_plan import MemoryPlan, available_memory, plan_memory
 from codellama_lsp.generation import PROMPT_CACHE_MB
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from codellama_lsp.engine.engine import Engine
@@ -164,6 +166,33 @@ def quantization_name(file_type: int | None) -> str:
         return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
     except ValueError:
         return f"file type {file_type}"
+
+
+def on_passing_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` computed on a new thread that ends with it.
+
+    llama.cpp's CPU backend computes on an OpenMP team, one per thread that calls
+    ``llama_decode``, and the team lives as long as that thread. With more of libgomp's
+    threads alive than CPUs, its barriers stop spinning and sleep, and a graph has hundreds
+    of them: the engine's worker decoded a third slower while the thread that loaded the
+    model, having computed a check, was still alive (docs/measurements.md, "llama.cpp on one
+    thread"). So anything computed outside the engine's worker ends with its thread.
+    """
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name="codellama-llamacpp-check")
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 class LlamaCppRunner:
@@ -323,9 +352,14 @@ class LlamaCppRunner:
         the same bits (docs/measurements.md, "Batch invariance and llama.cpp's tiled kernel").
         Where a batch rounds differently, checking drafts in one pass is not decoding them
         one by one, so the engine then checks none (``open_llamacpp``).
+
+        It computes on a thread of its own that ends with it (``on_passing_thread``).
         """
         if self._ctx is None:
             raise LlamaCppError("the llama.cpp runner is closed")
+        return on_passing_thread(self._same_in_any_batch)
+
+    def _same_in_any_batch(self) -> bool:
         tokens = [(7919 * i) % self.n_vocab for i in range(1, INVARIANCE_TOKENS + 1)]
         split = INVARIANCE_TOKENS // 3
         lasts = []

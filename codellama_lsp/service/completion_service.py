@@ -192,7 +192,7 @@ class CompletionService:
         """Compute, once the user pauses, the suggestion at the end of ``shown`` once it is typed or accepted."""
         version = doc.version
 
-        def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None:
+        def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str | None]]] | None:
             if doc.version != version:  # edited during the pause, without asking for a suggestion
                 return None
             ahead_doc, end = doc.inserted(cursor, shown)
@@ -217,7 +217,7 @@ class CompletionService:
         doc, cursor = found[0].document, found[1]
         version, here = doc.version, anchor_at(doc, cursor)
 
-        def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None:
+        def prepare() -> tuple[Ahead, Callable[[Flight], Awaitable[str | None]]] | None:
             if doc.version != version:
                 return None
             return (Ahead(here, doc.digest()),
@@ -227,12 +227,13 @@ class CompletionService:
             self.metrics.count("warm_up")
 
     def _complete(self, doc: Document, cursor: Cursor, ready: Ready, flight: Flight,
-                  what: str = "completion") -> Awaitable[str]:
+                  what: str = "completion") -> Awaitable[str | None]:
         """Plan now, while the document is as the request saw it; generate in the returned awaitable.
 
         A prefetch (``what``) plans a document that is not the editor's yet, so its plan is not
         kept as the document's window, snippets and status context. A prefetch or a warm-up is
-        not where the user types yet (``generation_request``'s ``typing``).
+        not where the user types yet (``generation_request``'s ``typing``). None: no answer, the
+        prompt or the backend failed (asked again, it is computed again).
         """
         backend = ready.backend
         settings = self.request_settings(backend)
@@ -247,7 +248,7 @@ class CompletionService:
                      place.window if place else None, sources, heal=settings.token_healing and backend.heals)
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer without infilling pieces
             log.warning("%s: no prompt: %s", where, exc)
-            return asyncio.sleep(0, "")
+            return asyncio.sleep(0, None)
         if what != "prefetch":
             if record is not None:
                 record.remember(Place(p.window, p.snippets))
@@ -255,10 +256,10 @@ class CompletionService:
         request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text),
                                      typing=what == "completion")
 
-        async def generate() -> str:
+        async def generate() -> str | None:
             result = await counted_generation(backend, request, self.metrics, where)
             if result is None:
-                return ""
+                return None
             text = shown(result, p)
             sure = confidence(result.token_ids, result.logprobs, backend.tokenizer.decode_infilling)
             log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s, confidence %s: %r", where, p.mode,

@@ -110,7 +110,7 @@ class Lifecycle:
                 for (kind, uri), f in self._flights.items() if f.task is not None and not f.task.done()}
 
     async def suggest(self, uri: str, here: Anchor, version: int | None,
-                      start: Callable[[Flight], Awaitable[str]] | None,
+                      start: Callable[[Flight], Awaitable[str | None]] | None,
                       digest: Callable[[], str] = str) -> tuple[str, Outcome]:
         """The whole answer policy for a suggestion at ``here``: the text to show, and how it came.
 
@@ -118,7 +118,8 @@ class Lifecycle:
         this place in this document (``digest`` gives its text's), finished or running; else the
         running generation when the user typed what it already wrote (``typed_ahead``), else a
         new one from ``start`` (None: no model yet). What is computed is remembered for
-        typed-through, and cut by what was typed while it ran.
+        typed-through, and cut by what was typed while it ran. ``start`` gives None where it has no
+        answer (the backend failed): nothing is kept, so a return asks again.
         """
         waiting = self._flights.get(("completion", uri))
         if waiting is not None and waiting.guess and waiting.ahead is None:
@@ -154,16 +155,18 @@ class Lifecycle:
         outcome = await self.run(("completion", uri), (here, version), start, joins)
         if outcome is None:
             return "", "superseded"
-        (anchor, _), text = outcome
+        (anchor, _), answer = outcome
+        text = answer or ""
         self.remember(uri, Shown(anchor, text))
         if anchor == here:
-            self._keep(uri, Ahead(here, asked_in), text)
+            if answer is not None:
+                self._keep(uri, Ahead(here, asked_in), answer)
             return text, "answered" if text else "empty"
         # Answered by a generation started before the last keystrokes.
         return rest_after_typing(text, typed_since(anchor, here)) or "", "typed_ahead"
 
     def warm(self, uri: str, here: Anchor,
-             prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None],
+             prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str | None]]] | None],
              digest: Callable[[], str] = str) -> bool:
         """Compute the suggestion at ``here``, where the cursor rests, unless it is known or coming.
 
@@ -188,7 +191,7 @@ class Lifecycle:
         self.prefetch(uri, prepare, 0.0)
         return True
 
-    def prefetch(self, uri: str, prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str]]] | None],
+    def prefetch(self, uri: str, prepare: Callable[[], tuple[Ahead, Callable[[Flight], Awaitable[str | None]]] | None],
                  pause_s: float) -> None:
         """Compute a suggestion ahead in the background once ``pause_s`` pass without a request
         for ``uri``, unless a computation is running for it.
@@ -217,7 +220,8 @@ class Lifecycle:
         def keep(task: asyncio.Future) -> None:
             if self._flights.get(key) is flight and flight.waiters == 0:
                 del self._flights[key]
-            if not task.cancelled() and task.exception() is None and flight.ahead is not None:
+            if (not task.cancelled() and task.exception() is None and flight.ahead is not None
+                    and task.result() is not None):
                 self._keep(uri, replace(flight.ahead, prefetched=True), task.result())
 
         flight.task = asyncio.ensure_future(after_a_pause())
@@ -268,10 +272,8 @@ class Lifecycle:
         self._shown[uri] = shown
 
     def _keep(self, uri: str, ahead: Ahead, text: str) -> None:
-        """Keep ``text`` as the suggestion at ``ahead``'s place in its text; an empty one is not kept (asked
-        again, the model may write more once the prompt is cached)."""
-        if not text:
-            return
+        """Keep ``text`` as the suggestion at ``ahead``'s place in its text, an empty one too: the time budget
+        counts generation only, so asked again the model writes the same (and a hidden guess stays hidden)."""
         answers = self._answers.setdefault(uri, {})
         answers.pop(ahead, None)
         answers[ahead] = text
