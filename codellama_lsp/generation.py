@@ -26,7 +26,15 @@ MIN_CONTEXT_LENGTH = 256
 # Host memory for the engine's kept KV sequences (engine.prompt_cache), the promptCacheMb setting's default.
 PROMPT_CACHE_MB = 512
 
-StopReason = Literal["eot", "eos", "length", "stop_string", "callback", "time", "cancelled"]
+# "unsure": a token of the first line was less probable than the request's ``min_confidence``.
+StopReason = Literal["eot", "eos", "length", "stop_string", "callback", "time", "cancelled", "unsure"]
+
+
+def first_line_ended(text: str) -> bool:
+    """Whether ``text`` holds a whole first line: one with something on it, ended (blank lines before it
+    do not count). A suggestion's confidence is that of the tokens that wrote it (completion.confidence)."""
+    end = text.find("\n", len(text) - len(text.lstrip()))
+    return end >= 0 and bool(text[:end].strip())
 
 
 @dataclass
@@ -50,6 +58,9 @@ class GenerationRequest:
     # Token healing (completion.healing): the text the answer must start with, which the prompt
     # was backed up over; the engine keeps the first tokens to it. "" for none.
     heal: str = ""
+    # A suggestion whose first line has a token less probable than this is hidden (minConfidence):
+    # generation stops at that token ("unsure") rather than write the rest. 0: never.
+    min_confidence: float = 0.0
 
 
 @dataclass

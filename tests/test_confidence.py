@@ -82,3 +82,28 @@ def test_a_healed_token_has_its_probability_among_the_tokens_that_keep_to_the_te
         row = torch.log_softmax(model(torch.tensor([prompt]), start=0)[0, -1].float(), -1)
     # Renormalised over the tokens that keep to the text: more than its probability among all of them.
     assert float(row[kept.token_ids[0]]) < kept.logprobs[0] <= 0
+
+
+@pytest.mark.parametrize("draft_tokens", [0, 8])
+def test_generation_stops_at_the_first_line_token_that_hides_the_suggestion(draft_tokens: int) -> None:
+    """With ``min_confidence`` the engine ends at the first token of the first line below it (the suggestion
+    will be hidden), and writes on where only later lines have such tokens."""
+    engine = Engine.load(BUNDLED_MODEL, device="cpu", context_length=1024, draft_tokens=draft_tokens)
+    prompt = infilling_tokens(engine.tokenizer, "def add(a, b):\n    ", "\n", "psm")
+    free = engine.generate(GenerationRequest(prompt, max_new_tokens=32))
+    n = first_line_tokens(free.token_ids, engine.tokenizer.decode_infilling)
+    probs = [math.exp(lp) for lp in free.logprobs]
+    least = min(probs[:n])
+    at = probs.index(least)
+    assert 0 < at < n < len(probs), "the demo model's answer no longer has a first line and more"
+    # Thresholds well clear of the probabilities: a cached prompt's last token is computed again, in
+    # another batch, and its logits may differ in the last bits.
+    below, above = least / 2, (least + min(probs[:at])) / 2
+    assert min(probs[n:]) < below and above > least * 1.1, "the demo model's answer no longer tests both cases"
+
+    sure = engine.generate(GenerationRequest(prompt, max_new_tokens=32, min_confidence=below))
+    assert (sure.token_ids, sure.stop_reason) == (free.token_ids, free.stop_reason)  # later lines do not count
+
+    unsure = engine.generate(GenerationRequest(prompt, max_new_tokens=32, min_confidence=above))
+    assert unsure.stop_reason == "unsure" and unsure.token_ids == free.token_ids[:at + 1]
+    assert confidence(unsure.token_ids, unsure.logprobs, engine.tokenizer.decode_infilling) == pytest.approx(least)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+from codellama_lsp.generation import first_line_ended
+
 
 def first_line_tokens(token_ids: Sequence[int], decode: Callable[[list[int]], str]) -> int:
     """How many of ``token_ids`` write the first line: up to the token whose text ends a line with
@@ -21,8 +23,7 @@ def first_line_tokens(token_ids: Sequence[int], decode: Callable[[list[int]], st
     text = ""
     for i, token in enumerate(token_ids):
         text += decode([token])  # one token at a time: a line end is never inside a character's bytes
-        end = text.find("\n", len(text) - len(text.lstrip()))
-        if end >= 0 and text[:end].strip():
+        if first_line_ended(text):
             return i + 1
     return len(token_ids)
 

@@ -133,11 +133,13 @@ def plan(doc: Document, cursor: Cursor, settings: Settings, template: Template, 
 
 
 def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], None] | None = None,
-                       typing: bool = True) -> GenerationRequest:
+                       typing: bool = True, gated: bool = False) -> GenerationRequest:
     """The engine request for plan ``p``; ``on_text`` sees the raw text after every token.
 
     ``typing``: asked where the user types (not a prefetch or a warm-up), whose KV sequence the
-    engine's prompt cache keeps longest.
+    engine's prompt cache keeps longest. ``gated``: the suggestion is hidden below
+    ``minConfidence``, so the engine stops at the first token that decides it; the benchmarks,
+    which score what the model writes, leave it off.
     """
 
     def stream(raw: str) -> bool:
@@ -162,6 +164,7 @@ def generation_request(p: Plan, settings: Settings, on_text: Callable[[str], Non
         on_text=stream,
         typing=typing,
         heal=p.heal,
+        min_confidence=settings.min_confidence if gated else 0.0,
     )
 
 

@@ -11,6 +11,7 @@ its own sequence again.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from codellama_lsp.generation import (PROMPT_CACHE_MB, GenerationRequest, GenerationResult, PromptTooLong,
-                                      StopReason, StopRule, TextTokenizer)
+                                      StopReason, StopRule, TextTokenizer, first_line_ended)
 from codellama_lsp.engine.healing import HealingIndex
 from codellama_lsp.engine.lookup import LookupDrafter
 from codellama_lsp.engine.memory_plan import MemoryPlan, available_memory, plan_memory
@@ -381,6 +382,7 @@ class _Decoding:
     drafted: int = 0
     accepted: int = 0
     heal: str = ""  # what the answer must still write of the request's ``heal`` text
+    first_line_done: bool = False  # the output holds its first line whole (generation.first_line_ended)
 
     def __post_init__(self) -> None:
         self.heal = self.req.heal
@@ -400,6 +402,10 @@ class _Decoding:
             self.text, reason = self.rule.text(self.decode(self.out))
             if reason is not None:
                 return reason
+        if self.req.min_confidence > 0 and not self.first_line_done:  # the token writes the first line
+            if math.exp(logprob) < self.req.min_confidence:
+                return "unsure"  # the suggestion will be hidden: writing the rest is time lost
+            self.first_line_done = first_line_ended(self.text if self.rule.watches_text else self.decode(self.out))
         if cached + 1 >= self.context_length:
             return "length"
         return self.rule.budget(len(self.out))

@@ -254,7 +254,7 @@ class CompletionService:
                 record.remember(Place(p.window, p.snippets))
             self.last_context = (doc.uri, p.snippets, p.header)
         request = generation_request(p, settings, on_text=lambda text: setattr(flight, "partial", text),
-                                     typing=what == "completion")
+                                     typing=what == "completion", gated=True)
 
         async def generate() -> str | None:
             result = await counted_generation(backend, request, self.metrics, where)
@@ -265,7 +265,7 @@ class CompletionService:
             log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s, confidence %s: %r", where, p.mode,
                       result.reused_tokens, result.prompt_tokens, result.generated_tokens, result.stop_reason,
                       None if sure is None else round(sure, 3), text)
-            if text and sure is not None and sure < settings.min_confidence:
+            if sure is not None and sure < settings.min_confidence and (text or result.stop_reason == "unsure"):
                 self.metrics.count("unsure")  # hidden: the model was guessing (minConfidence)
                 return ""
             return text
