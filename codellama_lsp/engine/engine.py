@@ -11,6 +11,7 @@ its own sequence again.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import math
 import threading
 import time
@@ -55,13 +56,35 @@ KEEP_MIN_TOKENS = 192
 RESTORE_MIN_GAIN = 16
 
 
+# Tokens per prefill pass (``Engine.prefill_chunk``): the llama.cpp runner sizes its batch to it.
+PREFILL_CHUNK = 128
+
+# glibc's mallopt parameter (malloc.h) and the size from which a block gets a mapping of its own.
+_M_MMAP_THRESHOLD, _OWN_MAPPING_BYTES = -3, 1 << 20
+
+
+def map_large_blocks() -> None:
+    """Give every block of 1 MiB or more a mapping of its own, returned to the OS when it is freed.
+
+    The prompt cache's copies are tens of MB each and come and go. glibc raises its mmap threshold
+    to the largest mapped block freed so far, so after the first eviction such copies come from the
+    heap, where the holes they leave stay resident: with 500 MB of copies kept, about 100 MB more
+    (docs/measurements.md, "Memory of the server"). A fixed threshold stops the raising. glibc
+    only: elsewhere there is nothing to call.
+    """
+    try:
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _OWN_MAPPING_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
     heals = True  # the logits are ours, so the first tokens can be kept to a request's ``heal`` text
 
     def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = 8,
-                 prefill_chunk: int = 128, reuse_suffix: bool = False,
+                 prefill_chunk: int = PREFILL_CHUNK, reuse_suffix: bool = False,
                  prompt_cache_bytes: int = PROMPT_CACHE_MB << 20, memory: MemoryPlan | None = None) -> None:
         self.runner = runner
         self.memory = memory  # the window's plan (engine.memory_plan), for codellama.status; None: not planned
@@ -80,6 +103,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         # Sequences replaced by the live one, in host memory (0 bytes: none kept; needs reuse).
         self.prompt_cache = PromptCache(prompt_cache_bytes if reuse else 0)
+        map_large_blocks()  # its budget may grow later (promptCacheMb applies without a reload)
         self._live_typing, self._live_hits = False, 0  # who made the live sequence, and its hits so far
         self._stop_ids = frozenset(i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None)
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache, in order

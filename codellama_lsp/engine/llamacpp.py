@@ -485,7 +485,7 @@ def open_llamacpp(path: str | Path, context_length: int | str, threads: int, **o
     first so a missing or malformed file gets our CheckpointError, naming the problem.
     """
     from codellama_lsp.engine.default_model import cache_dir
-    from codellama_lsp.engine.engine import Engine
+    from codellama_lsp.engine.engine import PREFILL_CHUNK, Engine
     from codellama_lsp.engine.gguf_file import open_gguf, window_args
     from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
 
@@ -504,7 +504,11 @@ def open_llamacpp(path: str | Path, context_length: int | str, threads: int, **o
     # the freed pages otherwise.
     _return_freed_memory()
     _bindings()
-    runner = LlamaCppRunner(path, memory.context_length, threads, file_type=file_type)
+    # llama.cpp sizes its compute buffers for n_batch tokens; the engine sends at most a prefill
+    # chunk, so a larger batch would only hold memory (17 MB more at 512; docs/measurements.md,
+    # "Memory of the server").
+    runner = LlamaCppRunner(path, memory.context_length, threads, file_type=file_type,
+                            n_batch=options.get("prefill_chunk", PREFILL_CHUNK))
     if not tiled:
         kernels.record(memo, key, runner.batch_invariant)
     if "draft_tokens" not in options and not runner.batch_invariant:
