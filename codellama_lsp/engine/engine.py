@@ -68,9 +68,9 @@ def map_large_blocks() -> None:
 
     The prompt cache's copies are tens of MB each and come and go. glibc raises its mmap threshold
     to the largest mapped block freed so far, so after the first eviction such copies come from the
-    heap, where the holes they leave stay resident: with 500 MB of copies kept, about 100 MB more
-    (docs/measurements.md, "Memory of the server"). A fixed threshold stops the raising. glibc
-    only: elsewhere there is nothing to call.
+    heap, where the holes they leave stay resident: in a simulation of that churn with 500 MB kept,
+    about 100 MB more (docs/measurements.md, "Memory of the server"). A fixed threshold stops the
+    raising. glibc only: elsewhere there is nothing to call.
     """
     try:
         ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _OWN_MAPPING_BYTES)
