@@ -8,9 +8,11 @@ from typing import Callable
 
 import pytest
 
+from codellama_lsp.completion.planning import settled
 from codellama_lsp.completion.postprocess import (balance_brackets, block_end, choose_mode, cut_line_suffix_repeat,
                                                   drop_repeated_blocks, drop_repeated_lines, finish, loop_end,
                                                   next_code_line, repeats_neighbour, strip_special, suffix_repeat)
+from codellama_lsp.generation import GenerationResult
 
 
 @pytest.mark.parametrize("line, index, mode", [
@@ -310,3 +312,15 @@ def test_a_suggestion_that_copies_the_code_after_the_cursor_stops_there() -> Non
     assert suffix_repeat("total = 0\n    for x in ys:\n        total += x\n", suffix) is None
     assert suffix_repeat("total = 0\n    for x in xs:\n", suffix) is None  # one line: block_end's business
     assert finish("total = 0\n    for x in xs:\n        total += x", "multi", "", "    ", "", suffix=suffix) == "total = 0"
+
+
+@pytest.mark.parametrize("text, reason, kept", [
+    ("x = 1", "time", True),  # whole lines by the budget: the answer at that place
+    ("", "eot", True),  # the model wrote nothing worth showing: asked again, the same
+    ("", "unsure", True),  # hidden (minConfidence): stays hidden
+    ("", "time", False),  # nothing whole by the budget: asked again, it may finish a line
+])
+def test_an_answer_is_settled_unless_the_budget_ended_it_with_nothing_whole(text: str, reason: str, kept: bool) -> None:
+    result = GenerationResult("raw", [1], reason, prompt_tokens=10, reused_tokens=0, computed_tokens=10,
+                              prefill_ms=1.0, decode_ms=1.0)
+    assert settled(result, text) is kept

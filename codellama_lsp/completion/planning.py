@@ -173,6 +173,16 @@ def shown(result: GenerationResult, p: Plan) -> str:
     return suggestion(result.text, p, unfinished=result.stop_reason in UNFINISHED_CODE)
 
 
+def settled(result: GenerationResult, text: str) -> bool:
+    """Whether ``text``, shown for ``result``, is the answer at its place until the document changes.
+
+    Not when the time budget ended generation before anything whole was written: asked again,
+    the model may finish a line (a remote server counts the budget from the request, so a cold
+    prompt there can end with nothing; a local engine drafts from its first try's output).
+    """
+    return bool(text) or result.stop_reason not in UNFINISHED_CODE
+
+
 def suggestion(raw: str, p: Plan, steps: Collection[Step] = STEPS, unfinished: bool = False) -> str:
     """The text to show for the model's text ``raw``; ``steps`` as ``finish`` (for the ablation).
 

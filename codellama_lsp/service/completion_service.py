@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from codellama_lsp.completion.chat import Chat, detect_chat
 from codellama_lsp.completion.confidence import confidence
 from codellama_lsp.completion.definitions import Definition
-from codellama_lsp.completion.planning import Sources, generation_request, plan, shown
+from codellama_lsp.completion.planning import Sources, generation_request, plan, settled, shown
 from codellama_lsp.completion.snippets import Scored
 from codellama_lsp.documents import Cursor, Document
 from codellama_lsp.generation import Backend
@@ -232,8 +232,9 @@ class CompletionService:
 
         A prefetch (``what``) plans a document that is not the editor's yet, so its plan is not
         kept as the document's window, snippets and status context. A prefetch or a warm-up is
-        not where the user types yet (``generation_request``'s ``typing``). None: no answer, the
-        prompt or the backend failed (asked again, it is computed again).
+        not where the user types yet (``generation_request``'s ``typing``). None: no answer to
+        keep (the prompt or the backend failed, or the budget ended it before anything whole),
+        so asked again, it is computed again.
         """
         backend = ready.backend
         settings = self.request_settings(backend)
@@ -261,6 +262,8 @@ class CompletionService:
             if result is None:
                 return None
             text = shown(result, p)
+            if not settled(result, text):
+                return None  # nothing whole by the budget: not kept, so a return asks again
             sure = confidence(result.token_ids, result.logprobs, backend.tokenizer.decode_infilling)
             log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s, confidence %s: %r", where, p.mode,
                       result.reused_tokens, result.prompt_tokens, result.generated_tokens, result.stop_reason,

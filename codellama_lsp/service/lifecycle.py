@@ -119,7 +119,7 @@ class Lifecycle:
         running generation when the user typed what it already wrote (``typed_ahead``), else a
         new one from ``start`` (None: no model yet). What is computed is remembered for
         typed-through, and cut by what was typed while it ran. ``start`` gives None where it has no
-        answer (the backend failed): nothing is kept, so a return asks again.
+        answer to keep (a failure, or nothing whole by the time budget): a return asks again.
         """
         waiting = self._flights.get(("completion", uri))
         if waiting is not None and waiting.guess and waiting.ahead is None:
@@ -272,8 +272,8 @@ class Lifecycle:
         self._shown[uri] = shown
 
     def _keep(self, uri: str, ahead: Ahead, text: str) -> None:
-        """Keep ``text`` as the suggestion at ``ahead``'s place in its text, an empty one too: the time budget
-        counts generation only, so asked again the model writes the same (and a hidden guess stays hidden)."""
+        """Keep ``text`` as the suggestion at ``ahead``'s place in its text, an empty one too: asked again, the
+        model writes the same, and a hidden guess stays hidden (what may change comes as None, not kept)."""
         answers = self._answers.setdefault(uri, {})
         answers.pop(ahead, None)
         answers[ahead] = text
