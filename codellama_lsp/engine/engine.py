@@ -422,14 +422,17 @@ class _Decoding:
         self.logprobs.append(logprob)
         if self.heal:  # the token is a prefix of the rest, or starts with all of it
             self.heal = self.heal[len(self.decode([tok])):]
+        reason = None
         if self.rule.watches_text:
             self.text, reason = self.rule.text(self.decode(self.out))
-            if reason is not None:
-                return reason
+        # Before the text's own stop: the token that ends the first line counts too, so "unsure" says
+        # all there is to say about minConfidence (completion.confidence has the same first line).
         if self.req.min_confidence > 0 and not self.first_line_done:  # the token writes the first line
             if math.exp(logprob) < self.req.min_confidence:
                 return "unsure"  # the suggestion will be hidden: writing the rest is time lost
             self.first_line_done = first_line_ended(self.text if self.rule.watches_text else self.decode(self.out))
+        if reason is not None:
+            return reason
         if cached + 1 >= self.context_length:
             return "length"
         return self.rule.budget(len(self.out))

@@ -264,12 +264,13 @@ class CompletionService:
             text = shown(result, p)
             if not settled(result, text):
                 return None  # nothing whole by the budget: not kept, so a return asks again
-            sure = confidence(result.token_ids, result.logprobs, backend.tokenizer.decode_infilling)
-            log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s, confidence %s: %r", where, p.mode,
-                      result.reused_tokens, result.prompt_tokens, result.generated_tokens, result.stop_reason,
-                      None if sure is None else round(sure, 3), text)
-            if sure is not None and sure < settings.min_confidence and (text or result.stop_reason == "unsure"):
-                self.metrics.count("unsure")  # hidden: the model was guessing (minConfidence)
+            if log.isEnabledFor(logging.DEBUG):
+                sure = confidence(result.token_ids, result.logprobs, backend.tokenizer.decode_infilling)
+                log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s, confidence %s: %r", where, p.mode,
+                          result.reused_tokens, result.prompt_tokens, result.generated_tokens, result.stop_reason,
+                          None if sure is None else round(sure, 3), text)
+            if result.stop_reason == "unsure":  # the engine stopped at a first-line token below minConfidence
+                self.metrics.count("unsure")  # hidden: the model was guessing
                 return ""
             return text
 
