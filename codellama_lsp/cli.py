@@ -177,6 +177,9 @@ def complete(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     _logging(args.log_file, args.log_level)
+    from codellama_lsp.engine.host_memory import tune_allocator
+
+    tune_allocator()  # before any thread starts: they share its one arena
     from codellama_lsp.files import install_sigterm_cleanup
 
     install_sigterm_cleanup()  # a model half-assembled when SIGTERM comes is removed, not left in the cache

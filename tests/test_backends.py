@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from codellama_lsp import settings as settings_module
-from codellama_lsp.backends import BACKENDS, BackendError, RemoteBackend, open_backend
+from codellama_lsp.backends import BACKENDS, BackendError, open_backend
+from codellama_lsp.backends.remote import RemoteBackend
 from codellama_lsp.backends.text_prompt import as_text, split_infilling
 from codellama_lsp.backends.wire import PROTOCOLS
 from codellama_lsp.generation import GenerationRequest

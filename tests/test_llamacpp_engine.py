@@ -153,6 +153,38 @@ def test_close_frees_and_is_idempotent(real_gguf: Path) -> None:
     runner.close()
     with pytest.raises(LlamaCppError, match="closed"):
         runner.forward([4], 3, last_only=True)
+    with pytest.raises(LlamaCppError, match="closed"):  # its vocabulary went with the model: no use after free
+        runner.encode("x")
+
+
+def test_the_engine_splits_text_with_llama_cpps_vocabulary_as_our_tokenizer_does(engine: Engine,
+                                                                                  real_gguf: Path) -> None:
+    """One copy of the vocabulary in the server: the engine's tokenizer splits with the one llama.cpp
+    loaded, and equals ours (``tokenizers``, itself held to transformers' and llama.cpp's) on
+    held-out text, on every id's text and on what the model reads as special."""
+    import sysconfig
+
+    from codellama_lsp.engine.gguf_tokenizer import GgufBpeTokenizer, load_gguf_tokenizer
+    from codellama_lsp.engine.llamacpp import LlamaCppRunner
+
+    tok, ours = engine.tokenizer, load_gguf_tokenizer(real_gguf)
+    assert isinstance(tok, GgufBpeTokenizer) and tok.splitter is engine.runner
+    assert isinstance(ours, GgufBpeTokenizer) and not isinstance(ours.splitter, LlamaCppRunner)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [(stdlib / name).read_text(encoding="utf-8") for name in ("textwrap.py", "difflib.py", "calendar.py")]
+    texts += ["<|fim_prefix|>a<|endoftext|>b", "<tool_call>{}</tool_call>", "naïve 日本語 😀👩‍💻", "  \t\r\n  x", ""]
+    ids = [tok.encode(t) for t in texts]
+    assert ids == [ours.encode(t) for t in texts]
+    assert [tok.decode(i) for i in ids] == texts
+    assert tok.special_tokens == ours.special_tokens and tok.special_ids == ours.special_ids
+    assert (tok.eot_id, tok.prefix_id, tok.suffix_id, tok.middle_id) == (ours.eot_id, ours.prefix_id, ours.suffix_id,
+                                                                       ours.middle_id)
+    # Every id's text, as healing reads it: the same, but for the file's padding entries
+    # (type UNUSED: "[PAD151665]" to tokenizers, no text to llama.cpp; never generated).
+    differ = [i for i in range(tok.vocab_size) if tok.decode([i]) != ours.decode([i])]
+    assert differ == list(range(151_665, 151_936)) and all(tok.decode([i]) == "" for i in differ)
+    assert tok.decode([tok.prefix_id, *tok.encode("ab"), tok.eot_id]) == "ab"  # special ids never reach the user
+    assert tok.token_text(tok.prefix_id) == "<|fim_prefix|>" == ours.token_text(tok.prefix_id)
 
 
 # -- the Engine's guarantees on this runner ----------------------------------------------------------------

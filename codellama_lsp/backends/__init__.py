@@ -19,7 +19,6 @@ from codellama_lsp.engine import threads as cpu_threads
 from codellama_lsp.engine.tokenizer import Tokenizer
 from codellama_lsp.generation import PROMPT_CACHE_MB, Backend, TextTokenizer
 from codellama_lsp.backends.errors import BackendError
-from codellama_lsp.backends.remote import RemoteBackend
 from codellama_lsp.backends.wire import PROTOCOLS
 from codellama_lsp.settings import BACKEND_CHOICES, ENGINE_CHOICES
 
@@ -138,6 +137,8 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
         tok: TextTokenizer = load_gguf_tokenizer(source)
     else:
         tok = Tokenizer(source / "tokenizer.model" if source.is_dir() else source)
+    from codellama_lsp.backends.remote import RemoteBackend  # httpx is imported only when a remote backend is used
+
     remote = RemoteBackend(PROTOCOLS[backend](tok), url, tok, served_model=served_model, api_key_env=api_key_env,
                            context_length=context_length if isinstance(context_length, int) else None)
     if remote.context_length is None and (said := remote.ask_window()) is not None:
@@ -146,4 +147,4 @@ def open_backend(backend: str, model: Path, *, device: str = "auto", dtype: str 
     return remote
 
 
-__all__ = ["BACKENDS", "ENGINES", "Backend", "BackendError", "RemoteBackend", "choose_engine", "open_backend"]
+__all__ = ["BACKENDS", "ENGINES", "Backend", "BackendError", "choose_engine", "open_backend"]

@@ -11,7 +11,6 @@ its own sequence again.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import math
 import threading
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from codellama_lsp.generation import (PROMPT_CACHE_MB, GenerationRequest, GenerationResult, PromptTooLong,
                                       StopReason, StopRule, TextTokenizer, first_line_ended)
 from codellama_lsp.engine.healing import HealingIndex
+from codellama_lsp.engine.host_memory import tune_allocator
 from codellama_lsp.engine.lookup import LookupDrafter
 from codellama_lsp.engine.memory_plan import MemoryPlan, available_memory, plan_memory
 from codellama_lsp.engine.prompt_cache import Entry, PromptCache, common_prefix_length
@@ -58,32 +58,16 @@ RESTORE_MIN_GAIN = 16
 
 # Tokens per prefill pass (``Engine.prefill_chunk``): the llama.cpp runner sizes its batch to it.
 PREFILL_CHUNK = 128
-
-# glibc's mallopt parameter (malloc.h) and the size from which a block gets a mapping of its own.
-_M_MMAP_THRESHOLD, _OWN_MAPPING_BYTES = -3, 1 << 20
-
-
-def map_large_blocks() -> None:
-    """Give every block of 1 MiB or more a mapping of its own, returned to the OS when it is freed.
-
-    The prompt cache's copies are tens of MB each and come and go. glibc raises its mmap threshold
-    to the largest mapped block freed so far, so after the first eviction such copies come from the
-    heap, where the holes they leave stay resident: in a simulation of that churn with 500 MB kept,
-    about 100 MB more (docs/measurements.md, "Memory of the server"). A fixed threshold stops the
-    raising. glibc only: elsewhere there is nothing to call.
-    """
-    try:
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _OWN_MAPPING_BYTES)
-    except (OSError, AttributeError):
-        pass
-
+# Looked-up draft tokens a greedy request checks per forward pass (``Engine.draft_tokens``); the
+# llama.cpp runner sizes its rows of logits to one more.
+DRAFT_TOKENS = 8
 
 class Engine:
     """Serialises requests onto one worker thread so callers (an asyncio server) never block."""
 
     heals = True  # the logits are ours, so the first tokens can be kept to a request's ``heal`` text
 
-    def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = 8,
+    def __init__(self, runner: Runner, tokenizer: TextTokenizer, reuse: bool = True, draft_tokens: int = DRAFT_TOKENS,
                  prefill_chunk: int = PREFILL_CHUNK, reuse_suffix: bool = False,
                  prompt_cache_bytes: int = PROMPT_CACHE_MB << 20, memory: MemoryPlan | None = None) -> None:
         self.runner = runner
@@ -96,14 +80,14 @@ class Engine:
         # front of it changed: its keys/values move to the new positions (``Runner.splice``), as
         # llama.cpp's --cache-reuse shifts chunks. Approximate: they attended the old text.
         self.reuse_suffix = reuse and reuse_suffix
-        # Greedy requests check up to this many looked-up draft tokens per forward pass (0: off).
+        # 0: drafts off
         self.draft_tokens = draft_tokens
         # Tokens per prefill pass; cancellation is checked between passes, so this bounds how long a
         # superseded prompt (or a warm-up) holds up the next request.
         self.prefill_chunk = prefill_chunk
         # Sequences replaced by the live one, in host memory (0 bytes: none kept; needs reuse).
         self.prompt_cache = PromptCache(prompt_cache_bytes if reuse else 0)
-        map_large_blocks()  # its budget may grow later (promptCacheMb applies without a reload)
+        tune_allocator()  # for scripts; the server did it at its start. The cache's budget may grow later
         self._live_typing, self._live_hits = False, 0  # who made the live sequence, and its hits so far
         self._stop_ids = frozenset(i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None)
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache, in order

@@ -19,17 +19,18 @@ module can find its FIM and stop tokens by name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gguf
-from sentencepiece import sentencepiece_model_pb2
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as HFTokenizer
 
 from codellama_lsp.engine.config import CheckpointError
 from codellama_lsp.engine.gguf_file import open_gguf
 from codellama_lsp.engine.tokenizer import InfillingCheck, Tokenizer
+
+if TYPE_CHECKING:  # tokenizers and sentencepiece's protobuf are imported where a vocabulary needs them:
+    from tokenizers import Tokenizer as HFTokenizer  # the llama.cpp engine splits BPE text without them
 
 TT = gguf.TokenType
 _K = gguf.Keys.Tokenizer
@@ -99,7 +100,72 @@ def special_tokens_of(tokens: list[str], types: list[int]) -> dict[str, int]:
     return {t: i for i, (t, k) in enumerate(zip(tokens, types)) if k in (TT.CONTROL, TT.USER_DEFINED)}
 
 
-class GgufBpeTokenizer(InfillingCheck):
+class Splitter(Protocol):
+    """Text to a vocabulary's ids and back: the part of a BPE tokenizer that needs its tokens and merges."""
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...  # ``ids`` hold no special ids
+    def token_text(self, token_id: int) -> str: ...
+
+
+class HfSplitter:
+    """A ``tokenizers.Tokenizer`` built from the GGUF's tokens and merges (``_build_bpe``)."""
+
+    def __init__(self, tok: HFTokenizer) -> None:
+        self._tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def token_text(self, token_id: int) -> str:
+        return self._tok.id_to_token(token_id) or ""
+
+
+@dataclass(eq=False)  # a tokenizer is compared, and hashed, by identity
+class BpeVocabulary:
+    """What a ``gpt2`` GGUF says of its vocabulary besides the tokens and merges themselves.
+
+    Kept apart from them so that a splitter holding its own copy of the vocabulary (llama.cpp's,
+    in the llama.cpp engine) is the only copy in memory: for a 150k vocabulary each copy is
+    40-50 MB (docs/measurements.md, "Memory of the server").
+    """
+
+    path: Path
+    pre: str  # tokenizer.ggml.pre: the pre-tokenizer's name
+    vocab_size: int
+    special_tokens: dict[str, int]  # text -> id of each control and user-defined token
+    bos_id: int
+    eos_id: int
+    add_bos: bool
+    prefix_id: int | None
+    suffix_id: int | None
+    middle_id: int | None
+    missing_fim: list[str]
+    eot_id: int | None
+    special_ids: frozenset[int]  # never shown as text: controls, BOS/EOS/EOT and the FIM ids
+    chat_template: str | None
+
+    @classmethod
+    def read(cls, meta: _Metadata, tokens: list[str], types: list[int]) -> "BpeVocabulary":
+        index = {t: i for i, t in enumerate(tokens)}
+        fim = {part: _fim_id(meta, index, part) for part in FIM_NAMES}
+        bos_id, eos_id = int(meta.get(_K.BOS_ID, -1)), int(meta.get(_K.EOS_ID, -1))
+        eot_id = _eot_id(meta, index, eos_id)
+        controls = {i for i, k in enumerate(types) if k == TT.CONTROL}
+        named = {bos_id, eos_id, eot_id, *fim.values()}
+        template = meta.get(CHAT_TEMPLATE_KEY)
+        return cls(path=meta.path, pre=str(meta.get(_K.PRE, "default")), vocab_size=len(tokens),
+                   special_tokens=special_tokens_of(tokens, types), bos_id=bos_id, eos_id=eos_id,
+                   add_bos=bool(meta.get(_K.ADD_BOS, False)), prefix_id=fim["prefix"], suffix_id=fim["suffix"],
+                   middle_id=fim["middle"], missing_fim=[FIM_NAMES[p][0] for p, i in fim.items() if i is None],
+                   eot_id=eot_id, special_ids=frozenset(i for i in controls | named if i is not None and i >= 0),
+                   chat_template=template if isinstance(template, str) else None)
+
+
+class GgufBpeTokenizer(BpeVocabulary, InfillingCheck):
     """Byte-level BPE from a ``gpt2`` GGUF vocabulary, duck-typed like ``Tokenizer``.
 
     gpt2-style vocabularies have no implicit leading space, so ``encode_infilling`` is
@@ -107,49 +173,31 @@ class GgufBpeTokenizer(InfillingCheck):
     middle) is ``<|endoftext|>`` when the vocabulary has it, else the file's EOT, else EOS;
     other stop tokens are the model family's business, found through ``special_tokens``.
     No Unicode normalisation is applied (llama.cpp applies none either), so
-    ``decode(encode(text)) == text`` for every string.
+    ``decode(encode(text)) == text`` for every string. The ``splitter`` does the splitting:
+    ours (``HfSplitter``), or llama.cpp's on the vocabulary it loaded with the model.
     """
 
-    def __init__(self, meta: _Metadata) -> None:
-        self.path = meta.path
-        tokens, types = meta.vocabulary()
-        self.pre = str(meta.get(_K.PRE, "default"))
-        if self.pre not in PRE_TOKENIZERS:
-            raise CheckpointError(
-                f"{self.path}: pre-tokenizer {self.pre!r} is not supported (supported: {', '.join(PRE_TOKENIZERS)})"
-            )
-        self.vocab_size = len(tokens)
-        self.special_tokens = special_tokens_of(tokens, types)
-        self._tok = _build_bpe(tokens, meta.require(_K.MERGES), types, PRE_TOKENIZERS[self.pre], self.path)
-        self.bos_id = int(meta.get(_K.BOS_ID, -1))
-        self.eos_id = int(meta.get(_K.EOS_ID, -1))
-        self.add_bos = bool(meta.get(_K.ADD_BOS, False))
-        index = {t: i for i, t in enumerate(tokens)}
-        fim = {part: _fim_id(meta, index, part) for part in FIM_NAMES}
-        self.prefix_id, self.suffix_id, self.middle_id = fim["prefix"], fim["suffix"], fim["middle"]
-        self.missing_fim = [FIM_NAMES[p][0] for p, i in fim.items() if i is None]
-        self.eot_id = _eot_id(meta, index, self.eos_id)
-        controls = {i for i, k in enumerate(types) if k == TT.CONTROL}
-        named = {self.bos_id, self.eos_id, self.eot_id, *fim.values()}
-        self.special_ids = frozenset(i for i in controls | named if i is not None and i >= 0)
+    def __init__(self, vocabulary: BpeVocabulary, splitter: Splitter) -> None:
+        super().__init__(**{f.name: getattr(vocabulary, f.name) for f in fields(BpeVocabulary)})
+        self.splitter = splitter
 
     def encode(self, text: str) -> list[int]:
         """Plain text to ids: no BOS, no leading space, control-token text stays text."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self.splitter.encode(text)
 
     def encode_infilling(self, text: str) -> list[int]:
         return self.encode(text)
 
     def decode(self, ids: list[int]) -> str:
         """Ids to text, dropping special ids (they must never reach the user as text)."""
-        return self._tok.decode([i for i in ids if i not in self.special_ids], skip_special_tokens=False)
+        return self.splitter.decode([i for i in ids if i not in self.special_ids])
 
     def decode_infilling(self, ids: list[int]) -> str:
         return self.decode(ids)
 
     def token_text(self, token_id: int) -> str:
         """The token's own text (``<|fim_prefix|>`` for a special token), as servers that take text match it."""
-        return self._tok.id_to_token(token_id) or ""
+        return self.splitter.token_text(token_id)
 
 
 def _fim_id(meta: _Metadata, index: dict[str, int], part: str) -> int | None:
@@ -171,9 +219,13 @@ def _eot_id(meta: _Metadata, index: dict[str, int], eos_id: int) -> int | None:
     return eos_id if eos_id >= 0 else None
 
 
-def _build_bpe(tokens: list[str], merges: list[str], types: list[int], regexes: tuple[str, ...],
-               path: Path) -> HFTokenizer:
+def _build_bpe(tokens: list[str], merges: list[str], types: list[int], pre: str, path: Path) -> HFTokenizer:
     """A byte-level BPE ``tokenizers.Tokenizer`` whose ids are the GGUF's token indices."""
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if pre not in PRE_TOKENIZERS:
+        raise CheckpointError(f"{path}: pre-tokenizer {pre!r} is not supported (supported: {', '.join(PRE_TOKENIZERS)})")
     pairs = []
     for m in merges:
         left, sep, right = m.partition(" ")
@@ -188,7 +240,7 @@ def _build_bpe(tokens: list[str], merges: list[str], types: list[int], regexes: 
     except Exception as exc:  # noqa: BLE001 - tokenizers raises its own Exception type for a bad merge
         raise CheckpointError(f"{path}: the BPE vocabulary does not build: {exc}") from None
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
+        [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in PRE_TOKENIZERS[pre]]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tok.decoder = decoders.ByteLevel()
@@ -227,6 +279,8 @@ def sentencepiece_proto(meta: _Metadata) -> bytes:
     bad = next((i for i, k in enumerate(types) if k not in range(TT.NORMAL, TT.BYTE + 1)), None)
     if bad is not None:
         raise CheckpointError(f"{meta.path}: token {bad} has type {types[bad]}, not a sentencepiece piece type")
+    from sentencepiece import sentencepiece_model_pb2
+
     proto = sentencepiece_model_pb2.ModelProto()
     for piece, score, kind in zip(tokens, scores, types):
         p = proto.pieces.add()
@@ -266,23 +320,40 @@ def _llama_tokenizer(meta: _Metadata) -> GgufSentencePieceTokenizer:
     return tok
 
 
+def _metadata(source: str | Path | gguf.GGUFReader) -> _Metadata:
+    if isinstance(source, gguf.GGUFReader):
+        return _Metadata(source, Path(str(source.data.filename)))
+    path = Path(source)
+    return _Metadata(open_gguf(path), path)
+
+
+def _tokenizer_model(meta: _Metadata) -> str:
+    kind = meta.require(_K.MODEL)
+    if kind not in ("gpt2", "llama"):
+        raise CheckpointError(f"{meta.path}: tokenizer model {kind!r} is not supported (supported: gpt2, llama)")
+    return str(kind)
+
+
 def load_gguf_tokenizer(source: str | Path | gguf.GGUFReader) -> GgufBpeTokenizer | GgufSentencePieceTokenizer:
     """The tokenizer of a GGUF file (a path, or a reader already open on it, e.g. ``GgufCheckpoint.reader``)."""
-    if isinstance(source, gguf.GGUFReader):
-        reader, path = source, Path(str(source.data.filename))
-    else:
-        path = Path(source)
-        reader = open_gguf(path)
-    meta = _Metadata(reader, path)
-    kind = meta.require(_K.MODEL)
-    if kind == "gpt2":
-        tok: GgufBpeTokenizer | GgufSentencePieceTokenizer = GgufBpeTokenizer(meta)
-    elif kind == "llama":
+    meta = _metadata(source)
+    if _tokenizer_model(meta) == "llama":
         tok = _llama_tokenizer(meta)
-    else:
-        raise CheckpointError(f"{path}: tokenizer model {kind!r} is not supported (supported: gpt2, llama)")
-    # The model's own chat template (jinja, GGUF key tokenizer.chat_template): which chat layout
-    # it was tuned on, if any (completion/chat.py reads it; it is never rendered).
-    template = meta.get(CHAT_TEMPLATE_KEY)
-    tok.chat_template = template if isinstance(template, str) else None
-    return tok
+        # The model's own chat template (jinja, GGUF key tokenizer.chat_template): which chat layout
+        # it was tuned on, if any (completion/chat.py reads it; it is never rendered).
+        template = meta.get(CHAT_TEMPLATE_KEY)
+        tok.chat_template = template if isinstance(template, str) else None
+        return tok
+    tokens, types = meta.vocabulary()
+    splitter = HfSplitter(_build_bpe(tokens, meta.require(_K.MERGES), types, str(meta.get(_K.PRE, "default")),
+                                     meta.path))
+    return GgufBpeTokenizer(BpeVocabulary.read(meta, tokens, types), splitter)
+
+
+def read_bpe_vocabulary(source: str | Path | gguf.GGUFReader) -> BpeVocabulary | None:
+    """A ``gpt2`` GGUF's ``BpeVocabulary``, to be split by a splitter that has the tokens already; None
+    for a ``llama`` (sentencepiece) vocabulary, whose tokenizer ``load_gguf_tokenizer`` gives whole."""
+    meta = _metadata(source)
+    if _tokenizer_model(meta) == "llama":
+        return None
+    return BpeVocabulary.read(meta, *meta.vocabulary())

@@ -19,16 +19,18 @@ llama-cpp-python's low-level bindings (the C API one to one):
 
 The model and context are loaded with the low-level calls rather than ``llama_cpp.Llama``,
 which would also allocate its own batch, score buffer and tokenizer we never use. The
-prompt tokenizer is ours (``gguf_tokenizer``), so prompts are token-for-token those of the
-torch engine; it reads the file's metadata through the same ``GGUFReader`` that names the
-quantization, and only llama.cpp reads the weights.
+file's metadata is read by our ``GGUFReader`` (the quantization's name, the vocabulary's
+special and infilling ids); only llama.cpp reads the weights. A byte-level BPE vocabulary
+(Qwen2.5-Coder's) is split by llama.cpp on the copy it loads with the model, so the server
+holds one copy, not two (the runner is the tokenizer's ``Splitter``; tests hold it to our
+``tokenizers`` splitter); a sentencepiece one (Code Llama's) is split by ours, token-exact
+with Meta's reference.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import gc
 import importlib.metadata
 import logging
 import os
@@ -40,6 +42,7 @@ import numpy as np
 
 from codellama_lsp.engine import llamacpp_kernels as kernels
 from codellama_lsp.engine.config import CheckpointError, ModelArgs
+from codellama_lsp.engine.host_memory import return_freed_memory
 from codellama_lsp.engine.memory_plan import MemoryPlan, available_memory, plan_memory
 from codellama_lsp.generation import PROMPT_CACHE_MB
 
@@ -217,8 +220,11 @@ class LlamaCppRunner:
             raise CheckpointError(f"{path} does not exist or is not a file")
         self.device = "cpu"
         self.preferred_format: str | None = None  # a GGUF declares no infilling layout: PSM
-        self._model = self._ctx = None
+        self._model = self._ctx = self._vocab = None
         self._batch: Any = None
+        # The model (and its vocabulary) is freed only while no text is being split with it: the
+        # engine closes on a thread of its own, and the server splits text on its event loop.
+        self._splitting = threading.Lock()
 
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0  # the CPU is what this engine is for; a GPU goes to the torch engine
@@ -275,7 +281,8 @@ class LlamaCppRunner:
                                   f"{said or 'no reason given'}")
         self.context_length = min(n_ctx, lib.llama_n_ctx(self._ctx))
         self._memory = lib.llama_get_memory(self._ctx)
-        self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self._model))
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
 
     def _meta(self, key: str) -> str | None:
@@ -440,9 +447,49 @@ class LlamaCppRunner:
         if self._ctx:
             lib.llama_free(self._ctx)
         self._ctx = None
-        if self._model:
-            lib.llama_model_free(self._model)
-        self._model = None
+        with self._splitting:
+            if self._model:
+                lib.llama_model_free(self._model)
+            self._model = self._vocab = None
+
+    # --- the ``gguf_tokenizer.Splitter`` of a BPE vocabulary, on llama.cpp's copy of it ---------------
+
+    def encode(self, text: str) -> list[int]:
+        """``llama_tokenize`` without BOS and with control-token text kept as text (``parse_special``
+        off; user-defined tokens still match), as ``gguf_tokenizer.HfSplitter`` splits it."""
+        data = text.encode("utf-8")
+        with self._splitting:
+            vocab = self._live_vocab()
+            room = len(data) + 1  # a byte-level BPE token covers at least one byte
+            ids = (ctypes.c_int32 * room)()
+            n = self._lib.llama_tokenize(vocab, data, len(data), ids, room, False, False)
+        if n < 0:
+            raise LlamaCppError(f"llama.cpp split {len(data)} bytes into more than {room} tokens")
+        return ids[:n]
+
+    def decode(self, ids: list[int]) -> str:
+        """``llama_detokenize`` of ids that hold no special ids, undecodable bytes replaced by U+FFFD.
+        Unused ids (a GGUF's padding entries, ``[PAD151665]``) have no text."""
+        arr = (ctypes.c_int32 * len(ids))(*ids)
+        room = 8 * len(ids) + 16
+        with self._splitting:
+            vocab = self._live_vocab()
+            while True:
+                out = ctypes.create_string_buffer(room)
+                n = self._lib.llama_detokenize(vocab, arr, len(ids), out, room, False, True)
+                if n >= 0:
+                    return out.raw[:n].decode("utf-8", errors="replace")
+                room = -n
+
+    def token_text(self, token_id: int) -> str:
+        with self._splitting:
+            text = self._lib.llama_vocab_get_text(self._live_vocab(), token_id)
+        return (text or b"").decode("utf-8", errors="replace")
+
+    def _live_vocab(self) -> Any:
+        if self._vocab is None:
+            raise LlamaCppError("the llama.cpp runner is closed")
+        return self._vocab
 
     def __del__(self) -> None:
         try:
@@ -459,20 +506,6 @@ def plan_llamacpp(args: ModelArgs, path: Path, context_length: int | str, prompt
                        prompt_cache_bytes=prompt_cache_bytes)
 
 
-def _return_freed_memory() -> None:
-    """Give the heap the metadata reader freed back to the OS before llama.cpp allocates.
-
-    ``gguf.GGUFReader`` builds an array for every part of every vocabulary entry; freed, they
-    stay in glibc's arenas, resident for the server's whole life (docs/measurements.md, "Memory of
-    the server"). glibc only: elsewhere there is nothing to call.
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def open_llamacpp(path: str | Path, context_length: int | str, threads: int, **options: Any) -> "Engine":
     """An ``Engine`` on llama.cpp for the GGUF at ``path``; ``options`` are ``Engine``'s (reuse, draft_tokens, ...).
 
@@ -485,9 +518,9 @@ def open_llamacpp(path: str | Path, context_length: int | str, threads: int, **o
     first so a missing or malformed file gets our CheckpointError, naming the problem.
     """
     from codellama_lsp.engine.default_model import cache_dir
-    from codellama_lsp.engine.engine import PREFILL_CHUNK, Engine
+    from codellama_lsp.engine.engine import DRAFT_TOKENS, PREFILL_CHUNK, Engine
     from codellama_lsp.engine.gguf_file import open_gguf, window_args
-    from codellama_lsp.engine.gguf_tokenizer import load_gguf_tokenizer
+    from codellama_lsp.engine.gguf_tokenizer import GgufBpeTokenizer, load_gguf_tokenizer, read_bpe_vocabulary
 
     file = Path(path)
     reader = open_gguf(file)
@@ -498,19 +531,27 @@ def open_llamacpp(path: str | Path, context_length: int | str, threads: int, **o
     memo = cache_dir() / kernels.MEMO_FILE
     key = kernels.memo_key(_installed_version(), quantization_name(file_type))
     tiled = kernels.choose(memo, key)  # before llama-cpp-python is loaded: it sets the switch's default
-    tokenizer = load_gguf_tokenizer(reader)
+    # A BPE vocabulary is split by llama.cpp, on the copy it loads with the model: only its ids
+    # and special tokens are read here. A sentencepiece one (Code Llama's) stays ours, token-exact
+    # with Meta's reference, and small.
+    vocabulary = read_bpe_vocabulary(reader)
+    sentencepiece = load_gguf_tokenizer(reader) if vocabulary is None else None
     del reader, field
     # llama.cpp is loaded only once the reader's heap is handed back: its allocations would pin
     # the freed pages otherwise.
-    _return_freed_memory()
+    return_freed_memory()
     _bindings()
     # llama.cpp sizes its compute buffers for n_batch tokens; the engine sends at most a prefill
     # chunk, so a larger batch would only hold memory (17 MB more at 512; docs/measurements.md,
     # "Memory of the server").
+    # Rows of logits: one decode returns at most 1 + the draft tokens (19 MB of buffer at 32 rows).
     runner = LlamaCppRunner(path, memory.context_length, threads, file_type=file_type,
-                            n_batch=options.get("prefill_chunk", PREFILL_CHUNK))
+                            n_batch=options.get("prefill_chunk", PREFILL_CHUNK),
+                            n_outputs=1 + options.get("draft_tokens", DRAFT_TOKENS))
+    tokenizer = sentencepiece if vocabulary is None else GgufBpeTokenizer(vocabulary, runner)
     if not tiled:
         kernels.record(memo, key, runner.batch_invariant)
+    return_freed_memory()  # llama.cpp's loader's temporaries: 6 MB
     if "draft_tokens" not in options and not runner.batch_invariant:
         log.info("llama.cpp's kernels on this CPU round a token differently alone and in a batch, "
                  "so lookup drafts are off: checking them in one pass could change the greedy text")
