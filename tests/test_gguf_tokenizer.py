@@ -14,7 +14,7 @@ from codellama_lsp import BUNDLED_MODEL
 from codellama_lsp.engine.config import CheckpointError
 from codellama_lsp.engine.tokenizer import FimUnsupported, Tokenizer
 from codellama_lsp.engine.gguf_reader import read_gguf
-from codellama_lsp.engine.gguf_tokenizer import PRE_TOKENIZERS, GgufBpeTokenizer, load_gguf_tokenizer
+from codellama_lsp.engine.gguf_tokenizer import PRE_TOKENIZERS, GgufBpeTokenizer, load_gguf_tokenizer, read_bpe_vocabulary
 from codellama_lsp.engine.gguf_export import export_gguf
 
 # Held-out text: code, tabs and runs of spaces, CRLF, CJK, emoji (a ZWJ sequence), accents,
@@ -151,15 +151,33 @@ def llamacpp_ids(path: Path, texts: list[str]) -> list[list[int]]:
         llm.close()
 
 
+def llamacpp_splits(path: Path, texts: list[str]) -> tuple[list[list[int]], list[str]]:
+    """The llama.cpp engine's splitter (``llamacpp.tokenize``/``detokenize``) on the file's vocabulary:
+    each text's ids, and the text decoded back from them."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from codellama_lsp.engine.llamacpp import detokenize, tokenize
+
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        ids = [tokenize(llama_cpp, llm._model.vocab, t) for t in texts]
+        return ids, [detokenize(llama_cpp, llm._model.vocab, i) for i in ids]
+    finally:
+        llm.close()
+
+
 @pytest.mark.parametrize("pre", sorted(PRE_TOKENIZERS))
 def test_bpe_ids_equal_llamacpp(pre: str, bpe_vocab: tuple[list[str], list[str]], tmp_path: Path) -> None:
     """Each supported pre-tokenizer, against llama.cpp on the same GGUF (special=False: plain text;
     llama.cpp still matches user-defined tokens, as we do)."""
     path = write_bpe_gguf(tmp_path / f"{pre}.gguf", bpe_vocab, pre, STARCODER_LIKE)
     tok = load_gguf_tokenizer(path)
-    texts = BPE_TEXTS + [stdlib_text()[:4000]]
+    texts = BPE_TEXTS + [stdlib_text()[:4000], "a ? b : c; from . import x; f(a , b); x = ' ' + y; it 's"]
     assert [tok.encode(t) for t in texts] == llamacpp_ids(path, texts)
     assert all(tok.decode(tok.encode(t)) == t for t in texts)
+    # The llama.cpp engine splits with llama.cpp's copy of the vocabulary: the same ids, and the
+    # same text back (llama_detokenize would take out the spaces before "?", "." and "," here).
+    ids, back = llamacpp_splits(path, texts)
+    assert ids == [tok.encode(t) for t in texts] and back == texts
     n = len(bpe_vocab[0])
     assert (tok.eot_id, tok.prefix_id, tok.middle_id, tok.suffix_id) == (n, n + 1, n + 2, n + 3)
     assert tok.special_tokens["<my_tag>"] == n + 4 and tok.encode("<my_tag>") == [n + 4]
@@ -193,8 +211,11 @@ def test_deepseek_style_fim_names(bpe_vocab: tuple[list[str], list[str]], tmp_pa
 
 
 def test_unsupported_pre_tokenizer_and_model(bpe_vocab: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    l3 = write_bpe_gguf(tmp_path / "l3.gguf", bpe_vocab, "llama-bpe", [])
     with pytest.raises(CheckpointError, match="pre-tokenizer 'llama-bpe' is not supported"):
-        load_gguf_tokenizer(write_bpe_gguf(tmp_path / "l3.gguf", bpe_vocab, "llama-bpe", []))
+        load_gguf_tokenizer(l3)
+    with pytest.raises(CheckpointError, match="pre-tokenizer 'llama-bpe' is not supported"):
+        read_bpe_vocabulary(l3)  # the llama.cpp engine's path refuses it too, before llama.cpp splits anything
     with pytest.raises(CheckpointError, match="tokenizer model 'bert' is not supported"):
         load_gguf_tokenizer(write_bpe_gguf(tmp_path / "bert.gguf", bpe_vocab, "gpt-2", [], model="bert"))
     with pytest.raises(CheckpointError, match="is not a GGUF file"):

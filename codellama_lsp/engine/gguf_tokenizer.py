@@ -150,6 +150,12 @@ class BpeVocabulary:
 
     @classmethod
     def read(cls, meta: _Metadata, tokens: list[str], types: list[int]) -> "BpeVocabulary":
+        """The facts, for a pre-tokenizer we split as llama.cpp does (``PRE_TOKENIZERS``); any
+        other is refused, whichever splitter would split it."""
+        pre = str(meta.get(_K.PRE, "default"))
+        if pre not in PRE_TOKENIZERS:
+            raise CheckpointError(f"{meta.path}: pre-tokenizer {pre!r} is not supported "
+                                  f"(supported: {', '.join(PRE_TOKENIZERS)})")
         index = {t: i for i, t in enumerate(tokens)}
         fim = {part: _fim_id(meta, index, part) for part in FIM_NAMES}
         bos_id, eos_id = int(meta.get(_K.BOS_ID, -1)), int(meta.get(_K.EOS_ID, -1))
@@ -157,7 +163,7 @@ class BpeVocabulary:
         controls = {i for i, k in enumerate(types) if k == TT.CONTROL}
         named = {bos_id, eos_id, eot_id, *fim.values()}
         template = meta.get(CHAT_TEMPLATE_KEY)
-        return cls(path=meta.path, pre=str(meta.get(_K.PRE, "default")), vocab_size=len(tokens),
+        return cls(path=meta.path, pre=pre, vocab_size=len(tokens),
                    special_tokens=special_tokens_of(tokens, types), bos_id=bos_id, eos_id=eos_id,
                    add_bos=bool(meta.get(_K.ADD_BOS, False)), prefix_id=fim["prefix"], suffix_id=fim["suffix"],
                    middle_id=fim["middle"], missing_fim=[FIM_NAMES[p][0] for p, i in fim.items() if i is None],
@@ -220,12 +226,10 @@ def _eot_id(meta: _Metadata, index: dict[str, int], eos_id: int) -> int | None:
 
 
 def _build_bpe(tokens: list[str], merges: list[str], types: list[int], pre: str, path: Path) -> HFTokenizer:
-    """A byte-level BPE ``tokenizers.Tokenizer`` whose ids are the GGUF's token indices."""
+    """A byte-level BPE ``tokenizers.Tokenizer`` whose ids are the GGUF's token indices (``pre``: checked by ``BpeVocabulary.read``)."""
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-    if pre not in PRE_TOKENIZERS:
-        raise CheckpointError(f"{path}: pre-tokenizer {pre!r} is not supported (supported: {', '.join(PRE_TOKENIZERS)})")
     pairs = []
     for m in merges:
         left, sep, right = m.partition(" ")
@@ -345,9 +349,9 @@ def load_gguf_tokenizer(source: str | Path | gguf.GGUFReader) -> GgufBpeTokenize
         tok.chat_template = template if isinstance(template, str) else None
         return tok
     tokens, types = meta.vocabulary()
-    splitter = HfSplitter(_build_bpe(tokens, meta.require(_K.MERGES), types, str(meta.get(_K.PRE, "default")),
-                                     meta.path))
-    return GgufBpeTokenizer(BpeVocabulary.read(meta, tokens, types), splitter)
+    vocabulary = BpeVocabulary.read(meta, tokens, types)
+    return GgufBpeTokenizer(vocabulary, HfSplitter(_build_bpe(tokens, meta.require(_K.MERGES), types, vocabulary.pre,
+                                                              meta.path)))
 
 
 def read_bpe_vocabulary(source: str | Path | gguf.GGUFReader) -> BpeVocabulary | None:

@@ -455,31 +455,12 @@ class LlamaCppRunner:
     # --- the ``gguf_tokenizer.Splitter`` of a BPE vocabulary, on llama.cpp's copy of it ---------------
 
     def encode(self, text: str) -> list[int]:
-        """``llama_tokenize`` without BOS and with control-token text kept as text (``parse_special``
-        off; user-defined tokens still match), as ``gguf_tokenizer.HfSplitter`` splits it."""
-        data = text.encode("utf-8")
         with self._splitting:
-            vocab = self._live_vocab()
-            room = len(data) + 1  # a byte-level BPE token covers at least one byte
-            ids = (ctypes.c_int32 * room)()
-            n = self._lib.llama_tokenize(vocab, data, len(data), ids, room, False, False)
-        if n < 0:
-            raise LlamaCppError(f"llama.cpp split {len(data)} bytes into more than {room} tokens")
-        return ids[:n]
+            return tokenize(self._lib, self._live_vocab(), text)
 
     def decode(self, ids: list[int]) -> str:
-        """``llama_detokenize`` of ids that hold no special ids, undecodable bytes replaced by U+FFFD.
-        Unused ids (a GGUF's padding entries, ``[PAD151665]``) have no text."""
-        arr = (ctypes.c_int32 * len(ids))(*ids)
-        room = 8 * len(ids) + 16
         with self._splitting:
-            vocab = self._live_vocab()
-            while True:
-                out = ctypes.create_string_buffer(room)
-                n = self._lib.llama_detokenize(vocab, arr, len(ids), out, room, False, True)
-                if n >= 0:
-                    return out.raw[:n].decode("utf-8", errors="replace")
-                room = -n
+            return detokenize(self._lib, self._live_vocab(), ids)
 
     def token_text(self, token_id: int) -> str:
         with self._splitting:
@@ -496,6 +477,36 @@ class LlamaCppRunner:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown may have torn the bindings down
             pass
+
+
+def tokenize(lib: Any, vocab: Any, text: str) -> list[int]:
+    """``llama_tokenize`` without BOS and with control-token text kept as text (``parse_special``
+    off; user-defined tokens still match), as ``gguf_tokenizer.HfSplitter`` splits it."""
+    data = text.encode("utf-8")
+    room = len(data) + 1  # a byte-level BPE token covers at least one byte
+    ids = (ctypes.c_int32 * room)()
+    n = lib.llama_tokenize(vocab, data, len(data), ids, room, False, False)
+    if n < 0:
+        raise LlamaCppError(f"llama.cpp split {len(data)} bytes into more than {room} tokens")
+    return ids[:n]
+
+
+def detokenize(lib: Any, vocab: Any, ids: list[int]) -> str:
+    """The ids' pieces (``llama_token_to_piece``) end to end, undecodable bytes replaced by U+FFFD.
+
+    Not ``llama_detokenize``: for some vocabularies (gpt-2, starcoder) it also takes spaces out
+    before punctuation (``a ? b`` -> ``a? b``), which would change the user's code. ``ids`` hold
+    no special ids (the tokenizer drops them); an unused id (a GGUF's padding entry,
+    ``[PAD151665]``) has no text.
+    """
+    out, buf = bytearray(), ctypes.create_string_buffer(64)
+    for i in ids:
+        n = lib.llama_token_to_piece(vocab, i, buf, len(buf), 0, True)
+        if n < 0:  # a longer piece: -n bytes
+            buf = ctypes.create_string_buffer(-n)
+            n = lib.llama_token_to_piece(vocab, i, buf, len(buf), 0, True)
+        out += buf.raw[:n]
+    return out.decode("utf-8", errors="replace")
 
 
 def plan_llamacpp(args: ModelArgs, path: Path, context_length: int | str, prompt_cache_bytes: int) -> MemoryPlan:

@@ -265,7 +265,10 @@ class CompletionService:
             if not settled(result, text):
                 return None  # nothing whole by the budget: not kept, so a return asks again
             if log.isEnabledFor(logging.DEBUG):
-                sure = confidence(result.token_ids, result.logprobs, backend.tokenizer.decode_infilling)
+                try:
+                    sure = confidence(result.token_ids, result.logprobs, backend.tokenizer.decode_infilling)
+                except Exception:  # noqa: BLE001 - a reload closed the backend meanwhile; only the log wanted it
+                    sure = None
                 log.debug("%s %s: %d/%d tokens reused, %d generated, stop %s, confidence %s: %r", where, p.mode,
                           result.reused_tokens, result.prompt_tokens, result.generated_tokens, result.stop_reason,
                           None if sure is None else round(sure, 3), text)
