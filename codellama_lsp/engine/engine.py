@@ -87,7 +87,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         # Sequences replaced by the live one, in host memory (0 bytes: none kept; needs reuse).
         self.prompt_cache = PromptCache(prompt_cache_bytes if reuse else 0)
-        tune_allocator()  # for scripts; the server did it at its start. The cache's budget may grow later
+        tune_allocator()  # the server did it at its start; a script that builds an engine gets it here
         self._live_typing, self._live_hits = False, 0  # who made the live sequence, and its hits so far
         self._stop_ids = frozenset(i for i in (tokenizer.eot_id, tokenizer.eos_id) if i is not None)
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache, in order

@@ -162,13 +162,12 @@ class BpeVocabulary:
         eot_id = _eot_id(meta, index, eos_id)
         controls = {i for i, k in enumerate(types) if k == TT.CONTROL}
         named = {bos_id, eos_id, eot_id, *fim.values()}
-        template = meta.get(CHAT_TEMPLATE_KEY)
         return cls(path=meta.path, pre=pre, vocab_size=len(tokens),
                    special_tokens=special_tokens_of(tokens, types), bos_id=bos_id, eos_id=eos_id,
                    add_bos=bool(meta.get(_K.ADD_BOS, False)), prefix_id=fim["prefix"], suffix_id=fim["suffix"],
                    middle_id=fim["middle"], missing_fim=[FIM_NAMES[p][0] for p, i in fim.items() if i is None],
                    eot_id=eot_id, special_ids=frozenset(i for i in controls | named if i is not None and i >= 0),
-                   chat_template=template if isinstance(template, str) else None)
+                   chat_template=_chat_template(meta))
 
 
 class GgufBpeTokenizer(BpeVocabulary, InfillingCheck):
@@ -331,6 +330,13 @@ def _metadata(source: str | Path | gguf.GGUFReader) -> _Metadata:
     return _Metadata(open_gguf(path), path)
 
 
+def _chat_template(meta: _Metadata) -> str | None:
+    """The model's own chat template (jinja, GGUF key tokenizer.chat_template): which chat layout
+    it was tuned on, if any (completion/chat.py reads it; it is never rendered)."""
+    template = meta.get(CHAT_TEMPLATE_KEY)
+    return template if isinstance(template, str) else None
+
+
 def _tokenizer_model(meta: _Metadata) -> str:
     kind = meta.require(_K.MODEL)
     if kind not in ("gpt2", "llama"):
@@ -343,10 +349,7 @@ def load_gguf_tokenizer(source: str | Path | gguf.GGUFReader) -> GgufBpeTokenize
     meta = _metadata(source)
     if _tokenizer_model(meta) == "llama":
         tok = _llama_tokenizer(meta)
-        # The model's own chat template (jinja, GGUF key tokenizer.chat_template): which chat layout
-        # it was tuned on, if any (completion/chat.py reads it; it is never rendered).
-        template = meta.get(CHAT_TEMPLATE_KEY)
-        tok.chat_template = template if isinstance(template, str) else None
+        tok.chat_template = _chat_template(meta)
         return tok
     tokens, types = meta.vocabulary()
     vocabulary = BpeVocabulary.read(meta, tokens, types)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from typing import Callable
 
 # mallopt's parameters (malloc.h), and the size from which a block gets a mapping of its own.
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 _OWN_MAPPING_BYTES = 1 << 20
 
 
-def _mallopt(param: int, value: int) -> None:
+def _glibc(name: str) -> Callable[..., int]:
+    """glibc's function ``name``, or one that does nothing where there is none."""
     try:
-        ctypes.CDLL(None).mallopt(param, value)
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        pass
+        return lambda *_: 0
 
 
 def tune_allocator() -> None:
@@ -36,8 +38,8 @@ def tune_allocator() -> None:
       the holes they leave stay resident: in a simulation of that churn with 500 MB kept, about
       100 MB more. A fixed threshold stops the raising, and each copy goes back to the OS when evicted.
     """
-    _mallopt(_M_ARENA_MAX, 1)
-    _mallopt(_M_MMAP_THRESHOLD, _OWN_MAPPING_BYTES)
+    _glibc("mallopt")(_M_ARENA_MAX, 1)
+    _glibc("mallopt")(_M_MMAP_THRESHOLD, _OWN_MAPPING_BYTES)
 
 
 def return_freed_memory() -> None:
@@ -48,7 +50,4 @@ def return_freed_memory() -> None:
     resident for the server's whole life unless trimmed.
     """
     gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    _glibc("malloc_trim")(0)
